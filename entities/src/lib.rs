@@ -1,0 +1,11 @@
+//! sea-orm entities of Switchyard's database. No logic lives here: the `store` module of the
+//! main crate is the only user of these types.
+//!
+//! `events` is the append-only log and the source of truth; every other table is a projection
+//! derived from it in the same transaction and rebuildable with `switchyard replay`.
+
+pub mod channels;
+pub mod events;
+pub mod members;
+pub mod messages;
+pub mod origin_policies;

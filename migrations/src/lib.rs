@@ -1,0 +1,18 @@
+//! Schema migrations, one file per step, shared by SQLite and PostgreSQL.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_create_events;
+mod m20261122_000002_create_projections;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_create_events::Migration),
+            Box::new(m20261122_000002_create_projections::Migration),
+        ]
+    }
+}

@@ -1,0 +1,53 @@
+//! HTTP handlers, thin: parse, call into the library, map errors to [`ApiError`].
+//!
+//! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`, and the JSON
+//! answers for unknown routes and malformed bodies.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorKind};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::JsonConfig::default().error_handler(|err, _req| {
+        ApiError::new(
+            ErrorKind::BadJson,
+            format!("the request body is not valid JSON for this route: {err}"),
+        )
+        .into()
+    }))
+    .route("/health", web::get().to(health))
+    .route("/metrics", web::get().to(metrics))
+    .route("/api/v1/config", web::get().to(client_config));
+}
+
+/// Answers routes that do not exist, in the one error format.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        ErrorKind::NotFound,
+        format!("no route for {} {}", req.method(), req.path()),
+    ))
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn client_config(state: web::Data<AppState>) -> HttpResponse {
+    let branding = &state.config.branding;
+    HttpResponse::Ok().json(json!({
+        "app_name": branding.app_name,
+        "app_description": branding.app_description,
+        "registration_mode": state.config.server.registration_mode.as_str(),
+        "brand_primary_color": branding.primary_color,
+        "brand_accent_color": branding.accent_color,
+    }))
+}
+
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let text = state.metrics.render().map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text))
+}

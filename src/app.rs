@@ -1,0 +1,130 @@
+//! Builds one Switchyard instance: opens and migrates the store, starts the `EventLog` actor,
+//! binds the HTTP server. Nothing here is global, so tests run several instances in one
+//! process, each on port 0 with its own database.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+
+use crate::config::Config;
+use crate::store::{EventLog, EventLogHandle, Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub log: EventLogHandle,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+pub struct Application {
+    server: Server,
+    port: u16,
+    store: Store,
+    log: EventLogHandle,
+}
+
+impl Application {
+    /// Opens the database, migrates it, starts the actors and binds `server.bind`.
+    pub async fn build(config: Config) -> Result<Application, StartError> {
+        let metrics = Arc::new(Metrics::new()?);
+        let store = Store::connect(&config.database, config.storage.durability).await?;
+        store.migrate().await?;
+        let log = EventLog::start(
+            &store,
+            config.storage.max_batch_events,
+            config.storage.publish_buffer,
+            metrics.clone(),
+        )
+        .await?;
+        let listener =
+            TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?
+            .port();
+        let state = web::Data::new(AppState {
+            config: Arc::new(config.clone()),
+            store: store.clone(),
+            log: log.clone(),
+            metrics,
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .configure(crate::api::configure)
+                .default_service(web::to(crate::api::not_found))
+        })
+        .disable_signals()
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs());
+        if config.server.workers > 0 {
+            server = server.workers(config.server.workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?
+            .run();
+        tracing::info!(server_name = %config.server.name, port, backend = ?store.backend(), "switchyard is listening");
+        Ok(Application {
+            server,
+            port,
+            store,
+            log,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn event_log(&self) -> &EventLogHandle {
+        &self.log
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops the server: `stop(true)` is graceful (in-flight requests finish).
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until stopped, then drains pending appends and closes the database.
+    pub async fn run_until_stopped(self) -> Result<(), StartError> {
+        let served = self.server.await;
+        self.log.drain().await;
+        tracing::info!("event log drained");
+        drop(self.log);
+        self.store.close().await?;
+        served.map_err(|source| StartError::Bind {
+            addr: "(server)".into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,279 @@
+//! What each event does to the projections, as data.
+//!
+//! [`derive`] maps one event to the projection operations it causes. It is a pure function of
+//! the event, used both by the live writer (in the same transaction as the event) and by
+//! `switchyard replay`, so a rebuilt database equals the live one by construction; the store
+//! only has to apply operations in log order.
+//!
+//! Semantics, applied in `seq` order:
+//! - `channel.new`: the channel row (first one wins) and the creator as `joined`;
+//! - `channel.invite` / `join` / `leave`: the member row of (channel, fid) takes that state;
+//! - `message.new`: the message row, first one wins (message ids are unique per channel);
+//! - `message.edit`: replaces the body of a live message; `message.delete` redacts it;
+//! - `origin.policy`: the operator's override for that origin, last one wins.
+
+use serde_json::Value;
+
+use super::event::EventType;
+
+/// Membership states of the `members` projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Membership {
+    Invited,
+    Joined,
+    Left,
+}
+
+impl Membership {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Membership::Invited => "invited",
+            Membership::Joined => "joined",
+            Membership::Left => "left",
+        }
+    }
+}
+
+/// One change to a projection. `seq` is attached when the writer applies it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProjectionOp {
+    CreateChannel {
+        channel: String,
+        name: String,
+        creator: Option<String>,
+    },
+    SetMembership {
+        channel: String,
+        fid: String,
+        state: Membership,
+    },
+    InsertMessage {
+        channel: String,
+        message_id: String,
+        sender: Option<String>,
+        body: String,
+        origin_ts: i64,
+    },
+    EditMessage {
+        channel: String,
+        message_id: String,
+        body: String,
+    },
+    DeleteMessage {
+        channel: String,
+        message_id: String,
+    },
+    SetOriginPolicy {
+        origin: String,
+        rate_per_minute: i64,
+        burst: i64,
+        blocked: bool,
+    },
+}
+
+fn text(content: &Value, key: &str) -> Option<String> {
+    content.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn count(content: &Value, key: &str) -> Option<i64> {
+    content
+        .get(key)
+        .and_then(Value::as_u64)
+        .and_then(|n| i64::try_from(n).ok())
+}
+
+/// The projection operations of one event. Content that lacks what its type needs yields no
+/// operation: the log only holds checked events, and replay must behave exactly like the
+/// live path for any row, even one written by hand.
+pub fn derive(
+    kind: EventType,
+    sender: Option<&str>,
+    channel: Option<&str>,
+    origin_ts: i64,
+    content: &Value,
+) -> Vec<ProjectionOp> {
+    let ch = || channel.map(str::to_owned);
+    let membership = |state| {
+        Some(ProjectionOp::SetMembership {
+            channel: ch()?,
+            fid: sender?.to_owned(),
+            state,
+        })
+    };
+    let op =
+        match kind {
+            EventType::ChannelNew => {
+                let channel = ch();
+                let create = channel
+                    .clone()
+                    .zip(text(content, "name"))
+                    .map(|(channel, name)| ProjectionOp::CreateChannel {
+                        channel,
+                        name,
+                        creator: sender.map(str::to_owned),
+                    });
+                return create
+                    .into_iter()
+                    .chain(membership(Membership::Joined))
+                    .collect();
+            }
+            EventType::ChannelInvite => text(content, "invitee").zip(ch()).map(|(fid, channel)| {
+                ProjectionOp::SetMembership {
+                    channel,
+                    fid,
+                    state: Membership::Invited,
+                }
+            }),
+            EventType::ChannelJoin => membership(Membership::Joined),
+            EventType::ChannelLeave => membership(Membership::Left),
+            EventType::MessageNew => ch()
+                .zip(text(content, "message_id"))
+                .zip(text(content, "body"))
+                .map(
+                    |((channel, message_id), body)| ProjectionOp::InsertMessage {
+                        channel,
+                        message_id,
+                        sender: sender.map(str::to_owned),
+                        body,
+                        origin_ts,
+                    },
+                ),
+            EventType::MessageEdit => ch()
+                .zip(text(content, "message_id"))
+                .zip(text(content, "body"))
+                .map(|((channel, message_id), body)| ProjectionOp::EditMessage {
+                    channel,
+                    message_id,
+                    body,
+                }),
+            EventType::MessageDelete => {
+                ch().zip(text(content, "message_id"))
+                    .map(|(channel, message_id)| ProjectionOp::DeleteMessage {
+                        channel,
+                        message_id,
+                    })
+            }
+            EventType::OriginPolicy => (|| {
+                Some(ProjectionOp::SetOriginPolicy {
+                    origin: text(content, "origin")?,
+                    rate_per_minute: count(content, "rate_per_minute")?,
+                    burst: count(content, "burst")?,
+                    blocked: content.get("blocked")?.as_bool()?,
+                })
+            })(),
+            EventType::SenderKeyDistribute => None,
+        };
+    op.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn channel_new_creates_channel_and_joins_creator() {
+        let ops = derive(
+            EventType::ChannelNew,
+            Some("a@s"),
+            Some("c@s"),
+            1,
+            &json!({"name": "general"}),
+        );
+        assert_eq!(
+            ops,
+            vec![
+                ProjectionOp::CreateChannel {
+                    channel: "c@s".into(),
+                    name: "general".into(),
+                    creator: Some("a@s".into())
+                },
+                ProjectionOp::SetMembership {
+                    channel: "c@s".into(),
+                    fid: "a@s".into(),
+                    state: Membership::Joined
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn messages_and_membership() {
+        let new = derive(
+            EventType::MessageNew,
+            Some("a@s"),
+            Some("c@s"),
+            7,
+            &json!({"message_id": "m", "body": "b"}),
+        );
+        assert_eq!(
+            new,
+            vec![ProjectionOp::InsertMessage {
+                channel: "c@s".into(),
+                message_id: "m".into(),
+                sender: Some("a@s".into()),
+                body: "b".into(),
+                origin_ts: 7
+            }]
+        );
+        let invite = derive(
+            EventType::ChannelInvite,
+            Some("a@s"),
+            Some("c@s"),
+            0,
+            &json!({"invitee": "b@t"}),
+        );
+        assert_eq!(
+            invite,
+            vec![ProjectionOp::SetMembership {
+                channel: "c@s".into(),
+                fid: "b@t".into(),
+                state: Membership::Invited
+            }]
+        );
+        let leave = derive(
+            EventType::ChannelLeave,
+            Some("b@t"),
+            Some("c@s"),
+            0,
+            &json!({}),
+        );
+        assert_eq!(
+            leave,
+            vec![ProjectionOp::SetMembership {
+                channel: "c@s".into(),
+                fid: "b@t".into(),
+                state: Membership::Left
+            }]
+        );
+    }
+
+    #[test]
+    fn incomplete_content_yields_nothing() {
+        assert!(derive(
+            EventType::MessageNew,
+            None,
+            Some("c@s"),
+            0,
+            &json!({"message_id": "m"})
+        )
+        .is_empty());
+        assert!(derive(EventType::ChannelJoin, None, Some("c@s"), 0, &json!({})).is_empty());
+        assert!(derive(
+            EventType::OriginPolicy,
+            None,
+            None,
+            0,
+            &json!({"origin": "x", "burst": 1})
+        )
+        .is_empty());
+        assert!(derive(
+            EventType::SenderKeyDistribute,
+            Some("a@s"),
+            None,
+            0,
+            &json!({})
+        )
+        .is_empty());
+    }
+}

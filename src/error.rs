@@ -1,0 +1,155 @@
+//! The one error type clients see: a small stable [`ErrorKind`] (status + `errcode`), a human
+//! sentence, and the cause kept apart for the logs.
+//!
+//! Every error body, everywhere: `{"errcode": "SY_…", "error": "<human sentence>"}`.
+//! 5xx are logged at error level with the cause chain; 4xx at debug.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadJson,
+    NotFound,
+    MethodNotAllowed,
+    TooLarge,
+    Overloaded,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorKind::BadJson => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn errcode(self) -> &'static str {
+        match self {
+            ErrorKind::BadJson => "SY_BAD_JSON",
+            ErrorKind::NotFound => "SY_NOT_FOUND",
+            ErrorKind::MethodNotAllowed => "SY_METHOD_NOT_ALLOWED",
+            ErrorKind::TooLarge => "SY_TOO_LARGE",
+            ErrorKind::Overloaded => "SY_OVERLOADED",
+            ErrorKind::Unavailable => "SY_UNAVAILABLE",
+            ErrorKind::Internal => "SY_INTERNAL",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    pub message: Cow<'static, str>,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        ApiError {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Keeps `cause` for the logs; the client sees only `message`.
+    pub fn with_cause(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(cause));
+        self
+    }
+
+    pub fn internal(cause: impl std::error::Error + Send + Sync + 'static) -> Self {
+        ApiError::new(
+            ErrorKind::Internal,
+            "the server failed to handle this request",
+        )
+        .with_cause(cause)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.errcode(), self.message)
+    }
+}
+
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    errcode: &'a str,
+    error: &'a str,
+}
+
+/// Renders an error and its causes on one line for the logs.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cause = e.source();
+    }
+    out
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.kind.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(errcode = self.kind.errcode(), error = %chain(self), "request failed");
+        } else {
+            tracing::debug!(errcode = self.kind.errcode(), error = %chain(self), "request rejected");
+        }
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        response.json(ErrorBody {
+            errcode: self.kind.errcode(),
+            error: &self.message,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    #[test]
+    fn body_has_errcode_and_sentence_but_not_the_cause() {
+        let err = ApiError::internal(std::io::Error::other("disk secret"));
+        let response = err.error_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = response.into_body().try_into_bytes().expect("bytes");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(body["errcode"], "SY_INTERNAL");
+        assert!(!bytes.windows(6).any(|w| w == b"secret"));
+        assert_eq!(
+            chain(&err),
+            "SY_INTERNAL: the server failed to handle this request: disk secret"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Switchyard: a federation router for community chat.
+//!
+//! Codemap (see ARCHITECTURE.md for the invariants):
+//! - [`core`]: pure rules — ids, events, canonical JSON, hash chain, projection semantics;
+//! - [`store`]: the database; the `EventLog` actor (single writer, group commit), chain
+//!   verification and replay;
+//! - [`api`]: thin HTTP handlers; [`error`]: the one error type clients see;
+//! - [`app`]: wires one instance together; [`config`]: TOML + environment configuration;
+//! - [`telemetry`]: logs and the per-instance Prometheus registry.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,193 @@
+//! The `switchyard` command line: parse, load the configuration, call into the library.
+//!
+//! Exit codes: 0 success; 1 failure at run time (database unreachable, chain broken, replay
+//! differs); 2 invalid configuration or usage.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use switchyard::app::Application;
+use switchyard::config::{Config, DatabaseConfig};
+use switchyard::error::chain;
+use switchyard::store::Store;
+use switchyard::telemetry;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A federation router for community chat"
+)]
+struct Cli {
+    /// The configuration file (TOML); SWITCHYARD__SECTION__KEY variables override it.
+    #[arg(
+        long,
+        global = true,
+        default_value = "config/default.toml",
+        env = "SWITCHYARD_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (migrates the database first).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Rebuild every projection from the log into a fresh database and compare with the live one.
+    Replay {
+        /// Database to rebuild into; must be empty. Default: a temporary in-memory SQLite.
+        #[arg(long, default_value = "sqlite::memory:")]
+        into: String,
+    },
+    /// Inspect the event log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Walk the hash chain; report the first bad entry and exit 1 if there is one.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("switchyard: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(&config.log);
+    let result = actix_web::rt::System::new().block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Migrate => migrate(config).await,
+            Command::Replay { into } => replay(config, into).await,
+            Command::Log {
+                command: LogCommand::Verify,
+            } => verify(config).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("switchyard: {}", chain(error.as_ref()));
+            ExitCode::from(1)
+        }
+    }
+}
+
+type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
+
+async fn serve(config: Config) -> CommandResult {
+    let app = Application::build(config).await?;
+    let handle = app.handle();
+    actix_web::rt::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested: finishing in-flight requests, then draining the log");
+        handle.stop(true).await;
+    });
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn open(config: &Config) -> Result<Store, Box<dyn std::error::Error>> {
+    let store = Store::connect(&config.database, config.storage.durability).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn migrate(config: Config) -> CommandResult {
+    open(&config).await?.close().await?;
+    println!("migrations applied");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replay(config: Config, into: String) -> CommandResult {
+    let live = open(&config).await?;
+    let target_config = DatabaseConfig {
+        url: into,
+        ..config.database.clone()
+    };
+    let target = Store::connect(&target_config, config.storage.durability).await?;
+    target.migrate().await?;
+    let report = live.replay_into(&target).await?;
+    println!("replayed {} log entries", report.events);
+    for table in &report.tables {
+        match &table.first_difference {
+            None => println!("  {:<16} identical ({} rows)", table.table, table.live_rows),
+            Some(diff) => println!(
+                "  {:<16} DIFFERS (live {} rows, rebuilt {} rows); first difference: {diff}",
+                table.table, table.live_rows, table.rebuilt_rows
+            ),
+        }
+    }
+    let identical = report.identical();
+    println!(
+        "{}",
+        if identical {
+            "projections are identical"
+        } else {
+            "projections differ"
+        }
+    );
+    Ok(if identical {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn verify(config: Config) -> CommandResult {
+    let store = open(&config).await?;
+    let report = store.verify_chain().await?;
+    match report.first_bad {
+        None => {
+            println!(
+                "chain ok: {} entries, head {}",
+                report.verified, report.head
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(bad) => {
+            println!(
+                "chain broken at seq {}: {} ({} entries verified before it)",
+                bad.seq, bad.problem, report.verified
+            );
+            Ok(ExitCode::from(1))
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Storage: the only module that touches the database (through sea-orm).
+//!
+//! - [`Store`] opens the database (SQLite file in WAL mode by default, PostgreSQL when the URL
+//!   names one), runs migrations and serves reads of the log;
+//! - [`log`] holds the `EventLog` actor, the single writer of the `events` table;
+//! - [`projections`] applies projection operations inside the writer's transaction;
+//! - [`verify`] walks the hash chain; [`replay`] rebuilds the projections into a fresh database
+//!   and compares them with the live ones.
+//!
+//! The writer keeps a connection of its own (`writer`), so appends never queue behind reads
+//! for a pooled connection and SQLite never sees two writers.
+
+pub mod log;
+pub mod projections;
+pub mod replay;
+pub mod verify;
+
+use std::time::Duration;
+
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ColumnTrait, ConnectionTrait};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use serde_json::value::RawValue;
+
+use crate::config::{Backend, DatabaseConfig, Durability};
+use crate::core::chain::ChainHash;
+use crate::core::event::LogEntry;
+use entities::events;
+use migrations::{Migrator, MigratorTrait};
+
+pub use self::log::{AppendError, AppendOutcome, CommittedBatch, EventLog, EventLogHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: DbErr },
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("database migration failed: {0}")]
+    Migrate(DbErr),
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("log entry {seq} is unreadable: {problem}")]
+    Corrupt { seq: i64, problem: String },
+}
+
+/// The URL with any password replaced, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme_end + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// An open database: a reader pool and the writer's own connection.
+#[derive(Clone)]
+pub struct Store {
+    readers: DatabaseConnection,
+    writer: DatabaseConnection,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens the database named by `config` (creating a SQLite file and its directory when
+    /// missing). Does not migrate; call [`Store::migrate`].
+    pub async fn connect(
+        config: &DatabaseConfig,
+        durability: Durability,
+    ) -> Result<Store, StoreError> {
+        let backend = config.backend().ok_or_else(|| StoreError::Connect {
+            url: redact_url(&config.url),
+            source: DbErr::Custom("unsupported database URL scheme".into()),
+        })?;
+        if let Some(dir) = config
+            .sqlite_path()
+            .and_then(|p| p.parent().map(|d| d.to_owned()))
+        {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        let open = |max: u32| {
+            let mut options = ConnectOptions::new(config.url.clone());
+            options
+                .max_connections(max)
+                .min_connections(
+                    if config.sqlite_path().is_none() && backend == Backend::Sqlite {
+                        1
+                    } else {
+                        0
+                    },
+                )
+                .connect_timeout(config.connect_timeout)
+                .acquire_timeout(config.connect_timeout.max(Duration::from_secs(30)))
+                .sqlx_logging(false)
+                .map_sqlx_sqlite_opts(move |o| {
+                    o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(match durability {
+                            Durability::Normal => SqliteSynchronous::Normal,
+                            Durability::Full => SqliteSynchronous::Full,
+                        })
+                        .busy_timeout(Duration::from_secs(10))
+                        .create_if_missing(true)
+                });
+            async move {
+                Database::connect(options)
+                    .await
+                    .map_err(|source| StoreError::Connect {
+                        url: redact_url(&config.url),
+                        source,
+                    })
+            }
+        };
+        let writer = open(1).await?;
+        // An in-memory SQLite database exists once per connection: readers must share the
+        // writer's connection to see its data.
+        let readers = if backend == Backend::Sqlite && config.sqlite_path().is_none() {
+            writer.clone()
+        } else {
+            open(config.max_connections).await?
+        };
+        Ok(Store {
+            readers,
+            writer,
+            backend,
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.writer, None)
+            .await
+            .map_err(StoreError::Migrate)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The reader pool, for queries of the other modules of `store`.
+    pub(crate) fn readers(&self) -> &DatabaseConnection {
+        &self.readers
+    }
+
+    /// The newest entry's `seq` and `entry_hash`, or `(0, GENESIS)` for an empty log.
+    pub async fn head(&self) -> Result<(u64, ChainHash), StoreError> {
+        head_on(&self.writer).await
+    }
+
+    /// Up to `limit` entries with `seq > after`, in order.
+    pub async fn read_after(&self, after: u64, limit: u64) -> Result<Vec<LogEntry>, StoreError> {
+        let rows = events::Entity::find()
+            .filter(events::Column::Seq.gt(after as i64))
+            .order_by_asc(events::Column::Seq)
+            .limit(limit)
+            .all(&self.readers)
+            .await?;
+        rows.into_iter().map(entry_from_row).collect()
+    }
+
+    /// Closes both pools (checkpointing a SQLite WAL).
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.readers.close().await?;
+        if self.backend == Backend::Postgres || self.writer.ping().await.is_ok() {
+            // The in-memory case shares one connection; a second close reports an error.
+            let _ = self.writer.close().await;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn head_on(db: &impl ConnectionTrait) -> Result<(u64, ChainHash), StoreError> {
+    let last = events::Entity::find()
+        .select_only()
+        .column(events::Column::Seq)
+        .column(events::Column::EntryHash)
+        .order_by_desc(events::Column::Seq)
+        .limit(1)
+        .into_tuple::<(i64, String)>()
+        .one(db)
+        .await?;
+    match last {
+        None => Ok((0, ChainHash::GENESIS)),
+        Some((seq, hash)) => {
+            let hash = hash
+                .parse()
+                .map_err(|e: crate::core::chain::BadChainHash| StoreError::Corrupt {
+                    seq,
+                    problem: e.to_string(),
+                })?;
+            Ok((seq as u64, hash))
+        }
+    }
+}
+
+/// Converts a row into a [`LogEntry`], refusing rows whose stored hashes or content are
+/// unreadable (which only a hand-edited database can hold).
+pub(crate) fn entry_from_row(row: events::Model) -> Result<LogEntry, StoreError> {
+    let corrupt = |problem: String| StoreError::Corrupt {
+        seq: row.seq,
+        problem,
+    };
+    let prev_hash = row
+        .prev_hash
+        .parse()
+        .map_err(|e: crate::core::chain::BadChainHash| corrupt(format!("prev_hash: {e}")))?;
+    let entry_hash = row
+        .entry_hash
+        .parse()
+        .map_err(|e: crate::core::chain::BadChainHash| corrupt(format!("entry_hash: {e}")))?;
+    let content =
+        RawValue::from_string(row.content.clone()).map_err(|e| corrupt(format!("content: {e}")))?;
+    let seq = u64::try_from(row.seq).map_err(|_| corrupt("negative seq".into()))?;
+    Ok(LogEntry {
+        seq,
+        event_id: row.event_id,
+        origin: row.origin,
+        event_type: row.event_type,
+        sender: row.sender,
+        channel: row.channel,
+        origin_ts: row.origin_ts,
+        received_ts: row.received_ts,
+        content,
+        prev_hash,
+        entry_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://sy:secret@127.0.0.1/db"),
+            "postgres://sy:***@127.0.0.1/db"
+        );
+        assert_eq!(redact_url("postgres://sy@h/db"), "postgres://sy@h/db");
+        assert_eq!(
+            redact_url("sqlite://data/x.db?mode=rwc"),
+            "sqlite://data/x.db?mode=rwc"
+        );
+    }
+}

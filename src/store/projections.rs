@@ -1,0 +1,173 @@
+//! Applies projection operations ([`crate::core::projection`]) inside a transaction.
+//!
+//! Operations are applied in `seq` order with the semantics documented in `core::projection`.
+//! Consecutive `InsertMessage` operations — the bulk of any busy log — are written as one
+//! multi-row `INSERT … ON CONFLICT DO NOTHING`, which keeps first-one-wins semantics because a
+//! run is de-duplicated in order before it is written.
+
+use std::collections::HashSet;
+
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+
+use crate::core::projection::ProjectionOp;
+use entities::{channels, members, messages, origin_policies};
+
+const INSERT_CHUNK: usize = 1000;
+
+/// Applies `ops` (each with the `seq` of its event) in order.
+pub async fn apply<'a>(
+    db: &impl ConnectionTrait,
+    ops: impl IntoIterator<Item = (u64, &'a ProjectionOp)>,
+) -> Result<(), DbErr> {
+    let mut run: Vec<messages::ActiveModel> = Vec::new();
+    let mut run_keys: HashSet<(&'a str, &'a str)> = HashSet::new();
+    for (seq, op) in ops {
+        let seq = seq as i64;
+        if let ProjectionOp::InsertMessage {
+            channel,
+            message_id,
+            sender,
+            body,
+            origin_ts,
+        } = op
+        {
+            if run_keys.insert((channel, message_id)) {
+                run.push(messages::ActiveModel {
+                    channel_ref: Set(channel.clone()),
+                    message_id: Set(message_id.clone()),
+                    sender: Set(sender.clone()),
+                    body: Set(Some(body.clone())),
+                    origin_ts: Set(*origin_ts),
+                    created_seq: Set(seq),
+                    edited_seq: Set(None),
+                    deleted_seq: Set(None),
+                });
+            }
+            continue;
+        }
+        flush_messages(db, &mut run).await?;
+        run_keys.clear();
+        apply_one(db, seq, op).await?;
+    }
+    flush_messages(db, &mut run).await
+}
+
+async fn flush_messages(
+    db: &impl ConnectionTrait,
+    run: &mut Vec<messages::ActiveModel>,
+) -> Result<(), DbErr> {
+    while !run.is_empty() {
+        let rest = run.split_off(run.len().min(INSERT_CHUNK));
+        let chunk = std::mem::replace(run, rest);
+        messages::Entity::insert_many(chunk)
+            .on_conflict(
+                OnConflict::columns([messages::Column::ChannelRef, messages::Column::MessageId])
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Result<(), DbErr> {
+    match op {
+        ProjectionOp::CreateChannel {
+            channel,
+            name,
+            creator,
+        } => {
+            channels::Entity::insert(channels::ActiveModel {
+                channel_ref: Set(channel.clone()),
+                name: Set(name.clone()),
+                creator: Set(creator.clone()),
+                created_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(channels::Column::ChannelRef)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::SetMembership {
+            channel,
+            fid,
+            state,
+        } => {
+            members::Entity::insert(members::ActiveModel {
+                channel_ref: Set(channel.clone()),
+                fid: Set(fid.clone()),
+                state: Set(state.as_str().to_owned()),
+                updated_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::columns([members::Column::ChannelRef, members::Column::Fid])
+                    .update_columns([members::Column::State, members::Column::UpdatedSeq])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::InsertMessage { .. } => {
+            // Batched by `apply`; never reaches here.
+        }
+        ProjectionOp::EditMessage {
+            channel,
+            message_id,
+            body,
+        } => {
+            messages::Entity::update_many()
+                .col_expr(messages::Column::Body, Expr::value(body.clone()))
+                .col_expr(messages::Column::EditedSeq, Expr::value(seq))
+                .filter(messages::Column::ChannelRef.eq(channel.as_str()))
+                .filter(messages::Column::MessageId.eq(message_id.as_str()))
+                .filter(messages::Column::DeletedSeq.is_null())
+                .exec(db)
+                .await?;
+        }
+        ProjectionOp::DeleteMessage {
+            channel,
+            message_id,
+        } => {
+            messages::Entity::update_many()
+                .col_expr(messages::Column::Body, Expr::value(Option::<String>::None))
+                .col_expr(messages::Column::DeletedSeq, Expr::value(seq))
+                .filter(messages::Column::ChannelRef.eq(channel.as_str()))
+                .filter(messages::Column::MessageId.eq(message_id.as_str()))
+                .filter(messages::Column::DeletedSeq.is_null())
+                .exec(db)
+                .await?;
+        }
+        ProjectionOp::SetOriginPolicy {
+            origin,
+            rate_per_minute,
+            burst,
+            blocked,
+        } => {
+            origin_policies::Entity::insert(origin_policies::ActiveModel {
+                origin: Set(origin.clone()),
+                rate_per_minute: Set(*rate_per_minute),
+                burst: Set(*burst),
+                blocked: Set(*blocked),
+                updated_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(origin_policies::Column::Origin)
+                    .update_columns([
+                        origin_policies::Column::RatePerMinute,
+                        origin_policies::Column::Burst,
+                        origin_policies::Column::Blocked,
+                        origin_policies::Column::UpdatedSeq,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Logs and metrics.
+//!
+//! Logs: `tracing` with the text or JSON formatter (`[log]`). Metrics: a Prometheus registry
+//! owned by each application instance (no process-global state, so several instances can run
+//! in one test process), rendered in the Prometheus text format at `GET /metrics`.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides `log.level`.
+/// Calling it twice is harmless (the second call keeps the first subscriber).
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Every metric of one Switchyard instance.
+pub struct Metrics {
+    registry: Registry,
+    /// Events per group commit.
+    pub log_batch_events: Histogram,
+    /// Time from an append's arrival at the writer to its acknowledgement.
+    pub log_append_seconds: Histogram,
+    /// Time of one group-commit transaction.
+    pub log_commit_seconds: Histogram,
+    pub log_events_appended: IntCounterVec,
+    pub log_duplicates: IntCounter,
+    pub log_commit_failures: IntCounter,
+    pub log_head_seq: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("switchyard".into()), None)?;
+        let latency_buckets = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5,
+        ];
+        let log_batch_events = Histogram::with_opts(
+            HistogramOpts::new("log_batch_events", "Events written per group commit")
+                .buckets(prometheus::exponential_buckets(1.0, 2.0, 14)?),
+        )?;
+        let log_append_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "log_append_seconds",
+                "Append latency at the log writer, arrival to acknowledgement",
+            )
+            .buckets(latency_buckets.clone()),
+        )?;
+        let log_commit_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "log_commit_seconds",
+                "Duration of one group-commit transaction",
+            )
+            .buckets(latency_buckets),
+        )?;
+        let log_events_appended = IntCounterVec::new(
+            Opts::new(
+                "log_events_appended_total",
+                "Events appended to the log, by type",
+            ),
+            &["type"],
+        )?;
+        let log_duplicates = IntCounter::new(
+            "log_duplicates_total",
+            "Appends answered as duplicates of an existing (origin, event_id)",
+        )?;
+        let log_commit_failures = IntCounter::new(
+            "log_commit_failures_total",
+            "Group commits that failed and were rolled back",
+        )?;
+        let log_head_seq = IntGauge::new(
+            "log_head_seq",
+            "Sequence number of the newest committed entry",
+        )?;
+        registry.register(Box::new(log_batch_events.clone()))?;
+        registry.register(Box::new(log_append_seconds.clone()))?;
+        registry.register(Box::new(log_commit_seconds.clone()))?;
+        registry.register(Box::new(log_events_appended.clone()))?;
+        registry.register(Box::new(log_duplicates.clone()))?;
+        registry.register(Box::new(log_commit_failures.clone()))?;
+        registry.register(Box::new(log_head_seq.clone()))?;
+        Ok(Metrics {
+            registry,
+            log_batch_events,
+            log_append_seconds,
+            log_commit_seconds,
+            log_events_appended,
+            log_duplicates,
+            log_commit_failures,
+            log_head_seq,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buffer = Vec::with_capacity(8 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        String::from_utf8(buffer).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
