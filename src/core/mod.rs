@@ -6,4 +6,5 @@ pub mod canonical_json;
 pub mod chain;
 pub mod event;
 pub mod ids;
+pub mod merkle;
 pub mod projection;

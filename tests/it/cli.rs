@@ -1,0 +1,204 @@
+//! The `switchyard` binary itself: configuration errors, an unreachable database, graceful
+//! shutdown, `log verify` and `replay`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, Database};
+
+use crate::helpers::{message, TestDb};
+
+fn switchyard(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command.args(args).env_remove("RUST_LOG");
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.output().expect("run switchyard")
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> String {
+    let path = dir.join("config.toml");
+    std::fs::write(&path, body).expect("write config");
+    path.display().to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn bad_config_values_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        (
+            "[storage]\ndurability = \"sometimes\"\n",
+            "storage.durability",
+        ),
+        ("[server]\nbind = \"not an address\"\n", "server.bind"),
+        (
+            "[database]\nurl = \"mysql://localhost/x\"\n",
+            "database.url",
+        ),
+        ("[server]\nname = \"has space\"\n", "server.name"),
+        ("[federation\n", "TOML"),
+    ];
+    for (body, key) in cases {
+        let config = write_config(dir.path(), body);
+        let output = switchyard(&["--config", &config, "migrate"], &[]);
+        assert_eq!(output.status.code(), Some(2), "{body}: {}", stderr(&output));
+        assert!(stderr(&output).contains(key), "{body}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("panicked"));
+    }
+    // An environment override is checked the same way.
+    let config = write_config(dir.path(), "");
+    let output = switchyard(
+        &["--config", &config, "migrate"],
+        &[("SWITCHYARD__STORAGE__MAX_BATCH_EVENTS", "0")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("storage.max_batch_events"),
+        "{}",
+        stderr(&output)
+    );
+    // A missing file.
+    let output = switchyard(
+        &["--config", "/nonexistent/switchyard.toml", "migrate"],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("/nonexistent/switchyard.toml"));
+}
+
+#[test]
+fn an_unreachable_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "[database]\nconnect_timeout = \"2s\"\n");
+    // Nothing listens on port 1; the password must not be printed.
+    let output = switchyard(
+        &["--config", &config, "migrate"],
+        &[(
+            "SWITCHYARD__DATABASE__URL",
+            "postgres://sy:hunter2@127.0.0.1:1/sy",
+        )],
+    );
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("cannot open the database postgres://sy:***@127.0.0.1:1/sy"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("hunter2") && !err.contains("panicked"),
+        "{err}"
+    );
+
+    // A SQLite file that cannot be created.
+    let output = switchyard(
+        &["--config", &config, "migrate"],
+        &[(
+            "SWITCHYARD__DATABASE__URL",
+            "sqlite:///proc/switchyard/x.db?mode=rwc",
+        )],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("/proc/switchyard"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains("panicked"));
+}
+
+#[actix_web::test]
+async fn log_verify_and_replay_commands() {
+    let db = TestDb::new().await;
+    {
+        let app = crate::helpers::spawn_app_with(
+            TestDb {
+                url: db.url.clone(),
+                dir: tempfile::tempdir().expect("dir"),
+            },
+            |_| {},
+        )
+        .await;
+        for i in 0..10 {
+            app.log
+                .append(vec![message("a.example", &format!("e{i}"))])
+                .await
+                .expect("append");
+        }
+        app.server.stop(true).await;
+    }
+    let config = write_config(db.dir.path(), "");
+    let env = [("SWITCHYARD__DATABASE__URL", db.url.as_str())];
+
+    let output = switchyard(&["--config", &config, "log", "verify"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("chain ok: 10 entries"));
+
+    let output = switchyard(&["--config", &config, "replay"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        stdout.contains("replayed 10 log entries") && stdout.contains("projections are identical"),
+        "{stdout}"
+    );
+
+    let raw = Database::connect(&db.url).await.expect("raw");
+    raw.execute_unprepared("UPDATE events SET origin_ts = origin_ts + 1 WHERE seq = 6")
+        .await
+        .expect("tamper");
+    let output = switchyard(&["--config", &config, "log", "verify"], &env);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("chain broken at seq 6"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "[server]\nbind = \"127.0.0.1:0\"\n");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--config", &config, "serve"])
+        .env("SWITCHYARD__DATABASE__URL", &url)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut listening = false;
+    while Instant::now() < deadline {
+        match lines.next() {
+            Some(Ok(line)) if line.contains("switchyard is listening") => {
+                listening = true;
+                break;
+            }
+            Some(Ok(_)) => continue,
+            _ => break,
+        }
+    }
+    assert!(listening, "the server did not start");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "exit {exit:?}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("event log drained")),
+        "{rest:?}"
+    );
+}

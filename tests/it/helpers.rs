@@ -1,0 +1,131 @@
+//! Shared test helpers: a fresh database per test, the real app on port 0, event builders.
+
+use serde_json::json;
+use switchyard::app::Application;
+use switchyard::config::Config;
+use switchyard::core::event::NewEvent;
+use switchyard::store::{EventLogHandle, Store};
+
+/// A database of one test: a SQLite file in a temporary directory, or a fresh PostgreSQL
+/// database when `SWITCHYARD_TEST_POSTGRES_URL` is set.
+pub struct TestDb {
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = match std::env::var("SWITCHYARD_TEST_POSTGRES_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => create_pg_database(&admin_url).await,
+            _ => format!(
+                "sqlite://{}?mode=rwc",
+                dir.path().join("switchyard.db").display()
+            ),
+        };
+        TestDb { url, dir }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut config = Config::default();
+        config.server.bind = "127.0.0.1:0".into();
+        config.server.workers = 1;
+        config.database.url = self.url.clone();
+        config.database.max_connections = 4;
+        config
+    }
+
+    pub async fn store(&self) -> Store {
+        let config = self.config();
+        let store = Store::connect(&config.database, config.storage.durability)
+            .await
+            .expect("connect");
+        store.migrate().await.expect("migrate");
+        store
+    }
+}
+
+async fn create_pg_database(admin_url: &str) -> String {
+    use sea_orm::{ConnectionTrait, Database};
+    let name = format!("sy_test_{}", rand_suffix());
+    let admin = Database::connect(admin_url)
+        .await
+        .expect("connect to the PostgreSQL test server");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create test database");
+    admin.close().await.expect("close");
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("admin URL has a database path");
+    format!("{base}/{name}")
+}
+
+pub fn rand_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+/// The real application, serving on a free port, with a database of its own.
+pub struct TestApp {
+    pub address: String,
+    pub log: EventLogHandle,
+    pub store: Store,
+    pub db: TestDb,
+    pub server: actix_web::dev::ServerHandle,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestDb::new().await, |_| {}).await
+}
+
+pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let mut config = db.config();
+    adjust(&mut config);
+    let app = Application::build(config).await.expect("build app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let log = app.event_log().clone();
+    let store = app.store().clone();
+    let server = app.handle();
+    actix_web::rt::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        log,
+        store,
+        db,
+        server,
+    }
+}
+
+/// A `message.new` of about 300 bytes, from `origin`, in channel `general@<origin>`.
+pub fn message(origin: &str, event_id: &str) -> NewEvent {
+    NewEvent {
+        event_id: event_id.into(),
+        origin: origin.into(),
+        event_type: "message.new".into(),
+        sender: Some(format!("alice@{origin}")),
+        channel: Some(format!("general@{origin}")),
+        origin_ts: 1_700_000_000_000,
+        content: json!({"message_id": event_id, "body": "x".repeat(160)}),
+    }
+}
+
+pub fn event(
+    origin: &str,
+    event_id: &str,
+    kind: &str,
+    sender: &str,
+    content: serde_json::Value,
+) -> NewEvent {
+    NewEvent {
+        event_id: event_id.into(),
+        origin: origin.into(),
+        event_type: kind.into(),
+        sender: Some(sender.into()),
+        channel: Some(format!("general@{origin}")),
+        origin_ts: 1_700_000_000_000,
+        content,
+    }
+}

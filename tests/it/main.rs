@@ -1,0 +1,10 @@
+//! Integration tests: the real application on port 0 with a database of its own.
+//!
+//! Storage tests run on SQLite by default and on PostgreSQL when
+//! `SWITCHYARD_TEST_POSTGRES_URL` names a server (each test then creates a database of its
+//! own there); `.ci/run` runs them both ways.
+
+mod cli;
+mod helpers;
+mod http;
+mod storage;

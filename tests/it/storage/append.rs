@@ -1,0 +1,266 @@
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard::core::event::EventError;
+use switchyard::store::{AppendError, AppendOutcome};
+
+use crate::helpers::{event, message, spawn_app};
+
+#[actix_web::test]
+async fn concurrent_appenders_get_gap_free_seqs_and_a_valid_chain() {
+    let app = spawn_app().await;
+    let appenders = 8;
+    let per_appender = 1000;
+    let tasks: Vec<_> = (0..appenders)
+        .map(|w| {
+            let log = app.log.clone();
+            actix_web::rt::spawn(async move {
+                let mut seqs = Vec::with_capacity(per_appender);
+                for i in 0..per_appender {
+                    let outcome = log
+                        .append(vec![message("a.example", &format!("w{w}-{i}"))])
+                        .await
+                        .expect("append");
+                    match outcome[..] {
+                        [AppendOutcome::Appended { seq }] => seqs.push(seq),
+                        ref other => panic!("unexpected outcome {other:?}"),
+                    }
+                }
+                seqs
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        let seqs = task.await.expect("task");
+        // Each appender sees its own appends in increasing order.
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        all.extend(seqs);
+    }
+    all.sort_unstable();
+    let expected: Vec<u64> = (1..=(appenders * per_appender) as u64).collect();
+    assert_eq!(all, expected, "seq must be exactly 1..8000");
+
+    let report = app.store.verify_chain().await.expect("verify");
+    assert_eq!(report.first_bad, None);
+    assert_eq!(report.verified, 8000);
+    let (head, hash) = app.store.head().await.expect("head");
+    assert_eq!((head, hash), (8000, report.head));
+}
+
+#[actix_web::test]
+async fn duplicates_return_the_first_seq_and_add_nothing() {
+    let app = spawn_app().await;
+    let first = app
+        .log
+        .append(vec![message("a.example", "e1"), message("a.example", "e2")])
+        .await
+        .expect("append");
+    assert_eq!(
+        first,
+        vec![
+            AppendOutcome::Appended { seq: 1 },
+            AppendOutcome::Appended { seq: 2 }
+        ]
+    );
+
+    // Across appends, inside one append, and the same event_id from another origin (distinct).
+    let again = app
+        .log
+        .append(vec![
+            message("a.example", "e2"),
+            message("a.example", "e3"),
+            message("a.example", "e3"),
+            message("b.example", "e1"),
+        ])
+        .await
+        .expect("append");
+    assert_eq!(
+        again,
+        vec![
+            AppendOutcome::Duplicate { seq: 2 },
+            AppendOutcome::Appended { seq: 3 },
+            AppendOutcome::Duplicate { seq: 3 },
+            AppendOutcome::Appended { seq: 4 },
+        ]
+    );
+
+    // Many concurrent repeats of one event: one entry, every caller told its seq.
+    let repeats: Vec<_> = (0..32)
+        .map(|_| {
+            let log = app.log.clone();
+            actix_web::rt::spawn(async move {
+                log.append(vec![message("c.example", "same")])
+                    .await
+                    .expect("append")
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    for task in repeats {
+        let outcome = task.await.expect("task");
+        assert_eq!(outcome[0].seq(), 5);
+        appended += matches!(outcome[0], AppendOutcome::Appended { .. }) as usize;
+    }
+    assert_eq!(appended, 1);
+
+    let entries = app.store.read_after(0, 100).await.expect("read");
+    assert_eq!(entries.len(), 5);
+    assert_eq!(
+        app.store.verify_chain().await.expect("verify").first_bad,
+        None
+    );
+}
+
+#[actix_web::test]
+async fn an_invalid_event_rejects_its_whole_append_and_writes_nothing() {
+    let app = spawn_app().await;
+    let mut bad = message("a.example", "bad");
+    bad.content = json!({"message_id": "m"}); // no body
+    let err = app
+        .log
+        .append(vec![message("a.example", "ok"), bad])
+        .await
+        .expect_err("invalid");
+    assert!(
+        matches!(
+            err,
+            AppendError::Invalid {
+                index: 1,
+                error: EventError::BadContent { .. }
+            }
+        ),
+        "{err:?}"
+    );
+
+    let mut unknown = message("a.example", "u");
+    unknown.event_type = "message.relay".into();
+    let err = app
+        .log
+        .append(vec![unknown])
+        .await
+        .expect_err("unknown type");
+    assert!(matches!(
+        err,
+        AppendError::Invalid {
+            index: 0,
+            error: EventError::UnknownType(_)
+        }
+    ));
+
+    let mut bad_id = message("a.example", "x");
+    bad_id.event_id = "has space".into();
+    let err = app.log.append(vec![bad_id]).await.expect_err("bad id");
+    assert!(matches!(
+        err,
+        AppendError::Invalid {
+            index: 0,
+            error: EventError::BadEventId
+        }
+    ));
+
+    assert_eq!(
+        app.store.head().await.expect("head").0,
+        0,
+        "nothing was written"
+    );
+    assert!(app.store.read_after(0, 10).await.expect("read").is_empty());
+}
+
+#[actix_web::test]
+async fn projections_follow_the_log() {
+    let app = spawn_app().await;
+    let o = "a.example";
+    let events = vec![
+        event(
+            o,
+            "c1",
+            "channel.new",
+            "alice@a.example",
+            json!({"name": "General"}),
+        ),
+        event(
+            o,
+            "i1",
+            "channel.invite",
+            "alice@a.example",
+            json!({"invitee": "bob@b.example"}),
+        ),
+        event(o, "j1", "channel.join", "bob@b.example", json!({})),
+        event(
+            o,
+            "m1",
+            "message.new",
+            "bob@b.example",
+            json!({"message_id": "m1", "body": "hello"}),
+        ),
+        event(
+            o,
+            "m2",
+            "message.new",
+            "bob@b.example",
+            json!({"message_id": "m2", "body": "second"}),
+        ),
+        event(
+            o,
+            "m1e",
+            "message.edit",
+            "bob@b.example",
+            json!({"message_id": "m1", "body": "hello!"}),
+        ),
+        event(
+            o,
+            "m2d",
+            "message.delete",
+            "bob@b.example",
+            json!({"message_id": "m2"}),
+        ),
+        event(o, "l1", "channel.leave", "bob@b.example", json!({})),
+    ];
+    app.log.append(events).await.expect("append");
+    let report = app
+        .store
+        .replay_into(&crate::helpers::TestDb::new().await.store().await)
+        .await
+        .expect("replay");
+    assert!(report.identical(), "{report:?}");
+    let rows = |table: &str| {
+        report
+            .tables
+            .iter()
+            .find(|t| t.table == table)
+            .map(|t| t.live_rows)
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        (rows("channels"), rows("members"), rows("messages")),
+        (1, 2, 2)
+    );
+}
+
+#[actix_web::test]
+async fn a_slow_subscriber_never_blocks_the_writer_and_learns_what_it_missed() {
+    let db = crate::helpers::TestDb::new().await;
+    let app = crate::helpers::spawn_app_with(db, |c| c.storage.publish_buffer = 4).await;
+    let mut slow = app.log.subscribe();
+    // 50 separate commits while the subscriber reads nothing: every append still completes.
+    for i in 0..50 {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            app.log.append(vec![message("a.example", &format!("e{i}"))]),
+        )
+        .await
+        .expect("the writer must not wait for a subscriber")
+        .expect("append");
+    }
+    match slow.recv().await {
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+            assert!(missed >= 46, "missed {missed}")
+        }
+        other => panic!("expected Lagged, got {other:?}"),
+    }
+    // What it still holds is the newest; the rest is in the log.
+    let next = slow.recv().await.expect("batch");
+    assert!(next.entries[0].seq > 46);
+    assert_eq!(app.store.read_after(0, 1000).await.expect("read").len(), 50);
+}
