@@ -3,6 +3,11 @@
 //! Exit codes: 0 success; 1 failure at run time (database unreachable, chain broken, replay
 //! differs); 2 invalid configuration or usage.
 
+/// mimalloc: the log writer, the database worker and the HTTP workers hand buffers to one
+/// another, which glibc's allocator serialises on its arena locks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

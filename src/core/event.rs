@@ -130,7 +130,8 @@ pub struct PreparedEvent {
     pub channel: Option<String>,
     pub origin_ts: i64,
     pub content: Value,
-    pub canonical_content: String,
+    /// The content as canonical JSON (what is stored and hashed).
+    pub canonical_content: Box<RawValue>,
 }
 
 impl NewEvent {
@@ -162,6 +163,9 @@ impl NewEvent {
             problem,
         })?;
         let canonical_content = canonical_json::to_canonical_string(&self.content)?;
+        // Canonical JSON is valid JSON, so this never fails; the error arm keeps it panic-free.
+        let canonical_content = RawValue::from_string(canonical_content)
+            .map_err(|_| EventError::NotCanonical(CanonicalJsonError::Float))?;
         Ok(PreparedEvent {
             event_id: self.event_id,
             origin: self.origin,

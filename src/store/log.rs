@@ -36,14 +36,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
-    ActiveValue::Set, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
+    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
+    SqlErr, TransactionTrait, Value,
 };
-use serde_json::value::RawValue;
 use tokio::sync::{broadcast, oneshot};
 
-use super::{head_on, projections, StoreError};
+use super::{bulk, head_on, projections, StoreError};
 use crate::core::chain::ChainHash;
 use crate::core::event::{write_leaf, EventError, LogEntry, NewEvent, PreparedEvent};
 use crate::core::projection::{self, ProjectionOp};
@@ -53,7 +52,7 @@ use entities::events;
 /// Rows per multi-row INSERT: 11 bind parameters each keeps a statement well under the
 /// parameter limits of SQLite (32,766) and PostgreSQL (65,535).
 const INSERT_CHUNK: usize = 1000;
-/// (origin, event_id) pairs per duplicate lookup.
+/// Event ids per duplicate lookup.
 const LOOKUP_CHUNK: usize = 500;
 /// Appends the actor's mailbox holds before senders wait.
 const MAILBOX_CAPACITY: usize = 4096;
@@ -132,6 +131,8 @@ pub struct EventLog {
     writer: DatabaseConnection,
     /// `None` after a failed commit: re-read from the database before the next batch.
     head: Option<Head>,
+    /// The last batch held duplicates: look them up before writing (see [`write_batch`]).
+    lookup_first: bool,
     queue: VecDeque<PendingAppend>,
     committing: bool,
     max_batch_events: usize,
@@ -155,6 +156,7 @@ impl EventLog {
         let actor = EventLog {
             writer: store.writer.clone(),
             head: Some(Head { seq, hash }),
+            lookup_first: false,
             queue: VecDeque::new(),
             committing: false,
             max_batch_events,
@@ -196,9 +198,11 @@ impl EventLog {
         let head = self.head;
         let published = self.published.clone();
         let metrics = self.metrics.clone();
-        let commit = async move { commit_batch(writer, head, batch, published, metrics).await };
-        ctx.spawn(commit.into_actor(self).map(|new_head, actor, ctx| {
-            actor.head = new_head;
+        let lookup_first = self.lookup_first;
+        let commit = commit_batch(writer, head, lookup_first, batch, published, metrics);
+        ctx.spawn(commit.into_actor(self).map(|end, actor, ctx| {
+            actor.head = end.head;
+            actor.lookup_first = end.saw_duplicates;
             actor.committing = false;
             actor.pump(ctx);
         }));
@@ -243,22 +247,40 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs one group commit and answers its callers. Returns the new head, or `None` when the
-/// head must be re-read (the transaction failed, so its outcome is unknown to us).
+/// How a group commit ended, for the actor's state.
+struct CommitEnd {
+    /// The new head, or `None` when it must be re-read (the transaction failed, so whether it
+    /// reached the disk is unknown to us).
+    head: Option<Head>,
+    /// The batch held duplicates: look them up first in the next batch.
+    saw_duplicates: bool,
+}
+
+/// Runs one group commit and answers its callers.
 async fn commit_batch(
     writer: DatabaseConnection,
     head: Option<Head>,
-    mut batch: Vec<PendingAppend>,
+    lookup_first: bool,
+    batch: Vec<PendingAppend>,
     published: broadcast::Sender<Arc<CommittedBatch>>,
     metrics: Arc<Metrics>,
-) -> Option<Head> {
+) -> CommitEnd {
     let started = Instant::now();
-    let result = write_batch(&writer, head, &mut batch).await;
+    let result = write_batch(&writer, head, &batch, lookup_first)
+        .await
+        .map(|plan| {
+            (
+                plan.head,
+                plan.has_duplicates(),
+                plan.outcomes,
+                plan.entries,
+            )
+        });
     metrics
         .log_commit_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((new_head, outcomes, entries)) => {
+        Ok((new_head, saw_duplicates, outcomes, entries)) => {
             let appended = entries.len();
             metrics.log_batch_events.observe(appended as f64);
             metrics.log_head_seq.set(new_head.seq as i64);
@@ -285,7 +307,10 @@ async fn commit_batch(
             }
             metrics.log_duplicates.inc_by(duplicates as u64);
             tracing::trace!(appended, duplicates, "group commit");
-            Some(new_head)
+            CommitEnd {
+                head: Some(new_head),
+                saw_duplicates,
+            }
         }
         Err(error) => {
             metrics.log_commit_failures.inc();
@@ -294,39 +319,50 @@ async fn commit_batch(
             for pending in batch {
                 let _ = pending.reply.send(Err(AppendError::Storage(error.clone())));
             }
-            None
+            CommitEnd {
+                head: None,
+                saw_duplicates: lookup_first,
+            }
         }
     }
 }
 
-type BatchResult = (Head, Vec<Vec<AppendOutcome>>, Vec<LogEntry>);
+/// What one group commit writes and answers.
+struct Plan<'a> {
+    head: Head,
+    outcomes: Vec<Vec<AppendOutcome>>,
+    entries: Vec<LogEntry>,
+    ops: Vec<(u64, &'a ProjectionOp)>,
+}
 
-async fn write_batch(
-    writer: &DatabaseConnection,
-    head: Option<Head>,
-    batch: &mut [PendingAppend],
-) -> Result<BatchResult, StoreError> {
-    let txn = writer.begin().await?;
-    let mut head = match head {
-        Some(head) => head,
-        None => {
-            let (seq, hash) = head_on(&txn).await?;
-            Head { seq, hash }
-        }
-    };
-    let existing = find_existing(&txn, batch).await?;
+impl Plan<'_> {
+    fn has_duplicates(&self) -> bool {
+        self.outcomes
+            .iter()
+            .flatten()
+            .any(|o| matches!(o, AppendOutcome::Duplicate { .. }))
+    }
+}
+
+/// Assigns `seq` and hashes to every event of the batch that is neither in `existing` nor a
+/// repeat of an earlier event of the batch. Pure CPU work; no I/O.
+fn plan<'a>(
+    mut head: Head,
+    batch: &'a [PendingAppend],
+    existing: &HashMap<(String, String), u64>,
+) -> Plan<'a> {
     let received_ts = now_ms();
     let mut seen: HashMap<(&str, &str), u64> = HashMap::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut entries = Vec::new();
     let mut ops = Vec::new();
     let mut leaf = String::with_capacity(1024);
-    for pending in batch.iter() {
+    for pending in batch {
         let mut outcome = Vec::with_capacity(pending.events.len());
         for (event, event_ops) in pending.events.iter().zip(&pending.ops) {
             let key = (event.origin.as_str(), event.event_id.as_str());
             let earlier = seen.get(&key).copied().or_else(|| {
-                // Duplicates are rare: only then pay for an owned lookup key.
+                // `existing` is empty unless a lookup found duplicates: only then build keys.
                 (!existing.is_empty())
                     .then(|| {
                         existing
@@ -351,15 +387,9 @@ async fn write_batch(
                 event.channel.as_deref(),
                 event.origin_ts,
                 received_ts,
-                &event.canonical_content,
+                event.canonical_content.get(),
             );
             let entry_hash = head.hash.next(leaf.as_bytes());
-            let content = RawValue::from_string(event.canonical_content.clone()).map_err(|e| {
-                StoreError::Corrupt {
-                    seq: seq as i64,
-                    problem: e.to_string(),
-                }
-            })?;
             entries.push(LogEntry {
                 seq,
                 event_id: event.event_id.clone(),
@@ -369,7 +399,7 @@ async fn write_batch(
                 channel: event.channel.clone(),
                 origin_ts: event.origin_ts,
                 received_ts,
-                content,
+                content: event.canonical_content.clone(),
                 prev_hash: head.hash,
                 entry_hash,
             });
@@ -383,52 +413,118 @@ async fn write_batch(
         }
         outcomes.push(outcome);
     }
-    if entries.is_empty() {
-        txn.rollback().await?;
-        return Ok((head, outcomes, entries));
+    Plan {
+        head,
+        outcomes,
+        entries,
+        ops,
     }
-    insert_entries(&txn, &entries).await?;
-    projections::apply(&txn, ops).await?;
-    txn.commit().await?;
-    Ok((head, outcomes, entries))
+}
+
+fn is_unique_violation(error: &StoreError) -> bool {
+    matches!(error, StoreError::Db(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))))
+}
+
+/// Writes one batch in one transaction.
+///
+/// Duplicates are rare on the hot path, so by default the batch is written optimistically
+/// without looking them up: the unique index on `(origin, event_id)` refuses a duplicate, the
+/// transaction rolls back and the batch is planned again after a lookup. After a batch with
+/// duplicates the writer looks up first (`lookup_first`) until a batch comes without any, so
+/// a stream of retries costs one lookup per batch rather than a failed insert.
+async fn write_batch<'a>(
+    writer: &DatabaseConnection,
+    head: Option<Head>,
+    batch: &'a [PendingAppend],
+    lookup_first: bool,
+) -> Result<Plan<'a>, StoreError> {
+    let head = match head {
+        Some(head) => head,
+        None => {
+            let (seq, hash) = head_on(writer).await?;
+            Head { seq, hash }
+        }
+    };
+    if !lookup_first {
+        let optimistic = plan(head, batch, &HashMap::new());
+        let txn = writer.begin().await?;
+        match write_plan(&txn, &optimistic).await {
+            Ok(()) => {
+                txn.commit().await?;
+                return Ok(optimistic);
+            }
+            Err(error) if is_unique_violation(&error) => txn.rollback().await?,
+            Err(error) => return Err(error),
+        }
+    }
+    let txn = writer.begin().await?;
+    let existing = find_existing(&txn, batch).await?;
+    let checked = plan(head, batch, &existing);
+    if checked.entries.is_empty() {
+        txn.rollback().await?;
+    } else {
+        write_plan(&txn, &checked).await?;
+        txn.commit().await?;
+    }
+    Ok(checked)
+}
+
+async fn write_plan(txn: &DatabaseTransaction, plan: &Plan<'_>) -> Result<(), StoreError> {
+    insert_entries(txn, &plan.entries).await?;
+    projections::apply(txn, plan.ops.iter().copied()).await?;
+    Ok(())
 }
 
 /// The `seq` of every `(origin, event_id)` of the batch that the log already holds.
+///
+/// One query per origin, `origin = ? AND event_id IN (…)`: both SQLite and PostgreSQL answer
+/// it from the unique index, where a row-value `(origin, event_id) IN (…)` makes SQLite scan
+/// the whole table.
 async fn find_existing(
     db: &impl sea_orm::ConnectionTrait,
     batch: &[PendingAppend],
 ) -> Result<HashMap<(String, String), u64>, StoreError> {
-    let keys: Vec<(&str, &str)> = batch
-        .iter()
-        .flat_map(|p| {
-            p.events
-                .iter()
-                .map(|e| (e.origin.as_str(), e.event_id.as_str()))
-        })
-        .collect();
+    let mut by_origin: HashMap<&str, Vec<&str>> = HashMap::new();
+    for event in batch.iter().flat_map(|p| &p.events) {
+        by_origin
+            .entry(event.origin.as_str())
+            .or_default()
+            .push(event.event_id.as_str());
+    }
     let mut found = HashMap::new();
-    for chunk in keys.chunks(LOOKUP_CHUNK) {
-        let condition: SimpleExpr = Expr::tuple([
-            Expr::col(events::Column::Origin).into(),
-            Expr::col(events::Column::EventId).into(),
-        ])
-        .in_tuples(chunk.iter().map(|&(o, e)| (o.to_owned(), e.to_owned())));
-        let rows: Vec<(i64, String, String)> = events::Entity::find()
-            .select_only()
-            .column(events::Column::Seq)
-            .column(events::Column::Origin)
-            .column(events::Column::EventId)
-            .filter(condition)
-            .into_tuple()
-            .all(db)
-            .await?;
-        found.extend(
-            rows.into_iter()
-                .map(|(seq, origin, event_id)| ((origin, event_id), seq as u64)),
-        );
+    for (origin, event_ids) in by_origin {
+        for chunk in event_ids.chunks(LOOKUP_CHUNK) {
+            let rows: Vec<(i64, String)> = events::Entity::find()
+                .select_only()
+                .column(events::Column::Seq)
+                .column(events::Column::EventId)
+                .filter(events::Column::Origin.eq(origin))
+                .filter(events::Column::EventId.is_in(chunk.iter().copied()))
+                .into_tuple()
+                .all(db)
+                .await?;
+            found.extend(
+                rows.into_iter()
+                    .map(|(seq, event_id)| ((origin.to_owned(), event_id), seq as u64)),
+            );
+        }
     }
     Ok(found)
 }
+
+const EVENT_COLUMNS: [&str; 11] = [
+    "seq",
+    "event_id",
+    "origin",
+    "type",
+    "sender",
+    "channel",
+    "origin_ts",
+    "received_ts",
+    "content",
+    "prev_hash",
+    "entry_hash",
+];
 
 /// Writes entries with multi-row INSERTs (one statement per [`INSERT_CHUNK`] rows).
 pub(crate) async fn insert_entries(
@@ -436,22 +532,23 @@ pub(crate) async fn insert_entries(
     entries: &[LogEntry],
 ) -> Result<(), StoreError> {
     for chunk in entries.chunks(INSERT_CHUNK) {
-        let rows = chunk.iter().map(|e| events::ActiveModel {
-            seq: Set(e.seq as i64),
-            event_id: Set(e.event_id.clone()),
-            origin: Set(e.origin.clone()),
-            event_type: Set(e.event_type.clone()),
-            sender: Set(e.sender.clone()),
-            channel: Set(e.channel.clone()),
-            origin_ts: Set(e.origin_ts),
-            received_ts: Set(e.received_ts),
-            content: Set(e.content.get().to_owned()),
-            prev_hash: Set(e.prev_hash.to_string()),
-            entry_hash: Set(e.entry_hash.to_string()),
-        });
-        events::Entity::insert_many(rows)
-            .exec_without_returning(db)
-            .await?;
+        let mut values = Vec::with_capacity(chunk.len() * EVENT_COLUMNS.len());
+        for e in chunk {
+            values.extend([
+                Value::BigInt(Some(e.seq as i64)),
+                bulk::text(&e.event_id),
+                bulk::text(&e.origin),
+                bulk::text(&e.event_type),
+                bulk::opt_text(e.sender.as_deref()),
+                bulk::opt_text(e.channel.as_deref()),
+                Value::BigInt(Some(e.origin_ts)),
+                Value::BigInt(Some(e.received_ts)),
+                bulk::text(e.content.get()),
+                Value::String(Some(Box::new(e.prev_hash.to_string()))),
+                Value::String(Some(Box::new(e.entry_hash.to_string()))),
+            ]);
+        }
+        bulk::insert_rows(db, "events", &EVENT_COLUMNS, values, "").await?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! The writer keeps a connection of its own (`writer`), so appends never queue behind reads
 //! for a pooled connection and SQLite never sees two writers.
 
+pub mod bulk;
 pub mod log;
 pub mod projections;
 pub mod replay;
@@ -107,6 +108,9 @@ impl Store {
                 )
                 .connect_timeout(config.connect_timeout)
                 .acquire_timeout(config.connect_timeout.max(Duration::from_secs(30)))
+                // No ping before each acquire: for the writer that would be one more round
+                // trip per transaction (measured: 0.4–1 ms of every group commit).
+                .test_before_acquire(false)
                 .sqlx_logging(false)
                 .map_sqlx_sqlite_opts(move |o| {
                     o.journal_mode(SqliteJournalMode::Wal)

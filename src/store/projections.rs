@@ -8,19 +8,34 @@
 use std::collections::HashSet;
 
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, Value,
+};
+
+use super::bulk;
 
 use crate::core::projection::ProjectionOp;
 use entities::{channels, members, messages, origin_policies};
 
 const INSERT_CHUNK: usize = 1000;
 
+const MESSAGE_COLUMNS: [&str; 8] = [
+    "channel_ref",
+    "message_id",
+    "sender",
+    "body",
+    "origin_ts",
+    "created_seq",
+    "edited_seq",
+    "deleted_seq",
+];
+
 /// Applies `ops` (each with the `seq` of its event) in order.
 pub async fn apply<'a>(
     db: &impl ConnectionTrait,
     ops: impl IntoIterator<Item = (u64, &'a ProjectionOp)>,
 ) -> Result<(), DbErr> {
-    let mut run: Vec<messages::ActiveModel> = Vec::new();
+    let mut run: Vec<Value> = Vec::new();
     let mut run_keys: HashSet<(&'a str, &'a str)> = HashSet::new();
     for (seq, op) in ops {
         let seq = seq as i64;
@@ -33,16 +48,19 @@ pub async fn apply<'a>(
         } = op
         {
             if run_keys.insert((channel, message_id)) {
-                run.push(messages::ActiveModel {
-                    channel_ref: Set(channel.clone()),
-                    message_id: Set(message_id.clone()),
-                    sender: Set(sender.clone()),
-                    body: Set(Some(body.clone())),
-                    origin_ts: Set(*origin_ts),
-                    created_seq: Set(seq),
-                    edited_seq: Set(None),
-                    deleted_seq: Set(None),
-                });
+                run.extend([
+                    bulk::text(channel),
+                    bulk::text(message_id),
+                    bulk::opt_text(sender.as_deref()),
+                    bulk::text(body),
+                    Value::BigInt(Some(*origin_ts)),
+                    Value::BigInt(Some(seq)),
+                    Value::BigInt(None),
+                    Value::BigInt(None),
+                ]);
+                if run_keys.len() == INSERT_CHUNK {
+                    flush_messages(db, &mut run).await?;
+                }
             }
             continue;
         }
@@ -53,23 +71,17 @@ pub async fn apply<'a>(
     flush_messages(db, &mut run).await
 }
 
-async fn flush_messages(
-    db: &impl ConnectionTrait,
-    run: &mut Vec<messages::ActiveModel>,
-) -> Result<(), DbErr> {
-    while !run.is_empty() {
-        let rest = run.split_off(run.len().min(INSERT_CHUNK));
-        let chunk = std::mem::replace(run, rest);
-        messages::Entity::insert_many(chunk)
-            .on_conflict(
-                OnConflict::columns([messages::Column::ChannelRef, messages::Column::MessageId])
-                    .do_nothing()
-                    .to_owned(),
-            )
-            .exec_without_returning(db)
-            .await?;
-    }
-    Ok(())
+/// Writes the pending run of new messages; first one wins on a repeated message id.
+async fn flush_messages(db: &impl ConnectionTrait, run: &mut Vec<Value>) -> Result<(), DbErr> {
+    let values = std::mem::take(run);
+    bulk::insert_rows(
+        db,
+        "messages",
+        &MESSAGE_COLUMNS,
+        values,
+        r#"ON CONFLICT ("channel_ref", "message_id") DO NOTHING"#,
+    )
+    .await
 }
 
 async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Result<(), DbErr> {
