@@ -95,10 +95,13 @@ fn main() -> ExitCode {
 type CommandResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 async fn serve(config: Config) -> CommandResult {
+    // Registered before anything starts, so a SIGTERM that arrives during start-up is a
+    // graceful stop too, not the default kill.
+    let shutdown = ShutdownSignal::install()?;
     let app = Application::build(config).await?;
     let handle = app.handle();
     actix_web::rt::spawn(async move {
-        shutdown_signal().await;
+        shutdown.recv().await;
         tracing::info!("shutdown requested: finishing in-flight requests, then draining the log");
         handle.stop(true).await;
     });
@@ -106,25 +109,37 @@ async fn serve(config: Config) -> CommandResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// SIGINT and SIGTERM, listened for from the moment it is installed.
+struct ShutdownSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> std::io::Result<ShutdownSignal> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(ShutdownSignal {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(ShutdownSignal {})
         }
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }

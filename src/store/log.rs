@@ -36,12 +36,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, QueryFilter, QuerySelect,
-    SqlErr, TransactionTrait, Value,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr, Value};
 use tokio::sync::{broadcast, oneshot};
 
+use super::writer::WriterConnection;
 use super::{bulk, head_on, projections, StoreError};
 use crate::core::chain::ChainHash;
 use crate::core::event::{write_leaf, EventError, LogEntry, NewEvent, PreparedEvent};
@@ -128,7 +126,7 @@ struct Head {
 }
 
 pub struct EventLog {
-    writer: DatabaseConnection,
+    writer: Arc<WriterConnection>,
     /// `None` after a failed commit: re-read from the database before the next batch.
     head: Option<Head>,
     /// The last batch held duplicates: look them up before writing (see [`write_batch`]).
@@ -150,11 +148,12 @@ impl EventLog {
         publish_buffer: usize,
         metrics: Arc<Metrics>,
     ) -> Result<EventLogHandle, StoreError> {
-        let (seq, hash) = head_on(&store.writer).await?;
+        let writer = Arc::new(WriterConnection::open(store.writer.clone()).await?);
+        let (seq, hash) = head_on(&*writer).await?;
         metrics.log_head_seq.set(seq as i64);
         let (published, _) = broadcast::channel(publish_buffer);
         let actor = EventLog {
-            writer: store.writer.clone(),
+            writer,
             head: Some(Head { seq, hash }),
             lookup_first: false,
             queue: VecDeque::new(),
@@ -258,7 +257,7 @@ struct CommitEnd {
 
 /// Runs one group commit and answers its callers.
 async fn commit_batch(
-    writer: DatabaseConnection,
+    writer: Arc<WriterConnection>,
     head: Option<Head>,
     lookup_first: bool,
     batch: Vec<PendingAppend>,
@@ -433,7 +432,7 @@ fn is_unique_violation(error: &StoreError) -> bool {
 /// duplicates the writer looks up first (`lookup_first`) until a batch comes without any, so
 /// a stream of retries costs one lookup per batch rather than a failed insert.
 async fn write_batch<'a>(
-    writer: &DatabaseConnection,
+    conn: &WriterConnection,
     head: Option<Head>,
     batch: &'a [PendingAppend],
     lookup_first: bool,
@@ -441,37 +440,51 @@ async fn write_batch<'a>(
     let head = match head {
         Some(head) => head,
         None => {
-            let (seq, hash) = head_on(writer).await?;
+            let (seq, hash) = head_on(conn).await?;
             Head { seq, hash }
         }
     };
     if !lookup_first {
         let optimistic = plan(head, batch, &HashMap::new());
-        let txn = writer.begin().await?;
-        match write_plan(&txn, &optimistic).await {
+        conn.begin().await?;
+        match write_plan(conn, &optimistic).await {
             Ok(()) => {
-                txn.commit().await?;
+                conn.commit().await?;
                 return Ok(optimistic);
             }
-            Err(error) if is_unique_violation(&error) => txn.rollback().await?,
-            Err(error) => return Err(error),
+            Err(error) => {
+                conn.rollback().await;
+                if !is_unique_violation(&error) {
+                    return Err(error);
+                }
+            }
         }
     }
-    let txn = writer.begin().await?;
-    let existing = find_existing(&txn, batch).await?;
-    let checked = plan(head, batch, &existing);
-    if checked.entries.is_empty() {
-        txn.rollback().await?;
-    } else {
-        write_plan(&txn, &checked).await?;
-        txn.commit().await?;
+    conn.begin().await?;
+    let checked = async {
+        let existing = find_existing(conn, batch).await?;
+        let checked = plan(head, batch, &existing);
+        if !checked.entries.is_empty() {
+            write_plan(conn, &checked).await?;
+        }
+        Ok::<_, StoreError>(checked)
     }
-    Ok(checked)
+    .await;
+    match checked {
+        Ok(checked) => {
+            conn.commit().await?;
+            Ok(checked)
+        }
+        Err(error) => {
+            conn.rollback().await;
+            Err(error)
+        }
+    }
 }
 
-async fn write_plan(txn: &DatabaseTransaction, plan: &Plan<'_>) -> Result<(), StoreError> {
-    insert_entries(txn, &plan.entries).await?;
-    projections::apply(txn, plan.ops.iter().copied()).await?;
+async fn write_plan(conn: &WriterConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
+    insert_entries(conn, &plan.entries).await?;
+    projections::apply(conn, plan.ops.iter().copied()).await?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ pub mod log;
 pub mod projections;
 pub mod replay;
 pub mod verify;
+mod writer;
 
 use std::time::Duration;
 

@@ -1,0 +1,165 @@
+//! The log writer's own database connection.
+//!
+//! A pooled connection costs a round trip every time it goes back to the pool: sqlx pings it
+//! on release, and the next `BEGIN` waits for that. Measured on SQLite here that is 0.4–1 ms of
+//! every group commit. The writer is the only user of its connection, so it takes one out of
+//! the pool for good ([`PoolConnection::detach`]) and runs its transactions on it with
+//! explicit `BEGIN`/`COMMIT`/`ROLLBACK`. [`ConnectionTrait`] is implemented over it, so every
+//! statement of the write path is the same sea-orm code as anywhere else.
+//!
+//! After an error whose effect on the connection is unknown (a failed `COMMIT` or
+//! `ROLLBACK`), the connection is dropped and a fresh one is taken from the pool.
+
+use sea_orm::prelude::async_trait;
+use sea_orm::sqlx::{
+    self, pool::PoolConnection, Executor, PgConnection, Postgres, Sqlite, SqliteConnection,
+};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult, RuntimeErr,
+    Statement,
+};
+use sea_query_binder::SqlxValues;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
+enum Raw {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+pub(crate) struct WriterConnection {
+    pool: DatabaseConnection,
+    backend: DbBackend,
+    raw: Mutex<Option<Raw>>,
+}
+
+fn exec_err(e: sqlx::Error) -> DbErr {
+    DbErr::Exec(RuntimeErr::SqlxError(e))
+}
+
+fn query_err(e: sqlx::Error) -> DbErr {
+    DbErr::Query(RuntimeErr::SqlxError(e))
+}
+
+fn values(stmt: &mut Statement) -> SqlxValues {
+    SqlxValues(
+        stmt.values
+            .take()
+            .unwrap_or_else(|| sea_orm::sea_query::Values(Vec::new())),
+    )
+}
+
+impl WriterConnection {
+    /// Takes a connection of `pool` (a sea-orm pool with the writer's settings) for good.
+    pub(crate) async fn open(pool: DatabaseConnection) -> Result<WriterConnection, DbErr> {
+        let backend = pool.get_database_backend();
+        let raw = Self::take(&pool).await?;
+        Ok(WriterConnection {
+            pool,
+            backend,
+            raw: Mutex::new(Some(raw)),
+        })
+    }
+
+    async fn take(pool: &DatabaseConnection) -> Result<Raw, DbErr> {
+        fn detach<DB: sqlx::Database>(c: PoolConnection<DB>) -> DB::Connection {
+            c.detach()
+        }
+        Ok(match pool.get_database_backend() {
+            DbBackend::Postgres => Raw::Postgres(detach::<Postgres>(
+                pool.get_postgres_connection_pool()
+                    .acquire()
+                    .await
+                    .map_err(exec_err)?,
+            )),
+            _ => Raw::Sqlite(detach::<Sqlite>(
+                pool.get_sqlite_connection_pool()
+                    .acquire()
+                    .await
+                    .map_err(exec_err)?,
+            )),
+        })
+    }
+
+    pub(crate) async fn begin(&self) -> Result<(), DbErr> {
+        self.execute_unprepared("BEGIN").await.map(|_| ())
+    }
+
+    /// Commits; if the outcome is unknown the connection is replaced before the next use.
+    pub(crate) async fn commit(&self) -> Result<(), DbErr> {
+        let result = self.execute_unprepared("COMMIT").await.map(|_| ());
+        if result.is_err() {
+            self.discard().await;
+        }
+        result
+    }
+
+    /// Rolls back; a connection that cannot roll back is replaced.
+    pub(crate) async fn rollback(&self) {
+        if self.execute_unprepared("ROLLBACK").await.is_err() {
+            self.discard().await;
+        }
+    }
+
+    async fn discard(&self) {
+        *self.raw.lock().await = None;
+    }
+
+    /// The connection, opening a fresh one if the last was discarded.
+    async fn connection(&self) -> Result<MappedMutexGuard<'_, Raw>, DbErr> {
+        let mut guard = self.raw.lock().await;
+        if guard.is_none() {
+            *guard = Some(Self::take(&self.pool).await?);
+        }
+        MutexGuard::try_map(guard, Option::as_mut)
+            .map_err(|_| DbErr::Custom("the log writer has no database connection".into()))
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriterConnection {
+    fn get_database_backend(&self) -> DbBackend {
+        self.backend
+    }
+
+    async fn execute(&self, mut stmt: Statement) -> Result<ExecResult, DbErr> {
+        let values = values(&mut stmt);
+        match &mut *self.connection().await? {
+            Raw::Sqlite(c) => c
+                .execute(sqlx::query_with(&stmt.sql, values))
+                .await
+                .map(Into::into),
+            Raw::Postgres(c) => c
+                .execute(sqlx::query_with(&stmt.sql, values))
+                .await
+                .map(Into::into),
+        }
+        .map_err(exec_err)
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match &mut *self.connection().await? {
+            Raw::Sqlite(c) => c.execute(sql).await.map(Into::into),
+            Raw::Postgres(c) => c.execute(sql).await.map(Into::into),
+        }
+        .map_err(exec_err)
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        Ok(self.query_all(stmt).await?.into_iter().next())
+    }
+
+    async fn query_all(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let values = values(&mut stmt);
+        match &mut *self.connection().await? {
+            Raw::Sqlite(c) => sqlx::query_with(&stmt.sql, values)
+                .fetch_all(c)
+                .await
+                .map(|rows| rows.into_iter().map(Into::into).collect()),
+            Raw::Postgres(c) => sqlx::query_with(&stmt.sql, values)
+                .fetch_all(c)
+                .await
+                .map(|rows| rows.into_iter().map(Into::into).collect()),
+        }
+        .map_err(query_err)
+    }
+}
