@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use sea_orm::sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
-use sea_orm::sqlx::{self, QueryBuilder};
+use sea_orm::sqlx::QueryBuilder;
 use serde_json::json;
 
 use switchyard::config::{DatabaseConfig, Durability};
@@ -113,16 +113,23 @@ async fn open_log(
     Ok((store, log, metrics))
 }
 
+/// A path for a new database in `dir`, with no leftovers of an earlier run.
 fn fresh_db(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(name);
+    remove_db(&path)?;
+    Ok(path)
+}
+
+/// Removes a SQLite database with its WAL and shared-memory files.
+fn remove_db(path: &Path) -> anyhow::Result<()> {
     for suffix in ["", "-wal", "-shm"] {
         let file = PathBuf::from(format!("{}{suffix}", path.display()));
         if file.exists() {
             std::fs::remove_file(file)?;
         }
     }
-    Ok(path)
+    Ok(())
 }
 
 struct RunFigures {
@@ -185,15 +192,20 @@ async fn run_appenders(
     })
 }
 
-/// Inserts rows shaped like log entries straight through sqlx, 1,000 per transaction.
+/// The ceiling: rows shaped like log entries inserted straight into the `events` table of a
+/// freshly migrated Switchyard database (same table, same indexes, same SQLite settings)
+/// through sqlx, 1,000 rows per transaction, with nothing else done per row.
 async fn raw_insert_rate(
     path: &Path,
     durability: Durability,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    let (store, log, _) =
+        open_log(&format!("sqlite://{}?mode=rwc", path.display()), durability).await?;
+    drop(log);
+    store.close().await?;
     let options = SqliteConnectOptions::new()
         .filename(path)
-        .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(match durability {
             Durability::Normal => SqliteSynchronous::Normal,
@@ -202,16 +214,6 @@ async fn raw_insert_rate(
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options)
-        .await?;
-    sqlx::query(
-        "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, origin TEXT NOT NULL, \
-         type TEXT NOT NULL, sender TEXT, channel TEXT, origin_ts INTEGER NOT NULL, received_ts INTEGER NOT NULL, \
-         content TEXT NOT NULL, prev_hash TEXT NOT NULL, entry_hash TEXT NOT NULL)",
-    )
-    .execute(&pool)
-    .await?;
-    sqlx::query("CREATE UNIQUE INDEX events_origin_event_id ON events (origin, event_id)")
-        .execute(&pool)
         .await?;
     let content = json!({"message_id": "ev0000000", "body": "b".repeat(80)}).to_string();
     let hash = format!("sha256:{}", "ab".repeat(32));
@@ -241,6 +243,7 @@ async fn raw_insert_rate(
     }
     let rate = seq as f64 / started.elapsed().as_secs_f64();
     pool.close().await;
+    remove_db(path)?;
     Ok(rate)
 }
 
@@ -286,6 +289,7 @@ async fn bench_log(
             );
             drop(log);
             store.close().await?;
+            remove_db(&path)?;
         }
     }
     Ok(())
