@@ -9,6 +9,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
+use crate::federation::keys::server::KeyServer;
+use crate::federation::signing::{KeyFileError, ServerKey};
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -18,12 +20,16 @@ pub struct AppState {
     pub store: Store,
     pub log: EventLogHandle,
     pub metrics: Arc<Metrics>,
+    pub server_key: Arc<ServerKey>,
+    pub key_server: KeyServer,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -44,6 +50,12 @@ impl Application {
     /// Opens the database, migrates it, starts the actors and binds `server.bind`.
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let metrics = Arc::new(Metrics::new()?);
+        let server_key = Arc::new(ServerKey::load_or_generate(&config.keys.path)?);
+        let key_server = KeyServer::new(
+            &config.server.name,
+            server_key.clone(),
+            config.keys.response_lifetime,
+        );
         let store = Store::connect(&config.database, config.storage.durability).await?;
         store.migrate().await?;
         let log = EventLog::start(
@@ -70,6 +82,8 @@ impl Application {
             store: store.clone(),
             log: log.clone(),
             metrics,
+            server_key,
+            key_server,
         });
         let mut server = HttpServer::new(move || {
             App::new()

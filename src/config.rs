@@ -18,6 +18,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
+    pub keys: KeysConfig,
     pub log: LogConfig,
     pub branding: BrandingConfig,
 }
@@ -119,6 +120,25 @@ impl Default for StorageConfig {
             durability: Durability::Normal,
             max_batch_events: 2000,
             publish_buffer: 1024,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// The server's ed25519 signing key file, created with mode 0600 on first start.
+    pub path: PathBuf,
+    /// How long a key server response stays valid (`valid_until_ts`); at least one hour.
+    #[serde(with = "humantime_serde")]
+    pub response_lifetime: Duration,
+}
+
+impl Default for KeysConfig {
+    fn default() -> Self {
+        KeysConfig {
+            path: PathBuf::from("data/signing.key"),
+            response_lifetime: Duration::from_secs(86_400),
         }
     }
 }
@@ -241,6 +261,12 @@ impl Config {
         if self.storage.publish_buffer == 0 {
             return Err(invalid("storage.publish_buffer", "must be at least 1"));
         }
+        if self.keys.response_lifetime < Duration::from_secs(3600) {
+            return Err(invalid("keys.response_lifetime", "must be at least 1h"));
+        }
+        if self.keys.path.as_os_str().is_empty() {
+            return Err(invalid("keys.path", "must name a file"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -327,6 +353,10 @@ mod tests {
                 "branding.primary_color",
             ),
             ("[server]\nnmae = \"typo\"", "nmae"),
+            (
+                "[keys]\nresponse_lifetime = \"10m\"",
+                "keys.response_lifetime",
+            ),
         ];
         for (text, key) in cases {
             let err = from_toml(text).expect_err(text).to_string();

@@ -4,6 +4,7 @@
 //! - [`core`]: pure rules — ids, events, canonical JSON, hash chain, projection semantics;
 //! - [`store`]: the database; the `EventLog` actor (single writer, group commit), chain
 //!   verification and replay;
+//! - [`federation`]: the server signing key and Matrix signed JSON, the key server;
 //! - [`api`]: thin HTTP handlers; [`error`]: the one error type clients see;
 //! - [`app`]: wires one instance together; [`config`]: TOML + environment configuration;
 //! - [`telemetry`]: logs and the per-instance Prometheus registry.
@@ -13,5 +14,6 @@ pub mod app;
 pub mod config;
 pub mod core;
 pub mod error;
+pub mod federation;
 pub mod store;
 pub mod telemetry;

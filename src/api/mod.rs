@@ -1,7 +1,8 @@
 //! HTTP handlers, thin: parse, call into the library, map errors to [`ApiError`].
 //!
-//! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`, and the JSON
-//! answers for unknown routes and malformed bodies.
+//! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`,
+//! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`, and the JSON answers
+//! for unknown routes and malformed bodies.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -19,7 +20,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     }))
     .route("/health", web::get().to(health))
     .route("/metrics", web::get().to(metrics))
-    .route("/api/v1/config", web::get().to(client_config));
+    .route("/api/v1/config", web::get().to(client_config))
+    .route("/_matrix/key/v2/server", web::get().to(key_server))
+    .route(
+        "/.well-known/switchyard-server",
+        web::get().to(well_known_server),
+    );
 }
 
 /// Answers routes that do not exist, in the one error format.
@@ -50,4 +56,23 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(text))
+}
+
+/// The Matrix-format key server response, prepared ahead (see `federation::keys::server`).
+async fn key_server(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = state.key_server.response().map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+/// How to reach this server and which key it signs with (DESIGN §3.3).
+async fn well_known_server(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "domain": state.config.server.name,
+        "signing_key_public": state.server_key.public_b64(),
+        "key_id": state.server_key.key_id(),
+        "api_base_url": state.config.server.public_base_url,
+        "protocol_version": "switchyard-federation-v1",
+    }))
 }

@@ -32,6 +32,7 @@ impl TestDb {
         config.server.workers = 1;
         config.database.url = self.url.clone();
         config.database.max_connections = 4;
+        config.keys.path = self.dir.path().join("signing.key");
         config
     }
 

@@ -1,0 +1,3 @@
+//! Server keys as other servers see them: the Matrix-format key server response.
+
+pub mod server;

@@ -1,0 +1,125 @@
+//! `GET /_matrix/key/v2/server`, served from a prepared body.
+//!
+//! The response (Matrix Server-Server API, "Publishing Keys"):
+//! `{server_name, verify_keys: {"ed25519:<id>": {key}}, old_verify_keys: {…}, valid_until_ts,
+//! signatures: {<server name>: {"ed25519:<id>": <sig>}}}`, signed by every current key over its
+//! canonical JSON without `signatures`, and sent as canonical JSON itself.
+//!
+//! Signing and serialising per request would put an ed25519 signature on the hot path of the
+//! most-fetched federation route. The body is built once and served as shared bytes until half
+//! of its validity has passed, so a fetched response is always valid for at least half of
+//! `keys.response_lifetime`; only then is it rebuilt (under a lock, once).
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::web::Bytes;
+use serde_json::json;
+
+use crate::core::canonical_json;
+use crate::federation::signing::{ServerKey, SignatureError};
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+struct Prepared {
+    body: Bytes,
+    rebuild_at_ms: i64,
+}
+
+pub struct KeyServer {
+    server_name: String,
+    key: Arc<ServerKey>,
+    lifetime_ms: i64,
+    prepared: RwLock<Option<Prepared>>,
+}
+
+impl KeyServer {
+    pub fn new(server_name: &str, key: Arc<ServerKey>, lifetime: Duration) -> KeyServer {
+        KeyServer {
+            server_name: server_name.to_owned(),
+            key,
+            lifetime_ms: i64::try_from(lifetime.as_millis()).unwrap_or(i64::MAX / 2),
+            prepared: RwLock::new(None),
+        }
+    }
+
+    /// The current response body: canonical JSON, signed.
+    pub fn response(&self) -> Result<Bytes, SignatureError> {
+        let now = now_ms();
+        if let Ok(guard) = self.prepared.read() {
+            if let Some(prepared) = guard.as_ref().filter(|p| now < p.rebuild_at_ms) {
+                return Ok(prepared.body.clone());
+            }
+        }
+        // A poisoned lock only means another thread panicked mid-build; rebuild regardless.
+        let mut guard = self.prepared.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(prepared) = guard.as_ref().filter(|p| now < p.rebuild_at_ms) {
+            return Ok(prepared.body.clone());
+        }
+        let body = self.build(now)?;
+        *guard = Some(Prepared {
+            body: body.clone(),
+            rebuild_at_ms: now + self.lifetime_ms / 2,
+        });
+        Ok(body)
+    }
+
+    fn build(&self, now: i64) -> Result<Bytes, SignatureError> {
+        let mut response = json!({
+            "server_name": self.server_name,
+            "verify_keys": { self.key.key_id(): { "key": self.key.public_b64() } },
+            "old_verify_keys": {},
+            "valid_until_ts": now + self.lifetime_ms,
+        });
+        self.key.sign_json(&self.server_name, &mut response)?;
+        Ok(Bytes::from(canonical_json::to_canonical_string(&response)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::federation::signing::verify_json;
+
+    #[test]
+    fn response_is_signed_canonical_json_and_reused() {
+        let key = Arc::new(ServerKey::generate());
+        let server = KeyServer::new("a.example:8448", key.clone(), Duration::from_secs(86_400));
+        let body = server.response().expect("response");
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(
+            canonical_json::to_canonical_string(&value)
+                .expect("canonical")
+                .as_bytes(),
+            &body[..]
+        );
+        assert_eq!(value["server_name"], "a.example:8448");
+        assert_eq!(value["verify_keys"][key.key_id()]["key"], key.public_b64());
+        assert_eq!(value["old_verify_keys"], json!({}));
+        let valid_until = value["valid_until_ts"].as_i64().expect("ts");
+        assert!((valid_until - now_ms() - 86_400_000).abs() < 5_000);
+        verify_json(
+            &value,
+            "a.example:8448",
+            &key.key_id(),
+            &key.verifying_key(),
+        )
+        .expect("self-signed");
+        // The same bytes until half the lifetime has passed.
+        assert_eq!(server.response().expect("again"), body);
+    }
+
+    #[test]
+    fn an_expired_preparation_is_rebuilt() {
+        let key = Arc::new(ServerKey::generate());
+        let server = KeyServer::new("a.example", key, Duration::from_millis(2));
+        let first = server.response().expect("first");
+        std::thread::sleep(Duration::from_millis(5));
+        assert_ne!(server.response().expect("second"), first);
+    }
+}
