@@ -9,8 +9,9 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
+use crate::federation::keys::rotation::{open_key_ring, RotationError};
 use crate::federation::keys::server::KeyServer;
-use crate::federation::signing::{KeyFileError, ServerKey};
+use crate::federation::signing::KeyRing;
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -20,7 +21,7 @@ pub struct AppState {
     pub store: Store,
     pub log: EventLogHandle,
     pub metrics: Arc<Metrics>,
-    pub server_key: Arc<ServerKey>,
+    pub keys: Arc<KeyRing>,
     pub key_server: KeyServer,
 }
 
@@ -29,7 +30,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Key(#[from] KeyFileError),
+    Keys(#[from] RotationError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -50,14 +51,14 @@ impl Application {
     /// Opens the database, migrates it, starts the actors and binds `server.bind`.
     pub async fn build(config: Config) -> Result<Application, StartError> {
         let metrics = Arc::new(Metrics::new()?);
-        let server_key = Arc::new(ServerKey::load_or_generate(&config.keys.path)?);
-        let key_server = KeyServer::new(
-            &config.server.name,
-            server_key.clone(),
-            config.keys.response_lifetime,
-        );
         let store = Store::connect(&config.database, config.storage.durability).await?;
         store.migrate().await?;
+        let keys = Arc::new(open_key_ring(&config.keys.path, &config.server.name, &store).await?);
+        let key_server = KeyServer::new(
+            &config.server.name,
+            keys.clone(),
+            config.keys.response_lifetime,
+        );
         let log = EventLog::start(
             &store,
             config.storage.max_batch_events,
@@ -82,7 +83,7 @@ impl Application {
             store: store.clone(),
             log: log.clone(),
             metrics,
-            server_key,
+            keys,
             key_server,
         });
         let mut server = HttpServer::new(move || {

@@ -14,6 +14,8 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     BadJson,
+    MissingToken,
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     TooLarge,
@@ -26,6 +28,8 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::BadJson => StatusCode::BAD_REQUEST,
+            ErrorKind::MissingToken => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -37,6 +41,8 @@ impl ErrorKind {
     pub fn errcode(self) -> &'static str {
         match self {
             ErrorKind::BadJson => "SY_BAD_JSON",
+            ErrorKind::MissingToken => "SY_MISSING_TOKEN",
+            ErrorKind::Forbidden => "SY_FORBIDDEN",
             ErrorKind::NotFound => "SY_NOT_FOUND",
             ErrorKind::MethodNotAllowed => "SY_METHOD_NOT_ALLOWED",
             ErrorKind::TooLarge => "SY_TOO_LARGE",

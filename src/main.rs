@@ -16,8 +16,9 @@ use clap::{Parser, Subcommand};
 use switchyard::app::Application;
 use switchyard::config::{Config, DatabaseConfig};
 use switchyard::error::chain;
-use switchyard::store::Store;
-use switchyard::telemetry;
+use switchyard::federation::keys::rotation::{open_key_ring, rotate};
+use switchyard::store::{EventLog, Store};
+use switchyard::telemetry::{self, Metrics};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +56,18 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Manage the server signing key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Replace the signing key; the old one is listed in old_verify_keys with its expired_ts.
+    /// Run it with the server stopped; a running server rotates with POST /admin/v1/keys/rotate.
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +94,9 @@ fn main() -> ExitCode {
             Command::Log {
                 command: LogCommand::Verify,
             } => verify(config).await,
+            Command::Keys {
+                command: KeysCommand::Rotate,
+            } => rotate_keys(config).await,
         }
     });
     match result {
@@ -189,6 +205,26 @@ async fn replay(config: Config, into: String) -> CommandResult {
     } else {
         ExitCode::from(1)
     })
+}
+
+async fn rotate_keys(config: Config) -> CommandResult {
+    let store = open(&config).await?;
+    let keys = open_key_ring(&config.keys.path, &config.server.name, &store).await?;
+    let metrics = std::sync::Arc::new(Metrics::new()?);
+    let log = EventLog::start(
+        &store,
+        config.storage.max_batch_events,
+        config.storage.publish_buffer,
+        metrics,
+    )
+    .await?;
+    let rotated = rotate(&keys, &log, &store, &config.server.name).await?;
+    log.drain().await;
+    println!(
+        "rotated: {} is the signing key now; {} expired at {}",
+        rotated.new_key_id, rotated.old_key_id, rotated.expired_ts
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn verify(config: Config) -> CommandResult {

@@ -9,3 +9,4 @@ pub mod events;
 pub mod members;
 pub mod messages;
 pub mod origin_policies;
+pub mod retired_server_keys;

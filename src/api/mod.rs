@@ -1,8 +1,11 @@
 //! HTTP handlers, thin: parse, call into the library, map errors to [`ApiError`].
 //!
 //! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`,
-//! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`, and the JSON answers
-//! for unknown routes and malformed bodies.
+//! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`,
+//! `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON answers for unknown routes and
+//! malformed bodies.
+
+mod admin;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -25,7 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/.well-known/switchyard-server",
         web::get().to(well_known_server),
-    );
+    )
+    .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys));
 }
 
 /// Answers routes that do not exist, in the one error format.
@@ -70,8 +74,8 @@ async fn key_server(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 async fn well_known_server(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "domain": state.config.server.name,
-        "signing_key_public": state.server_key.public_b64(),
-        "key_id": state.server_key.key_id(),
+        "signing_key_public": state.keys.current().public_b64(),
+        "key_id": state.keys.current().key_id(),
         "api_base_url": state.config.server.public_base_url,
         "protocol_version": "switchyard-federation-v1",
     }))

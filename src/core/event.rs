@@ -27,10 +27,11 @@ pub enum EventType {
     MessageDelete,
     SenderKeyDistribute,
     OriginPolicy,
+    ServerKeyRotated,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::ChannelNew,
         EventType::ChannelInvite,
         EventType::ChannelJoin,
@@ -40,6 +41,7 @@ impl EventType {
         EventType::MessageDelete,
         EventType::SenderKeyDistribute,
         EventType::OriginPolicy,
+        EventType::ServerKeyRotated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +55,7 @@ impl EventType {
             EventType::MessageDelete => "message.delete",
             EventType::SenderKeyDistribute => "sender_key.distribute",
             EventType::OriginPolicy => "origin.policy",
+            EventType::ServerKeyRotated => "server.key_rotated",
         }
     }
 
@@ -60,7 +63,7 @@ impl EventType {
     pub fn needs_channel(self) -> bool {
         !matches!(
             self,
-            EventType::SenderKeyDistribute | EventType::OriginPolicy
+            EventType::SenderKeyDistribute | EventType::OriginPolicy | EventType::ServerKeyRotated
         )
     }
 }
@@ -244,6 +247,32 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
             fid_field(content, "recipient")?;
             str_field(content, "device_id")?;
             str_field(content, "key").map(|_| ())
+        }
+        EventType::ServerKeyRotated => {
+            for field in ["old_key_id", "new_key_id"] {
+                let id = str_field(content, field)?;
+                let version = id.strip_prefix("ed25519:").unwrap_or("");
+                if version.is_empty()
+                    || !version
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                {
+                    return Err(format!("\"{field}\" must be ed25519:<version>"));
+                }
+            }
+            for field in ["old_key", "new_key"] {
+                let key = str_field(content, field)?;
+                if key.len() != 43
+                    || !key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+                {
+                    return Err(format!(
+                        "\"{field}\" must be an ed25519 public key in unpadded base64"
+                    ));
+                }
+            }
+            non_negative(content, "expired_ts")
         }
         EventType::OriginPolicy => {
             let origin = str_field(content, "origin")?;
@@ -442,6 +471,19 @@ mod tests {
         );
         policy.channel = None;
         policy.prepare().expect("policy");
+        let key = "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI";
+        let mut rotated = event(
+            "server.key_rotated",
+            json!({"old_key_id": "ed25519:a_1", "old_key": key, "expired_ts": 1, "new_key_id": "ed25519:a_2", "new_key": key}),
+        );
+        rotated.channel = None;
+        rotated.sender = None;
+        rotated.clone().prepare().expect("rotation");
+        rotated.content["old_key"] = json!("short");
+        assert!(matches!(
+            rotated.prepare(),
+            Err(EventError::BadContent { .. })
+        ));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - `channel.invite` / `join` / `leave`: the member row of (channel, fid) takes that state;
 //! - `message.new`: the message row, first one wins (message ids are unique per channel);
 //! - `message.edit`: replaces the body of a live message; `message.delete` redacts it;
-//! - `origin.policy`: the operator's override for that origin, last one wins.
+//! - `origin.policy`: the operator's override for that origin, last one wins;
+//! - `server.key_rotated`: the old key joins the retired keys with its `expired_ts`.
 
 use serde_json::Value;
 
@@ -68,6 +69,11 @@ pub enum ProjectionOp {
         rate_per_minute: i64,
         burst: i64,
         blocked: bool,
+    },
+    RetireServerKey {
+        key_id: String,
+        public_key: String,
+        expired_ts: i64,
     },
 }
 
@@ -159,6 +165,13 @@ pub fn derive(
                     rate_per_minute: count(content, "rate_per_minute")?,
                     burst: count(content, "burst")?,
                     blocked: content.get("blocked")?.as_bool()?,
+                })
+            })(),
+            EventType::ServerKeyRotated => (|| {
+                Some(ProjectionOp::RetireServerKey {
+                    key_id: text(content, "old_key_id")?,
+                    public_key: text(content, "old_key")?,
+                    expired_ts: count(content, "expired_ts")?,
                 })
             })(),
             EventType::SenderKeyDistribute => None,

@@ -13,6 +13,8 @@
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use base64::alphabet::STANDARD;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
@@ -133,6 +135,15 @@ impl ServerKey {
         b64(self.key.verifying_key().as_bytes())
     }
 
+    /// Reads an existing key file.
+    pub fn load(path: &Path) -> Result<ServerKey, KeyFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
     /// Reads the key file at `path`, or creates it (mode 0600, parent directories too) with a
     /// new key when it does not exist.
     pub fn load_or_generate(path: &Path) -> Result<ServerKey, KeyFileError> {
@@ -236,6 +247,78 @@ impl ServerKey {
     /// Signs raw bytes (request signatures, signed notes).
     pub fn sign(&self, message: &[u8]) -> Signature {
         self.key.sign(message)
+    }
+}
+
+/// A signing key of ours that was rotated out: public part only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetiredKey {
+    pub key_id: String,
+    /// Unpadded base64.
+    pub public_key: String,
+    /// Signatures dated at or after this time (ms) are not valid.
+    pub expired_ts: i64,
+}
+
+/// The server's keys: the current signing key and the retired ones. Rotation swaps the
+/// current key and bumps [`KeyRing::generation`], which tells prepared responses to rebuild.
+pub struct KeyRing {
+    path: PathBuf,
+    current: std::sync::RwLock<Arc<ServerKey>>,
+    retired: std::sync::RwLock<Vec<RetiredKey>>,
+    generation: AtomicU64,
+    /// Held for the whole of a rotation so two never interleave.
+    pub(crate) rotating: tokio::sync::Mutex<()>,
+}
+
+impl KeyRing {
+    pub fn new(path: &Path, current: ServerKey, retired: Vec<RetiredKey>) -> KeyRing {
+        KeyRing {
+            path: path.to_owned(),
+            current: std::sync::RwLock::new(Arc::new(current)),
+            retired: std::sync::RwLock::new(retired),
+            generation: AtomicU64::new(0),
+            rotating: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The key file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where a rotation writes the next key before it is recorded in the log.
+    pub fn pending_path(path: &Path) -> PathBuf {
+        path.with_extension("next")
+    }
+
+    pub fn current(&self) -> Arc<ServerKey> {
+        // A poisoned lock holds a complete value (it is only ever replaced whole).
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn retired(&self) -> Vec<RetiredKey> {
+        self.retired
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Makes `next` the current key and retires the previous one.
+    pub(crate) fn install(&self, next: ServerKey, retired: RetiredKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);
+        self.retired
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(retired);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -177,6 +177,30 @@ impl Store {
         rows.into_iter().map(entry_from_row).collect()
     }
 
+    /// Whether the log holds `(origin, event_id)`.
+    pub async fn has_event(&self, origin: &str, event_id: &str) -> Result<bool, StoreError> {
+        let found = events::Entity::find()
+            .select_only()
+            .column(events::Column::Seq)
+            .filter(events::Column::Origin.eq(origin))
+            .filter(events::Column::EventId.eq(event_id))
+            .into_tuple::<i64>()
+            .one(&self.readers)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Our retired signing keys, oldest first.
+    pub async fn retired_server_keys(
+        &self,
+    ) -> Result<Vec<entities::retired_server_keys::Model>, StoreError> {
+        use entities::retired_server_keys;
+        Ok(retired_server_keys::Entity::find()
+            .order_by_asc(retired_server_keys::Column::RetiredSeq)
+            .all(&self.readers)
+            .await?)
+    }
+
     /// Closes both pools (checkpointing a SQLite WAL).
     pub async fn close(self) -> Result<(), StoreError> {
         self.readers.close().await?;

@@ -15,7 +15,7 @@ use sea_orm::{
 use super::bulk;
 
 use crate::core::projection::ProjectionOp;
-use entities::{channels, members, messages, origin_policies};
+use entities::{channels, members, messages, origin_policies, retired_server_keys};
 
 const INSERT_CHUNK: usize = 1000;
 
@@ -153,6 +153,25 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
                 .filter(messages::Column::DeletedSeq.is_null())
                 .exec(db)
                 .await?;
+        }
+        ProjectionOp::RetireServerKey {
+            key_id,
+            public_key,
+            expired_ts,
+        } => {
+            retired_server_keys::Entity::insert(retired_server_keys::ActiveModel {
+                key_id: Set(key_id.clone()),
+                public_key: Set(public_key.clone()),
+                expired_ts: Set(*expired_ts),
+                retired_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(retired_server_keys::Column::KeyId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
         }
         ProjectionOp::SetOriginPolicy {
             origin,

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{projections, Store, StoreError};
 use crate::core::event::EventType;
 use crate::core::projection::{self, ProjectionOp};
-use entities::{channels, members, messages, origin_policies};
+use entities::{channels, members, messages, origin_policies, retired_server_keys};
 
 const PAGE: u64 = 5_000;
 
@@ -88,6 +88,7 @@ impl Store {
             compare::<members::Entity>(self, target, "members").await?,
             compare::<messages::Entity>(self, target, "messages").await?,
             compare::<origin_policies::Entity>(self, target, "origin_policies").await?,
+            compare::<retired_server_keys::Entity>(self, target, "retired_server_keys").await?,
         ];
         Ok(ReplayReport {
             events: after,

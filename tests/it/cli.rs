@@ -202,3 +202,36 @@ fn sigterm_stops_the_server_gracefully() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn keys_rotate_command() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let key_path = dir.path().join("signing.key");
+    let key_path = key_path.display().to_string();
+    let env = [
+        ("SWITCHYARD__DATABASE__URL", url.as_str()),
+        ("SWITCHYARD__KEYS__PATH", key_path.as_str()),
+    ];
+
+    let output = switchyard(&["--config", &config, "migrate"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // `migrate` does not create a key; the first rotation starts from a generated one.
+    let output = switchyard(&["--config", &config, "keys", "rotate"], &env);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(stdout.starts_with("rotated: ed25519:"), "{stdout}");
+    let key = switchyard::federation::signing::ServerKey::load(std::path::Path::new(&key_path))
+        .expect("key file");
+    assert!(
+        stdout.contains(&format!("rotated: {} is the signing key now", key.key_id())),
+        "{stdout}"
+    );
+    // The log verifies and holds the rotation.
+    let output = switchyard(&["--config", &config, "log", "verify"], &env);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("chain ok: 1 entries"));
+}

@@ -134,3 +134,164 @@ async fn a_malformed_key_file_stops_the_start() {
         .expect("refused");
     assert!(err.to_string().contains("signing key file"), "{err}");
 }
+
+async fn post_rotate(address: &str, token: Option<&str>) -> (u16, Value) {
+    let mut request = awc::Client::default().post(format!("{address}/admin/v1/keys/rotate"));
+    if let Some(token) = token {
+        request = request.insert_header(("Authorization", token.to_owned()));
+    }
+    let mut res = request.send().await.expect("request");
+    let status = res.status().as_u16();
+    (status, res.json().await.expect("json"))
+}
+
+async fn current_key(address: &str) -> (String, String) {
+    let (_, _, body) = get(format!("{address}/.well-known/switchyard-server")).await;
+    let v: Value = serde_json::from_slice(&body).expect("json");
+    (
+        v["key_id"].as_str().expect("id").to_owned(),
+        v["signing_key_public"].as_str().expect("key").to_owned(),
+    )
+}
+
+#[actix_web::test]
+async fn admin_rotation_refuses_bad_tokens_and_changes_nothing() {
+    // Admin API off (empty token): 403.
+    let off = spawn_app().await;
+    let before = current_key(&off.address).await;
+    let (status, body) = post_rotate(&off.address, Some("Bearer anything")).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("SY_FORBIDDEN"))
+    );
+
+    let on = spawn_app_with(TestDb::new().await, |c| {
+        c.server.admin_token = "s3cret".into()
+    })
+    .await;
+    let before_on = current_key(&on.address).await;
+    for (token, want_status, want_errcode) in [
+        (None, 401, "SY_MISSING_TOKEN"),
+        (Some("s3cret"), 401, "SY_MISSING_TOKEN"),
+        (Some("Basic s3cret"), 401, "SY_MISSING_TOKEN"),
+        (Some("Bearer wrong"), 403, "SY_FORBIDDEN"),
+        (Some("Bearer s3cret2"), 403, "SY_FORBIDDEN"),
+    ] {
+        let (status, body) = post_rotate(&on.address, token).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (want_status, Some(want_errcode)),
+            "{token:?}"
+        );
+        assert!(body["error"].is_string());
+    }
+    // Nothing written, nothing changed.
+    assert_eq!(current_key(&off.address).await, before);
+    assert_eq!(current_key(&on.address).await, before_on);
+    assert_eq!(off.store.head().await.expect("head").0, 0);
+    assert_eq!(on.store.head().await.expect("head").0, 0);
+    assert!(!on.db.dir.path().join("signing.next").exists());
+}
+
+#[actix_web::test]
+async fn admin_rotation_moves_the_old_key_to_old_verify_keys() {
+    let db = TestDb::new().await;
+    let key_file = db.dir.path().join("signing.key");
+    let app = spawn_app_with(db, |c| c.server.admin_token = "s3cret".into()).await;
+    let (old_id, old_key) = current_key(&app.address).await;
+
+    let (status, body) = post_rotate(&app.address, Some("Bearer s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    let new_id = body["key_id"].as_str().expect("key_id").to_owned();
+    assert_ne!(new_id, old_id);
+    assert_eq!(body["old_key_id"], old_id.as_str());
+    let expired_ts = body["expired_ts"].as_i64().expect("expired_ts");
+
+    let (_, _, response) = get(format!("{}/_matrix/key/v2/server", app.address)).await;
+    let value: Value = serde_json::from_slice(&response).expect("json");
+    let (now_id, now_key) = current_key(&app.address).await;
+    assert_eq!(now_id, new_id);
+    assert_eq!(value["verify_keys"].as_object().map(|m| m.len()), Some(1));
+    assert_eq!(value["verify_keys"][&new_id]["key"], now_key.as_str());
+    assert_eq!(
+        value["old_verify_keys"][&old_id],
+        serde_json::json!({"key": old_key, "expired_ts": expired_ts})
+    );
+    ruma_verify(&response, "localhost:8008", &new_id, &now_key).expect("signed by the new key");
+    assert!(
+        ruma_verify(&response, "localhost:8008", &old_id, &old_key).is_err(),
+        "not by the old one"
+    );
+
+    // Recorded in the log; the key file holds the new key.
+    let entries = app.store.read_after(0, 10).await.expect("read");
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].event_type, "server.key_rotated");
+    assert_eq!(entries[0].event_id, format!("key-rotation:{new_id}"));
+    let on_disk = switchyard::federation::signing::ServerKey::load(&key_file).expect("key file");
+    assert_eq!(on_disk.key_id(), new_id);
+
+    // A restart keeps both.
+    app.server.stop(true).await;
+    let again = TestDb {
+        url: app.db.url.clone(),
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let restarted = spawn_app_with(again, |c| c.keys.path = key_file.clone()).await;
+    let (_, _, response) = get(format!("{}/_matrix/key/v2/server", restarted.address)).await;
+    let value: Value = serde_json::from_slice(&response).expect("json");
+    assert_eq!(value["verify_keys"][&new_id]["key"], now_key.as_str());
+    assert_eq!(value["old_verify_keys"][&old_id]["expired_ts"], expired_ts);
+}
+
+#[actix_web::test]
+async fn an_interrupted_rotation_is_finished_or_discarded_at_start() {
+    use switchyard::federation::keys::rotation::open_key_ring;
+    use switchyard::federation::signing::{KeyRing, ServerKey};
+
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let path = db.dir.path().join("signing.key");
+    let original = ServerKey::load_or_generate(&path).expect("key");
+
+    // Crashed before the log recorded it: the pending key is discarded.
+    let abandoned = ServerKey::generate();
+    abandoned
+        .write(&KeyRing::pending_path(&path))
+        .expect("pending");
+    let ring = open_key_ring(&path, "localhost:8008", &store)
+        .await
+        .expect("ring");
+    assert_eq!(ring.current().key_id(), original.key_id());
+    assert!(!KeyRing::pending_path(&path).exists());
+
+    // Crashed after the log recorded it: the rename is finished.
+    let app = spawn_app_with(
+        TestDb {
+            url: db.url.clone(),
+            dir: tempfile::tempdir().expect("dir"),
+        },
+        |_| {},
+    )
+    .await;
+    let next = ServerKey::generate();
+    next.write(&KeyRing::pending_path(&path)).expect("pending");
+    let mut event = crate::helpers::event(
+        "localhost:8008",
+        &format!("key-rotation:{}", next.key_id()),
+        "server.key_rotated",
+        "x@localhost:8008",
+        serde_json::json!({"old_key_id": original.key_id(), "old_key": original.public_b64(), "expired_ts": 5,
+            "new_key_id": next.key_id(), "new_key": next.public_b64()}),
+    );
+    event.sender = None;
+    event.channel = None;
+    app.log.append(vec![event]).await.expect("append");
+    let ring = open_key_ring(&path, "localhost:8008", &store)
+        .await
+        .expect("ring");
+    assert_eq!(ring.current().key_id(), next.key_id());
+    assert!(!KeyRing::pending_path(&path).exists());
+    assert_eq!(ring.retired().len(), 1);
+    assert_eq!(ring.retired()[0].key_id, original.key_id());
+}

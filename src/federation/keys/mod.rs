@@ -1,3 +1,4 @@
 //! Server keys as other servers see them: the Matrix-format key server response.
 
+pub mod rotation;
 pub mod server;

@@ -60,6 +60,17 @@ async fn seed(app: &crate::helpers::TestApp) {
     policy.channel = None;
     policy.sender = None;
     app.log.append(vec![policy]).await.expect("append");
+    let key = "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI";
+    let mut rotation = event(
+        o,
+        "key-rotation:ed25519:a_2",
+        "server.key_rotated",
+        "alice@a.example",
+        json!({"old_key_id": "ed25519:a_1", "old_key": key, "expired_ts": 7, "new_key_id": "ed25519:a_2", "new_key": key}),
+    );
+    rotation.channel = None;
+    rotation.sender = None;
+    app.log.append(vec![rotation]).await.expect("append");
 }
 
 #[actix_web::test]
@@ -72,7 +83,7 @@ async fn replay_reproduces_identical_projections() {
         .replay_into(&target.store().await)
         .await
         .expect("replay");
-    assert_eq!(report.events, 26);
+    assert_eq!(report.events, 27);
     assert!(report.identical(), "{report:?}");
     for table in &report.tables {
         assert!(
@@ -83,7 +94,7 @@ async fn replay_reproduces_identical_projections() {
     }
     // The copied log verifies on its own.
     let copy = target.store().await;
-    assert_eq!(copy.verify_chain().await.expect("verify").verified, 26);
+    assert_eq!(copy.verify_chain().await.expect("verify").verified, 27);
     // Replaying into a non-empty database is refused.
     assert!(app.store.replay_into(&copy).await.is_err());
 }
