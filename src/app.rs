@@ -9,6 +9,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
+use crate::federation::client::{OutboundClient, Resolver};
+use crate::federation::keys::notary::Notary;
 use crate::federation::keys::rotation::{open_key_ring, RotationError};
 use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::KeyRing;
@@ -23,6 +25,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub keys: Arc<KeyRing>,
     pub key_server: KeyServer,
+    pub notary: Notary,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,13 @@ impl Application {
                 source,
             })?
             .port();
+        let notary = Notary::new(
+            &config.server.name,
+            keys.clone(),
+            store.clone(),
+            log.clone(),
+            metrics.clone(),
+        );
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -85,10 +95,18 @@ impl Application {
             metrics,
             keys,
             key_server,
+            notary,
         });
+        let resolver = Arc::new(Resolver::new(&config.federation));
+        let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                // awc clients are per thread: each worker gets its own, with pooled connections.
+                .app_data(web::Data::new(OutboundClient::new(
+                    resolver.clone(),
+                    &federation,
+                )))
                 .configure(crate::api::configure)
                 .default_service(web::to(crate::api::not_found))
         })

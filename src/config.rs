@@ -19,6 +19,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub storage: StorageConfig,
     pub keys: KeysConfig,
+    pub federation: FederationConfig,
     pub log: LogConfig,
     pub branding: BrandingConfig,
 }
@@ -139,6 +140,66 @@ impl Default for KeysConfig {
         KeysConfig {
             path: PathBuf::from("data/signing.key"),
             response_lifetime: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// A notary we trust for other servers' keys, with its own keys pinned.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedNotary {
+    pub server_name: String,
+    /// `"ed25519:<id>" = "<unpadded base64 public key>"`.
+    pub verify_keys: std::collections::BTreeMap<String, String>,
+}
+
+/// An operator's override for one remote server.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginOverride {
+    pub rate_per_minute: Option<u32>,
+    pub burst: Option<u32>,
+    pub blocked: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationConfig {
+    /// Hosts reached over plain `http://` (loopback tests, private deployments).
+    pub plain_http_hosts: Vec<String>,
+    /// Server name → base URL, e.g. `"peer.example" = "http://127.0.0.1:9000"`.
+    pub resolve: std::collections::BTreeMap<String, String>,
+    pub trusted_notaries: Vec<TrustedNotary>,
+    /// Outbound requests: time to connect, and for the whole request.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    // The inbox's knobs (DESIGN §3.2, §6); they take effect with the federation inbox.
+    #[serde(with = "humantime_serde")]
+    pub replay_window: Duration,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+    pub default_rate_per_minute: u32,
+    pub default_burst: u32,
+    pub origins: std::collections::BTreeMap<String, OriginOverride>,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            plain_http_hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            resolve: Default::default(),
+            trusted_notaries: Vec::new(),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            replay_window: Duration::from_secs(300),
+            max_body_bytes: 1024 * 1024,
+            dedup_ttl: Duration::from_secs(24 * 3600),
+            default_rate_per_minute: 100,
+            default_burst: 100,
+            origins: Default::default(),
         }
     }
 }
@@ -267,6 +328,63 @@ impl Config {
         if self.keys.path.as_os_str().is_empty() {
             return Err(invalid("keys.path", "must name a file"));
         }
+        let federation = &self.federation;
+        for (name, url) in &federation.resolve {
+            if !ids::is_server_name(name) {
+                return Err(invalid(
+                    "federation.resolve",
+                    format!("{name:?} is not a server name"),
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(
+                    "federation.resolve",
+                    format!("{url:?} must start with http:// or https://"),
+                ));
+            }
+        }
+        for notary in &federation.trusted_notaries {
+            if !ids::is_server_name(&notary.server_name) {
+                return Err(invalid(
+                    "federation.trusted_notaries",
+                    format!("{:?} is not a server name", notary.server_name),
+                ));
+            }
+            let keys_ok = !notary.verify_keys.is_empty()
+                && notary.verify_keys.iter().all(|(id, key)| {
+                    id.starts_with("ed25519:")
+                        && crate::federation::signing::unb64(key).is_some_and(|k| k.len() == 32)
+                });
+            if !keys_ok {
+                return Err(invalid(
+                    "federation.trusted_notaries",
+                    format!(
+                        "{}: verify_keys must map ed25519:<id> to 32-byte base64 keys",
+                        notary.server_name
+                    ),
+                ));
+            }
+        }
+        for name in federation.origins.keys() {
+            if !ids::is_server_name(name) {
+                return Err(invalid(
+                    "federation.origins",
+                    format!("{name:?} is not a server name"),
+                ));
+            }
+        }
+        if federation.connect_timeout.is_zero() || federation.request_timeout.is_zero() {
+            return Err(invalid(
+                "federation.request_timeout",
+                "timeouts must be above zero",
+            ));
+        }
+        if federation.max_body_bytes < 1024 {
+            return Err(invalid(
+                "federation.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -362,6 +480,34 @@ mod tests {
             let err = from_toml(text).expect_err(text).to_string();
             assert!(err.contains(key), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn the_design_example_parses() {
+        let config = from_toml(
+            r#"
+            [federation]
+            replay_window = "5m"
+            max_body_bytes = 1048576
+            dedup_ttl = "24h"
+            plain_http_hosts = ["localhost", "127.0.0.1"]
+            default_rate_per_minute = 100
+            default_burst = 100
+            trusted_notaries = [{ server_name = "n.example", verify_keys = { "ed25519:a" = "XGX0JRS2Af3be3knz2fBiRbApjm2Dh61gXDJA8kcJNI" } }]
+            [federation.resolve]
+            "peer.example" = "http://127.0.0.1:9000"
+            [federation.origins."peer.example"]
+            rate_per_minute = 1000
+            burst = 200
+            blocked = false
+            "#,
+        )
+        .expect("the DESIGN §6 example");
+        assert_eq!(
+            config.federation.resolve["peer.example"],
+            "http://127.0.0.1:9000"
+        );
+        assert_eq!(config.federation.origins["peer.example"].burst, Some(200));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::Serialize;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorKind {
     BadJson,
+    InvalidParam,
     MissingToken,
     Forbidden,
     NotFound,
@@ -27,7 +28,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::BadJson => StatusCode::BAD_REQUEST,
+            ErrorKind::BadJson | ErrorKind::InvalidParam => StatusCode::BAD_REQUEST,
             ErrorKind::MissingToken => StatusCode::UNAUTHORIZED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
@@ -41,6 +42,7 @@ impl ErrorKind {
     pub fn errcode(self) -> &'static str {
         match self {
             ErrorKind::BadJson => "SY_BAD_JSON",
+            ErrorKind::InvalidParam => "SY_INVALID_PARAM",
             ErrorKind::MissingToken => "SY_MISSING_TOKEN",
             ErrorKind::Forbidden => "SY_FORBIDDEN",
             ErrorKind::NotFound => "SY_NOT_FOUND",

@@ -40,6 +40,10 @@ pub struct Metrics {
     pub log_duplicates: IntCounter,
     pub log_commit_failures: IntCounter,
     pub log_head_seq: IntGauge,
+    /// Notary answers by how they were served: cache_hit, fetched, stale, unknown.
+    pub notary_requests: IntCounterVec,
+    /// Notary fetches from origins by result: ok, unreachable, invalid.
+    pub notary_fetches: IntCounterVec,
 }
 
 impl Metrics {
@@ -86,6 +90,22 @@ impl Metrics {
             "log_head_seq",
             "Sequence number of the newest committed entry",
         )?;
+        let notary_requests = IntCounterVec::new(
+            Opts::new(
+                "notary_requests_total",
+                "Notary answers per queried server, by how they were served",
+            ),
+            &["outcome"],
+        )?;
+        let notary_fetches = IntCounterVec::new(
+            Opts::new(
+                "notary_fetches_total",
+                "Key fetches from other servers, by result",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(notary_requests.clone()))?;
+        registry.register(Box::new(notary_fetches.clone()))?;
         registry.register(Box::new(log_batch_events.clone()))?;
         registry.register(Box::new(log_append_seconds.clone()))?;
         registry.register(Box::new(log_commit_seconds.clone()))?;
@@ -102,6 +122,8 @@ impl Metrics {
             log_duplicates,
             log_commit_failures,
             log_head_seq,
+            notary_requests,
+            notary_fetches,
         })
     }
 

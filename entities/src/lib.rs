@@ -9,4 +9,5 @@ pub mod events;
 pub mod members;
 pub mod messages;
 pub mod origin_policies;
+pub mod remote_server_keys;
 pub mod retired_server_keys;

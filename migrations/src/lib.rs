@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261122_000001_create_events;
 mod m20261122_000002_create_projections;
 mod m20261122_000003_create_retired_server_keys;
+mod m20261122_000004_create_remote_server_keys;
 
 pub struct Migrator;
 
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_create_events::Migration),
             Box::new(m20261122_000002_create_projections::Migration),
             Box::new(m20261122_000003_create_retired_server_keys::Migration),
+            Box::new(m20261122_000004_create_remote_server_keys::Migration),
         ]
     }
 }

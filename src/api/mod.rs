@@ -2,10 +2,11 @@
 //!
 //! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`,
 //! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`,
-//! `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON answers for unknown routes and
-//! malformed bodies.
+//! the notary (see [`notary`]), `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON
+//! answers for unknown routes and malformed bodies.
 
 mod admin;
+mod notary;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -28,6 +29,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/.well-known/switchyard-server",
         web::get().to(well_known_server),
+    )
+    .route("/_matrix/key/v2/query", web::post().to(notary::query_many))
+    .route(
+        "/_matrix/key/v2/query/{server_name}",
+        web::get().to(notary::query_one),
     )
     .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys));
 }

@@ -28,10 +28,11 @@ pub enum EventType {
     SenderKeyDistribute,
     OriginPolicy,
     ServerKeyRotated,
+    ServerKeysFetched,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 10] = [
+    pub const ALL: [EventType; 11] = [
         EventType::ChannelNew,
         EventType::ChannelInvite,
         EventType::ChannelJoin,
@@ -42,6 +43,7 @@ impl EventType {
         EventType::SenderKeyDistribute,
         EventType::OriginPolicy,
         EventType::ServerKeyRotated,
+        EventType::ServerKeysFetched,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl EventType {
             EventType::SenderKeyDistribute => "sender_key.distribute",
             EventType::OriginPolicy => "origin.policy",
             EventType::ServerKeyRotated => "server.key_rotated",
+            EventType::ServerKeysFetched => "server.keys_fetched",
         }
     }
 
@@ -63,7 +66,10 @@ impl EventType {
     pub fn needs_channel(self) -> bool {
         !matches!(
             self,
-            EventType::SenderKeyDistribute | EventType::OriginPolicy | EventType::ServerKeyRotated
+            EventType::SenderKeyDistribute
+                | EventType::OriginPolicy
+                | EventType::ServerKeyRotated
+                | EventType::ServerKeysFetched
         )
     }
 }
@@ -247,6 +253,17 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
             fid_field(content, "recipient")?;
             str_field(content, "device_id")?;
             str_field(content, "key").map(|_| ())
+        }
+        EventType::ServerKeysFetched => {
+            let server = str_field(content, "server_name")?;
+            if !ids::is_server_name(server) {
+                return Err("\"server_name\" must be a server name".into());
+            }
+            if !content.get("response").is_some_and(Value::is_object) {
+                return Err("\"response\" must be the server's key response object".into());
+            }
+            non_negative(content, "valid_until_ts")?;
+            non_negative(content, "fetched_ts")
         }
         EventType::ServerKeyRotated => {
             for field in ["old_key_id", "new_key_id"] {

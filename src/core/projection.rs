@@ -11,7 +11,8 @@
 //! - `message.new`: the message row, first one wins (message ids are unique per channel);
 //! - `message.edit`: replaces the body of a live message; `message.delete` redacts it;
 //! - `origin.policy`: the operator's override for that origin, last one wins;
-//! - `server.key_rotated`: the old key joins the retired keys with its `expired_ts`.
+//! - `server.key_rotated`: the old key joins the retired keys with its `expired_ts`;
+//! - `server.keys_fetched`: another server's verified key response, last one wins.
 
 use serde_json::Value;
 
@@ -74,6 +75,13 @@ pub enum ProjectionOp {
         key_id: String,
         public_key: String,
         expired_ts: i64,
+    },
+    /// The last verified key response of another server (the notary's cache).
+    StoreRemoteKeys {
+        server_name: String,
+        response: String,
+        valid_until_ts: i64,
+        fetched_ts: i64,
     },
 }
 
@@ -172,6 +180,17 @@ pub fn derive(
                     key_id: text(content, "old_key_id")?,
                     public_key: text(content, "old_key")?,
                     expired_ts: count(content, "expired_ts")?,
+                })
+            })(),
+            EventType::ServerKeysFetched => (|| {
+                Some(ProjectionOp::StoreRemoteKeys {
+                    server_name: text(content, "server_name")?,
+                    response: crate::core::canonical_json::to_canonical_string(
+                        content.get("response")?,
+                    )
+                    .ok()?,
+                    valid_until_ts: count(content, "valid_until_ts")?,
+                    fetched_ts: count(content, "fetched_ts")?,
                 })
             })(),
             EventType::SenderKeyDistribute => None,

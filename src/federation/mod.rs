@@ -2,5 +2,6 @@
 //! JSON ([`signing`], the only module that touches private keys) and the Matrix-format key
 //! server ([`keys`]).
 
+pub mod client;
 pub mod keys;
 pub mod signing;

@@ -190,6 +190,18 @@ impl Store {
         Ok(found.is_some())
     }
 
+    /// The last verified key response of `server_name`, if any.
+    pub async fn remote_server_keys(
+        &self,
+        server_name: &str,
+    ) -> Result<Option<entities::remote_server_keys::Model>, StoreError> {
+        Ok(
+            entities::remote_server_keys::Entity::find_by_id(server_name.to_owned())
+                .one(&self.readers)
+                .await?,
+        )
+    }
+
     /// Our retired signing keys, oldest first.
     pub async fn retired_server_keys(
         &self,

@@ -15,7 +15,9 @@ use sea_orm::{
 use super::bulk;
 
 use crate::core::projection::ProjectionOp;
-use entities::{channels, members, messages, origin_policies, retired_server_keys};
+use entities::{
+    channels, members, messages, origin_policies, remote_server_keys, retired_server_keys,
+};
 
 const INSERT_CHUNK: usize = 1000;
 
@@ -153,6 +155,32 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
                 .filter(messages::Column::DeletedSeq.is_null())
                 .exec(db)
                 .await?;
+        }
+        ProjectionOp::StoreRemoteKeys {
+            server_name,
+            response,
+            valid_until_ts,
+            fetched_ts,
+        } => {
+            remote_server_keys::Entity::insert(remote_server_keys::ActiveModel {
+                server_name: Set(server_name.clone()),
+                response: Set(response.clone()),
+                valid_until_ts: Set(*valid_until_ts),
+                fetched_ts: Set(*fetched_ts),
+                updated_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(remote_server_keys::Column::ServerName)
+                    .update_columns([
+                        remote_server_keys::Column::Response,
+                        remote_server_keys::Column::ValidUntilTs,
+                        remote_server_keys::Column::FetchedTs,
+                        remote_server_keys::Column::UpdatedSeq,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
         }
         ProjectionOp::RetireServerKey {
             key_id,

@@ -12,7 +12,9 @@ use serde::Serialize;
 use super::{projections, Store, StoreError};
 use crate::core::event::EventType;
 use crate::core::projection::{self, ProjectionOp};
-use entities::{channels, members, messages, origin_policies, retired_server_keys};
+use entities::{
+    channels, members, messages, origin_policies, remote_server_keys, retired_server_keys,
+};
 
 const PAGE: u64 = 5_000;
 
@@ -89,6 +91,7 @@ impl Store {
             compare::<messages::Entity>(self, target, "messages").await?,
             compare::<origin_policies::Entity>(self, target, "origin_policies").await?,
             compare::<retired_server_keys::Entity>(self, target, "retired_server_keys").await?,
+            compare::<remote_server_keys::Entity>(self, target, "remote_server_keys").await?,
         ];
         Ok(ReplayReport {
             events: after,

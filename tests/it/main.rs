@@ -8,4 +8,5 @@ mod cli;
 mod helpers;
 mod http;
 mod keys;
+mod notary;
 mod storage;

@@ -71,6 +71,17 @@ async fn seed(app: &crate::helpers::TestApp) {
     rotation.channel = None;
     rotation.sender = None;
     app.log.append(vec![rotation]).await.expect("append");
+    let mut fetched = event(
+        o,
+        "keys-fetched:0123abcd",
+        "server.keys_fetched",
+        "alice@a.example",
+        json!({"server_name": "b.example", "valid_until_ts": 9, "fetched_ts": 1,
+            "response": {"server_name": "b.example", "verify_keys": {"ed25519:x": {"key": key}}, "valid_until_ts": 9}}),
+    );
+    fetched.channel = None;
+    fetched.sender = None;
+    app.log.append(vec![fetched]).await.expect("append");
 }
 
 #[actix_web::test]
@@ -83,7 +94,7 @@ async fn replay_reproduces_identical_projections() {
         .replay_into(&target.store().await)
         .await
         .expect("replay");
-    assert_eq!(report.events, 27);
+    assert_eq!(report.events, 28);
     assert!(report.identical(), "{report:?}");
     for table in &report.tables {
         assert!(
@@ -94,7 +105,7 @@ async fn replay_reproduces_identical_projections() {
     }
     // The copied log verifies on its own.
     let copy = target.store().await;
-    assert_eq!(copy.verify_chain().await.expect("verify").verified, 27);
+    assert_eq!(copy.verify_chain().await.expect("verify").verified, 28);
     // Replaying into a non-empty database is refused.
     assert!(app.store.replay_into(&copy).await.is_err());
 }
