@@ -10,7 +10,7 @@
 
 use actix_web::{web, HttpResponse};
 use futures_util::future::join_all;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::app::AppState;
 use crate::core::ids;
@@ -61,8 +61,18 @@ async fn answer(
             .query(client, &state.key_server, server, *minimum)
     }))
     .await;
-    let server_keys: Vec<Value> = answers.into_iter().flatten().collect();
-    HttpResponse::Ok().json(json!({ "server_keys": server_keys }))
+    // Each answer is already canonical JSON: the body is assembled, not re-serialised.
+    let mut body = String::from("{\"server_keys\":[");
+    for (i, answer) in answers.into_iter().flatten().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&answer);
+    }
+    body.push_str("]}");
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body)
 }
 
 pub async fn query_one(

@@ -145,6 +145,19 @@ async fn fetch_cache_stale_and_restart() {
     );
     assert_eq!(stale["server_keys"][0]["server_name"], "b.test");
     assert_eq!(metric(&a, UNREACHABLE).await, 1);
+    // Within the retry backoff the origin is not tried again; the stale answer stands.
+    let (_, stale_again) = get_json(format!(
+        "{}/_matrix/key/v2/query/b.test?minimum_valid_until_ts={}",
+        a.address,
+        i64::MAX / 2
+    ))
+    .await;
+    assert_eq!(stale_again["server_keys"].as_array().map(Vec::len), Some(1));
+    assert_eq!(metric(&a, UNREACHABLE).await, 1);
+    assert_eq!(
+        metric(&a, "switchyard_notary_requests_total{outcome=\"stale\"}").await,
+        2
+    );
 
     // Restart the notary: the cache is in its log, so B's keys are still known.
     a.server.stop(true).await;

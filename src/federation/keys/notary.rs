@@ -16,9 +16,15 @@
 //! so the cache survives restarts and replay, and the log keeps the history of what each
 //! server's keys were and when we saw them. A response that fails verification is never
 //! cached. Servers we know nothing about are omitted from answers.
+//!
+//! In front of it, an in-memory cache (moka) holds each server's answer already co-signed and
+//! serialised, so a cache hit does no database read and no signature; an entry is used only
+//! while the response is fresh and our signing key is the one that co-signed it. A failed
+//! fetch is not retried for [`RETRY_AFTER_FAILURE`]: meanwhile the stale response (or nothing)
+//! is served, so an unreachable server does not cost a fetch per query.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::{json, Value};
@@ -102,12 +108,29 @@ pub fn verify_key_response(server: &str, response: &Value) -> Result<i64, Invali
     Ok(valid_until)
 }
 
+/// How long a failed fetch of a server is not retried.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// Servers whose co-signed answer is kept in memory.
+const HOT_CAPACITY: u64 = 10_000;
+
 pub struct Notary {
     server_name: String,
     keys: Arc<KeyRing>,
     store: Store,
     log: EventLogHandle,
     metrics: Arc<Metrics>,
+    /// Co-signed answers, ready to send.
+    hot: moka::sync::Cache<String, Arc<Hot>>,
+    /// Servers whose last fetch failed, until they may be tried again.
+    failed: moka::sync::Cache<String, ()>,
+}
+
+/// A co-signed answer and what decides whether it may still be served.
+struct Hot {
+    json: Arc<str>,
+    valid_until_ts: i64,
+    fetched_ts: i64,
+    key_generation: u64,
 }
 
 /// A cached response and the times that decide whether it is fresh.
@@ -140,40 +163,61 @@ impl Notary {
             store,
             log,
             metrics,
+            hot: moka::sync::Cache::new(HOT_CAPACITY),
+            failed: moka::sync::Cache::builder()
+                .max_capacity(HOT_CAPACITY)
+                .time_to_live(RETRY_AFTER_FAILURE)
+                .build(),
         }
     }
 
-    /// The co-signed key response of `server`, or `None` if we know nothing about it.
+    /// The co-signed key response of `server` as canonical JSON, or `None` if we know
+    /// nothing about it.
     pub async fn query(
         &self,
         client: &OutboundClient,
         own: &KeyServer,
         server: &str,
         minimum_valid_until_ts: Option<i64>,
-    ) -> Option<Value> {
+    ) -> Option<Arc<str>> {
         if server == self.server_name {
             return own
                 .response()
                 .ok()
-                .and_then(|body| serde_json::from_slice(&body).ok());
+                .and_then(|body| std::str::from_utf8(&body).ok().map(Arc::from));
         }
         let now = now_ms();
+        let generation = self.keys.generation();
+        if let Some(hot) = self.hot.get(server) {
+            let cached = Cached {
+                response: Value::Null,
+                valid_until_ts: hot.valid_until_ts,
+                fetched_ts: hot.fetched_ts,
+            };
+            if hot.key_generation == generation && cached.fresh(now, minimum_valid_until_ts) {
+                self.metrics
+                    .notary_requests
+                    .with_label_values(&["cache_hit"])
+                    .inc();
+                return Some(hot.json.clone());
+            }
+        }
         let cached = self.cached(server).await;
-        let response = match cached {
+        let (response, valid_until_ts, fetched_ts) = match cached {
             Some(c) if c.fresh(now, minimum_valid_until_ts) => {
                 self.metrics
                     .notary_requests
                     .with_label_values(&["cache_hit"])
                     .inc();
-                c.response
+                (c.response, c.valid_until_ts, c.fetched_ts)
             }
-            stale => match self.fetch(client, server, now).await {
-                Some(fresh) => {
+            stale => match self.fetch_unless_failing(client, server, now).await {
+                Some((fresh, valid_until_ts)) => {
                     self.metrics
                         .notary_requests
                         .with_label_values(&["fetched"])
                         .inc();
-                    fresh
+                    (fresh, valid_until_ts, now)
                 }
                 None => {
                     let outcome = if stale.is_some() { "stale" } else { "unknown" };
@@ -181,11 +225,37 @@ impl Notary {
                         .notary_requests
                         .with_label_values(&[outcome])
                         .inc();
-                    stale?.response
+                    let stale = stale?;
+                    // A stale answer is not kept hot: it must not outlive the next retry.
+                    return self.cosign(stale.response).map(Arc::from);
                 }
             },
         };
-        self.cosign(response)
+        let json: Arc<str> = Arc::from(self.cosign(response)?);
+        let hot = Hot {
+            json: json.clone(),
+            valid_until_ts,
+            fetched_ts,
+            key_generation: generation,
+        };
+        self.hot.insert(server.to_owned(), Arc::new(hot));
+        Some(json)
+    }
+
+    async fn fetch_unless_failing(
+        &self,
+        client: &OutboundClient,
+        server: &str,
+        now: i64,
+    ) -> Option<(Value, i64)> {
+        if self.failed.contains_key(server) {
+            return None;
+        }
+        let fetched = self.fetch(client, server, now).await;
+        if fetched.is_none() {
+            self.failed.insert(server.to_owned(), ());
+        }
+        fetched
     }
 
     async fn cached(&self, server: &str) -> Option<Cached> {
@@ -206,7 +276,7 @@ impl Notary {
     }
 
     /// Fetches, verifies and records `server`'s keys; `None` when that fails.
-    async fn fetch(&self, client: &OutboundClient, server: &str, now: i64) -> Option<Value> {
+    async fn fetch(&self, client: &OutboundClient, server: &str, now: i64) -> Option<(Value, i64)> {
         let fetched = client.get(server, "/_matrix/key/v2/server").await;
         let response: Value = match fetched.map(|body| serde_json::from_slice(&body)) {
             Ok(Ok(value)) => value,
@@ -240,7 +310,7 @@ impl Notary {
         };
         self.metrics.notary_fetches.with_label_values(&["ok"]).inc();
         self.record(server, &response, valid_until_ts, now).await;
-        Some(response)
+        Some((response, valid_until_ts))
     }
 
     /// Appends the verified response to the log (which updates the cache projection).
@@ -268,13 +338,15 @@ impl Notary {
         }
     }
 
-    fn cosign(&self, mut response: Value) -> Option<Value> {
-        match self
+    /// Adds our signature and serialises as canonical JSON.
+    fn cosign(&self, mut response: Value) -> Option<String> {
+        let signed = self
             .keys
             .current()
             .sign_json(&self.server_name, &mut response)
-        {
-            Ok(()) => Some(response),
+            .and_then(|()| Ok(canonical_json::to_canonical_string(&response)?));
+        match signed {
+            Ok(json) => Some(json),
             Err(error) => {
                 tracing::error!(%error, "cannot co-sign a key response");
                 None
