@@ -9,4 +9,5 @@ mod helpers;
 mod http;
 mod keys;
 mod notary;
+mod resolver;
 mod storage;
