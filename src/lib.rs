@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod core;
 pub mod error;

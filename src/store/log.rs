@@ -9,12 +9,14 @@
 //!                                                         │  pile up in the queue)
 //!                                                         ▼
 //!                                     take queued appends up to max_batch_events
-//!                                     ┌─ one transaction ─────────────────────────────┐
-//!                                     │ find existing (origin, event_id) → duplicates │
-//!                                     │ assign seq head+1.., hash chain per entry     │
-//!                                     │ multi-row INSERT events                       │
-//!                                     │ apply projection ops in seq order             │
-//!                                     └─ COMMIT (one fsync in `full` mode) ───────────┘
+//!                                     plan: assign seq head+1.., hash chain per entry
+//!                                     ┌─ one transaction, on the writer's own connection ─┐
+//!                                     │ multi-row INSERT events                           │
+//!                                     │ apply projection ops in seq order                 │
+//!                                     └─ COMMIT (one fsync in `full` mode) ───────────────┘
+//!                                       a duplicate (origin, event_id) hits the unique
+//!                                       index: ROLLBACK, look the batch's keys up, plan
+//!                                       again without them, write (see `write_batch`)
 //!                                     publish the batch (broadcast, never blocks)
 //!    ◀────────── outcome ───────────  answer every caller of the batch
 //!                                     next batch = everything that queued meanwhile
@@ -33,7 +35,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use actix::prelude::*;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr, Value};
@@ -41,6 +43,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::writer::WriterConnection;
 use super::{bulk, head_on, projections, StoreError};
+use crate::clock::now_ms;
 use crate::core::chain::ChainHash;
 use crate::core::event::{write_leaf, EventError, LogEntry, NewEvent, PreparedEvent};
 use crate::core::projection::{self, ProjectionOp};
@@ -237,13 +240,6 @@ impl Handler<Drain> for EventLog {
         self.drain_waiters.push(msg.reply);
         self.pump(ctx);
     }
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// How a group commit ended, for the actor's state.

@@ -24,12 +24,13 @@
 //! is served, so an unreachable server does not cost a fetch per query.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::clock::now_ms;
 use crate::core::canonical_json;
 use crate::core::event::NewEvent;
 use crate::federation::client::OutboundClient;
@@ -37,13 +38,6 @@ use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::{unb64, verify_json, KeyRing};
 use crate::store::{EventLogHandle, Store};
 use crate::telemetry::Metrics;
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 /// Why a server's key response is refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -15,11 +15,12 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
 
+use crate::clock::now_ms;
 use crate::config::TrustedNotary;
 use crate::federation::client::OutboundClient;
 use crate::federation::keys::notary::verify_key_response;
@@ -31,13 +32,6 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// At most one refetch per server in this time after an unknown key id.
 const REFETCH_INTERVAL: Duration = Duration::from_secs(60);
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum KeyLookupError {

@@ -11,10 +11,9 @@
 //! the next start. A crash between 2 and 3 leaves one whose event is: the rename is finished
 //! at the next start. Either way the key file and the log agree.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::core::event::NewEvent;
 use crate::federation::signing::{KeyFileError, KeyRing, RetiredKey, ServerKey};
 use crate::store::{AppendError, EventLogHandle, Store, StoreError};
@@ -65,10 +64,7 @@ pub async fn rotate(
     let new = ServerKey::generate();
     let pending = KeyRing::pending_path(ring.path());
     new.write(&pending)?;
-    let expired_ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let expired_ts = now_ms();
     let event = NewEvent {
         event_id: rotation_event_id(&new.key_id()),
         origin: server_name.to_owned(),

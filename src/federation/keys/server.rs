@@ -12,20 +12,14 @@
 //! once). Retired keys are listed in `old_verify_keys` with their `expired_ts`.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use actix_web::web::Bytes;
 use serde_json::json;
 
+use crate::clock::now_ms;
 use crate::core::canonical_json;
 use crate::federation::signing::{KeyRing, SignatureError};
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
 
 struct Prepared {
     body: Bytes,
