@@ -71,6 +71,8 @@ pub fn redact_url(url: &str) -> String {
 pub struct Store {
     readers: DatabaseConnection,
     writer: DatabaseConnection,
+    /// In-memory SQLite: `readers` is the writer's pool (one database per connection).
+    shared: bool,
     backend: Backend,
 }
 
@@ -134,7 +136,8 @@ impl Store {
         let writer = open(1).await?;
         // An in-memory SQLite database exists once per connection: readers must share the
         // writer's connection to see its data.
-        let readers = if backend == Backend::Sqlite && config.sqlite_path().is_none() {
+        let shared = backend == Backend::Sqlite && config.sqlite_path().is_none();
+        let readers = if shared {
             writer.clone()
         } else {
             open(config.max_connections).await?
@@ -142,6 +145,7 @@ impl Store {
         Ok(Store {
             readers,
             writer,
+            shared,
             backend,
         })
     }
@@ -216,9 +220,8 @@ impl Store {
     /// Closes both pools (checkpointing a SQLite WAL).
     pub async fn close(self) -> Result<(), StoreError> {
         self.readers.close().await?;
-        if self.backend == Backend::Postgres || self.writer.ping().await.is_ok() {
-            // The in-memory case shares one connection; a second close reports an error.
-            let _ = self.writer.close().await;
+        if !self.shared {
+            self.writer.close().await?;
         }
         Ok(())
     }
