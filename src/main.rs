@@ -184,9 +184,9 @@ async fn replay(config: Config, into: String) -> CommandResult {
     println!("replayed {} log entries", report.events);
     for table in &report.tables {
         match &table.first_difference {
-            None => println!("  {:<16} identical ({} rows)", table.table, table.live_rows),
+            None => println!("  {:<20} identical ({} rows)", table.table, table.live_rows),
             Some(diff) => println!(
-                "  {:<16} DIFFERS (live {} rows, rebuilt {} rows); first difference: {diff}",
+                "  {:<20} DIFFERS (live {} rows, rebuilt {} rows); first difference: {diff}",
                 table.table, table.live_rows, table.rebuilt_rows
             ),
         }
