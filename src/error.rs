@@ -106,13 +106,17 @@ struct ErrorBody<'a> {
     error: &'a str,
 }
 
-/// Renders an error and its causes on one line for the logs.
+/// Renders an error and its causes on one line for the logs, leaving out a cause whose text
+/// the message already includes.
 pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut out = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
         cause = e.source();
     }
     out
@@ -159,5 +163,18 @@ mod tests {
             chain(&err),
             "SY_INTERNAL: the server failed to handle this request: disk secret"
         );
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot listen on x: {source}")]
+        struct Bind {
+            source: std::io::Error,
+        }
+        let err = Bind {
+            source: std::io::Error::other("in use"),
+        };
+        assert_eq!(chain(&err), "cannot listen on x: in use");
     }
 }
