@@ -78,10 +78,12 @@ async fn key_server(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 /// How to reach this server and which key it signs with (DESIGN §3.3).
 async fn well_known_server(state: web::Data<AppState>) -> HttpResponse {
+    // One read of the key: a rotation in between must not mix two keys in one answer.
+    let key = state.keys.current();
     HttpResponse::Ok().json(json!({
         "domain": state.config.server.name,
-        "signing_key_public": state.keys.current().public_b64(),
-        "key_id": state.keys.current().key_id(),
+        "signing_key_public": key.public_b64(),
+        "key_id": key.key_id(),
         "api_base_url": state.config.server.public_base_url,
         "protocol_version": "switchyard-federation-v1",
     }))

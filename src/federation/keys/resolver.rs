@@ -184,33 +184,33 @@ impl KeyResolver {
                 return Err(KeyLookupError::Unreachable(server.to_owned()));
             }
         }
+        // The init future runs once per flight, so a failure is counted once, however many
+        // lookups were waiting on it.
         let fetched = self
             .cache
             .try_get_with(server.to_owned(), async {
                 self.fetches.fetch_add(1, Ordering::Relaxed);
-                self.fetch(client, server).await.map(Arc::new).ok_or(())
+                match self.fetch(client, server).await {
+                    Some(set) => {
+                        self.negative.invalidate(server);
+                        Ok(Arc::new(set))
+                    }
+                    None => {
+                        let backoff = self
+                            .negative
+                            .get(server)
+                            .map_or(FIRST_BACKOFF, |n| (n.backoff * 2).min(MAX_BACKOFF));
+                        let negative = Negative {
+                            until: Instant::now() + backoff,
+                            backoff,
+                        };
+                        self.negative.insert(server.to_owned(), Arc::new(negative));
+                        Err(())
+                    }
+                }
             })
             .await;
-        match fetched {
-            Ok(set) => {
-                self.negative.invalidate(server);
-                Ok(set)
-            }
-            Err(_) => {
-                let backoff = self
-                    .negative
-                    .get(server)
-                    .map_or(FIRST_BACKOFF, |n| (n.backoff * 2).min(MAX_BACKOFF));
-                self.negative.insert(
-                    server.to_owned(),
-                    Arc::new(Negative {
-                        until: Instant::now() + backoff,
-                        backoff,
-                    }),
-                );
-                Err(KeyLookupError::Unreachable(server.to_owned()))
-            }
-        }
+        fetched.map_err(|_: Arc<()>| KeyLookupError::Unreachable(server.to_owned()))
     }
 
     /// The server itself first, then each trusted notary.

@@ -99,7 +99,9 @@ pub async fn rotate(
             return Err(error.into());
         }
     }
-    finish(&pending, ring.path())?;
+    // From here on the log says the key rotated, so memory follows it even if the rename
+    // fails; the pending file then stays and the next start finishes the rename.
+    let renamed = finish(&pending, ring.path());
     let rotated = Rotated {
         new_key_id: new.key_id(),
         old_key_id: old.key_id(),
@@ -113,6 +115,7 @@ pub async fn rotate(
             expired_ts,
         },
     );
+    renamed?;
     tracing::info!(new_key_id = %rotated.new_key_id, old_key_id = %rotated.old_key_id, "server key rotated");
     Ok(rotated)
 }
