@@ -80,6 +80,7 @@ pub struct DatabaseConfig {
     pub url: String,
     /// Size of the reader pool (the log writer holds one more connection of its own).
     pub max_connections: u32,
+    /// Opening the database, and the longest wait for a pooled connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
 }

@@ -110,7 +110,7 @@ impl Store {
                     },
                 )
                 .connect_timeout(config.connect_timeout)
-                .acquire_timeout(config.connect_timeout.max(Duration::from_secs(30)))
+                .acquire_timeout(config.connect_timeout)
                 // No ping before each acquire: for the writer that would be one more round
                 // trip per transaction (measured: 0.4–1 ms of every group commit).
                 .test_before_acquire(false)

@@ -30,6 +30,8 @@ impl TestDb {
         let mut config = Config::default();
         config.server.bind = "127.0.0.1:0".into();
         config.server.workers = 1;
+        // A graceful stop waits this long for idle keep-alive clients; tests stop servers often.
+        config.server.shutdown_timeout = std::time::Duration::from_secs(1);
         config.database.url = self.url.clone();
         config.database.max_connections = 4;
         config.keys.path = self.dir.path().join("signing.key");
