@@ -9,6 +9,21 @@
 //! `unsigned` is encoded as canonical JSON and signed; the signature goes to
 //! `signatures.<server name>.<key id>` as unpadded standard base64, and `unsigned` is put back
 //! untouched.
+//!
+//! Signed requests (DESIGN §3.2, contract): the signature covers eight lines joined by `\n`,
+//! with no trailing newline:
+//! ```text
+//! switchyard-federation-v1
+//! <METHOD>
+//! <path, with the query string if any>
+//! <origin>
+//! <destination: the receiver's configured server name>
+//! <timestamp, unix seconds, as sent>
+//! <key id, as sent>
+//! <lowercase hex SHA-256 of the raw body>
+//! ```
+//! sent as `X-Switchyard-Origin`, `-Timestamp`, `-Key` and `-Signature` (unpadded base64).
+//! [`RequestSignature`] is the one code path that builds these bytes, for both directions.
 
 use std::fmt;
 use std::io::Write;
@@ -244,9 +259,60 @@ impl ServerKey {
         Ok(())
     }
 
-    /// Signs raw bytes (request signatures, signed notes).
+    /// Signs raw bytes (signed notes, certificates).
     pub fn sign(&self, message: &[u8]) -> Signature {
         self.key.sign(message)
+    }
+
+    /// The `X-Switchyard-Signature` value for a request. `request.key_id` must be this key's
+    /// id (see [`ServerKey::key_id`]).
+    pub fn sign_request(&self, request: &RequestSignature<'_>) -> String {
+        debug_assert_eq!(request.key_id, self.key_id());
+        b64(&self.key.sign(&request.signed_bytes()).to_bytes())
+    }
+}
+
+/// The parts of a federation request that its signature covers.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestSignature<'a> {
+    pub method: &'a str,
+    /// The path with its query string, e.g. `/federation/user-lookup?username=alice`.
+    pub path: &'a str,
+    pub origin: &'a str,
+    pub destination: &'a str,
+    /// The `X-Switchyard-Timestamp` value, as sent.
+    pub timestamp: &'a str,
+    /// The `X-Switchyard-Key` value, as sent (`ed25519:<id>`).
+    pub key_id: &'a str,
+    pub body: &'a [u8],
+}
+
+impl RequestSignature<'_> {
+    /// The exact bytes that are signed.
+    pub fn signed_bytes(&self) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        let body_hash = hex::encode(Sha256::digest(self.body));
+        [
+            "switchyard-federation-v1",
+            self.method,
+            self.path,
+            self.origin,
+            self.destination,
+            self.timestamp,
+            self.key_id,
+            &body_hash,
+        ]
+        .join("\n")
+        .into_bytes()
+    }
+
+    /// Checks `signature` (the `X-Switchyard-Signature` value) with `key`.
+    pub fn verify(&self, signature: &str, key: &VerifyingKey) -> Result<(), SignatureError> {
+        let signature: [u8; 64] = unb64(signature)
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or(SignatureError::BadEncoding)?;
+        key.verify(&self.signed_bytes(), &Signature::from_bytes(&signature))
+            .map_err(|_| SignatureError::Mismatch)
     }
 }
 
@@ -430,6 +496,106 @@ mod tests {
         assert_eq!(
             verify_json(&data, "domain", "ed25519:1", &other.verifying_key()),
             Err(SignatureError::Mismatch)
+        );
+    }
+
+    fn request<'a>(body: &'a [u8], timestamp: &'a str) -> RequestSignature<'a> {
+        RequestSignature {
+            method: "POST",
+            path: "/federation/inbox",
+            origin: "a.example:8448",
+            destination: "b.example",
+            timestamp,
+            key_id: "ed25519:1",
+            body,
+        }
+    }
+
+    #[test]
+    fn request_signature_covers_the_eight_contract_lines() {
+        let body = br#"{"events":[]}"#;
+        let req = request(body, "1700000000");
+        let expected = format!(
+            "switchyard-federation-v1\nPOST\n/federation/inbox\na.example:8448\nb.example\n1700000000\ned25519:1\n{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body))
+        );
+        assert_eq!(
+            String::from_utf8(req.signed_bytes()).expect("utf8"),
+            expected
+        );
+        // The empty body hashes to SHA-256("") (user-lookup is signed with it).
+        let empty = RequestSignature {
+            method: "GET",
+            path: "/federation/user-lookup?username=alice",
+            body: b"",
+            ..req
+        };
+        assert!(String::from_utf8(empty.signed_bytes())
+            .expect("utf8")
+            .ends_with("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"));
+
+        let key = vector_key();
+        let signature = key.sign_request(&req);
+        assert!(!signature.ends_with('='));
+        assert_eq!(
+            signature,
+            b64(&key.key.sign(expected.as_bytes()).to_bytes())
+        );
+        req.verify(&signature, &key.verifying_key())
+            .expect("verifies");
+    }
+
+    #[test]
+    fn a_request_signature_binds_every_line() {
+        let key = vector_key();
+        let vk = key.verifying_key();
+        let body = br#"{"events":[]}"#;
+        let signed = request(body, "1700000000");
+        let signature = key.sign_request(&signed);
+        let changed = [
+            RequestSignature {
+                method: "GET",
+                ..signed
+            },
+            RequestSignature {
+                path: "/federation/inbox2",
+                ..signed
+            },
+            RequestSignature {
+                origin: "c.example",
+                ..signed
+            },
+            RequestSignature {
+                destination: "c.example",
+                ..signed
+            },
+            RequestSignature {
+                timestamp: "1700000001",
+                ..signed
+            },
+            RequestSignature {
+                key_id: "ed25519:2",
+                ..signed
+            },
+            RequestSignature {
+                body: br#"{"events":[1]}"#,
+                ..signed
+            },
+        ];
+        for request in changed {
+            assert_eq!(
+                request.verify(&signature, &vk),
+                Err(SignatureError::Mismatch),
+                "{request:?}"
+            );
+        }
+        assert_eq!(
+            signed.verify("not base64!", &vk),
+            Err(SignatureError::BadEncoding)
+        );
+        assert_eq!(
+            signed.verify(&b64(&[0u8; 10]), &vk),
+            Err(SignatureError::BadEncoding)
         );
     }
 
