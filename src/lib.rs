@@ -16,5 +16,6 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod federation;
+pub mod identity;
 pub mod store;
 pub mod telemetry;

@@ -7,6 +7,7 @@
 mod cli;
 mod helpers;
 mod http;
+mod idcert;
 mod keys;
 mod notary;
 mod resolver;
