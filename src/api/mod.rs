@@ -2,11 +2,13 @@
 //!
 //! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`,
 //! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`,
-//! the notary (see [`notary`]), `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON
+//! the notary (see [`notary`]), the server key in polyproto form (see [`polyproto`]),
+//! `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON
 //! answers for unknown routes and malformed bodies.
 
 mod admin;
 mod notary;
+mod polyproto;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -34,6 +36,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/_matrix/key/v2/query/{server_name}",
         web::get().to(notary::query_one),
+    )
+    .route(
+        "/.p2/core/v1/key/server",
+        web::get().to(polyproto::server_key),
+    )
+    .route(
+        "/.p2/core/v1/key/server",
+        web::put().to(polyproto::rotate_server_key),
     )
     .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys));
 }

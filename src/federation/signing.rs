@@ -377,6 +377,20 @@ impl KeyRing {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The public key that was our signing key at `at_ms`: each retired key was current from
+    /// the previous one's `expired_ts` until its own; the current key since the last one.
+    /// (The first key has no recorded start: it answers for any time before it expired.)
+    pub fn verifying_key_at(&self, at_ms: i64) -> Option<VerifyingKey> {
+        let mut retired = self.retired();
+        retired.sort_by_key(|k| k.expired_ts);
+        match retired.into_iter().find(|k| at_ms < k.expired_ts) {
+            Some(k) => unb64(&k.public_key)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|b| VerifyingKey::from_bytes(&b).ok()),
+            None => Some(self.current().verifying_key()),
+        }
+    }
+
     /// Makes `next` the current key and retires the previous one.
     pub(crate) fn install(&self, next: ServerKey, retired: RetiredKey) {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(next);

@@ -295,3 +295,85 @@ async fn an_interrupted_rotation_is_finished_or_discarded_at_start() {
     assert_eq!(ring.retired().len(), 1);
     assert_eq!(ring.retired()[0].key_id, original.key_id());
 }
+
+async fn pem_key(address: &str, query: &str) -> (u16, String) {
+    let mut res = awc::Client::default()
+        .get(format!("{address}/.p2/core/v1/key/server{query}"))
+        .send()
+        .await
+        .expect("request");
+    let status = res.status().as_u16();
+    (
+        status,
+        String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8"),
+    )
+}
+
+fn pem_to_b64(pem: &str) -> String {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let key =
+        ed25519_dalek::VerifyingKey::from_public_key_pem(pem).expect("PEM SubjectPublicKeyInfo");
+    switchyard::federation::signing::b64(key.as_bytes())
+}
+
+#[actix_web::test]
+async fn polyproto_server_key_now_at_a_time_and_rotated_by_put() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.server.admin_token = "s3cret".into()
+    })
+    .await;
+    let (_, old_key) = current_key(&app.address).await;
+    let (status, pem) = pem_key(&app.address, "").await;
+    assert_eq!(status, 200);
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    assert_eq!(pem_to_b64(&pem), old_key);
+
+    // PUT needs the admin token; without it nothing changes.
+    let put = |token: Option<&'static str>| {
+        let mut request =
+            awc::Client::default().put(format!("{}/.p2/core/v1/key/server", app.address));
+        if let Some(token) = token {
+            request = request.insert_header(("Authorization", token));
+        }
+        async move {
+            let mut res = request.send().await.expect("request");
+            (
+                res.status().as_u16(),
+                res.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, body) = put(None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_MISSING_TOKEN"))
+    );
+    assert_eq!(current_key(&app.address).await.1, old_key);
+    assert_eq!(app.store.head().await.expect("head").0, 0);
+
+    let (status, body) = put(Some("Bearer s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    let expired_secs = body["expired_ts"].as_i64().expect("expired_ts") / 1000;
+    let (_, new_key) = current_key(&app.address).await;
+    assert_ne!(new_key, old_key);
+
+    assert_eq!(pem_to_b64(&pem_key(&app.address, "").await.1), new_key);
+    let before = format!("?timestamp={}", expired_secs - 1);
+    assert_eq!(pem_to_b64(&pem_key(&app.address, &before).await.1), old_key);
+    let after = format!("?timestamp={}", expired_secs + 1);
+    assert_eq!(pem_to_b64(&pem_key(&app.address, &after).await.1), new_key);
+
+    for bad in ["?timestamp=soon", "?timestamp=-5", "?timestamp=1.5"] {
+        let mut res = awc::Client::default()
+            .get(format!("{}/.p2/core/v1/key/server{bad}", app.address))
+            .send()
+            .await
+            .expect("request");
+        let body: Value = res.json().await.expect("json");
+        assert_eq!(
+            (res.status().as_u16(), body["errcode"].as_str()),
+            (400, Some("SY_INVALID_PARAM")),
+            "{bad}"
+        );
+    }
+}
