@@ -14,6 +14,7 @@ use crate::federation::keys::notary::Notary;
 use crate::federation::keys::rotation::{open_key_ring, RotationError};
 use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::KeyRing;
+use crate::identity::server_certs::{ServerCertError, ServerCerts};
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -26,6 +27,8 @@ pub struct AppState {
     pub keys: Arc<KeyRing>,
     pub key_server: KeyServer,
     pub notary: Notary,
+    /// Our root ID-Certs (polyproto).
+    pub certs: Arc<ServerCerts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] RotationError),
+    #[error(transparent)]
+    Certs(#[from] ServerCertError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -48,7 +53,11 @@ pub struct Application {
     port: u16,
     store: Store,
     log: EventLogHandle,
+    renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
+
+/// How often the root ID-Cert's remaining lifetime is checked.
+const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 impl Application {
     /// Opens the database, migrates it, starts the actors and binds `server.bind`.
@@ -69,6 +78,23 @@ impl Application {
             metrics.clone(),
         )
         .await?;
+        let certs = Arc::new(
+            ServerCerts::load(&store, &config.server.name, config.keys.idcert_lifetime).await?,
+        );
+        certs.ensure_current(&keys, &log).await?;
+        let renew_certs = actix_web::rt::spawn({
+            let (certs, keys, log) = (certs.clone(), keys.clone(), log.clone());
+            async move {
+                let mut tick = actix_web::rt::time::interval(CERT_CHECK_INTERVAL);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(error) = certs.ensure_current(&keys, &log).await {
+                        tracing::error!(%error, "cannot renew the server root ID-Cert");
+                    }
+                }
+            }
+        });
         let listener =
             TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
                 addr: config.server.bind.clone(),
@@ -96,6 +122,7 @@ impl Application {
             keys,
             key_server,
             notary,
+            certs,
         });
         let resolver = Arc::new(Resolver::new(&config.federation));
         let federation = config.federation.clone();
@@ -128,6 +155,7 @@ impl Application {
             port,
             store,
             log,
+            renew_certs,
         })
     }
 
@@ -151,6 +179,7 @@ impl Application {
     /// Serves until stopped, then drains pending appends and closes the database.
     pub async fn run_until_stopped(self) -> Result<(), StartError> {
         let served = self.server.await;
+        self.renew_certs.abort();
         self.log.drain().await;
         tracing::info!("event log drained");
         drop(self.log);

@@ -134,6 +134,10 @@ pub struct KeysConfig {
     /// How long a key server response stays valid (`valid_until_ts`); at least one hour.
     #[serde(with = "humantime_serde")]
     pub response_lifetime: Duration,
+    /// How long the server's root ID-Cert (polyproto) is valid; reissued when a third of it
+    /// is left, and at every key rotation. Between 1h and 10 years.
+    #[serde(with = "humantime_serde")]
+    pub idcert_lifetime: Duration,
 }
 
 impl Default for KeysConfig {
@@ -141,6 +145,7 @@ impl Default for KeysConfig {
         KeysConfig {
             path: PathBuf::from("data/signing.key"),
             response_lifetime: Duration::from_secs(86_400),
+            idcert_lifetime: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -325,6 +330,14 @@ impl Config {
         }
         if self.keys.response_lifetime < Duration::from_secs(3600) {
             return Err(invalid("keys.response_lifetime", "must be at least 1h"));
+        }
+        if !(Duration::from_secs(3600)..=Duration::from_secs(10 * 365 * 86_400))
+            .contains(&self.keys.idcert_lifetime)
+        {
+            return Err(invalid(
+                "keys.idcert_lifetime",
+                "must be between 1h and 10 years",
+            ));
         }
         if self.keys.path.as_os_str().is_empty() {
             return Err(invalid("keys.path", "must name a file"));

@@ -17,6 +17,7 @@ use switchyard::app::Application;
 use switchyard::config::{Config, DatabaseConfig};
 use switchyard::error::chain;
 use switchyard::federation::keys::rotation::{open_key_ring, rotate};
+use switchyard::identity::server_certs::ServerCerts;
 use switchyard::store::{EventLog, Store};
 use switchyard::telemetry::{self, Metrics};
 
@@ -219,11 +220,14 @@ async fn rotate_keys(config: Config) -> CommandResult {
     )
     .await?;
     let rotated = rotate(&keys, &log, &store, &config.server.name).await?;
+    let certs = ServerCerts::load(&store, &config.server.name, config.keys.idcert_lifetime).await?;
+    let cert = certs.ensure_current(&keys, &log).await;
     log.drain().await;
     println!(
         "rotated: {} is the signing key now; {} expired at {}",
         rotated.new_key_id, rotated.old_key_id, rotated.expired_ts
     );
+    println!("issued root ID-Cert serial {}", cert?.serial);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -11,3 +11,4 @@ pub mod messages;
 pub mod origin_policies;
 pub mod remote_server_keys;
 pub mod retired_server_keys;
+pub mod server_idcerts;

@@ -6,6 +6,7 @@ mod m20261122_000001_create_events;
 mod m20261122_000002_create_projections;
 mod m20261122_000003_create_retired_server_keys;
 mod m20261122_000004_create_remote_server_keys;
+mod m20261123_000005_create_server_idcerts;
 
 pub struct Migrator;
 
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_create_projections::Migration),
             Box::new(m20261122_000003_create_retired_server_keys::Migration),
             Box::new(m20261122_000004_create_remote_server_keys::Migration),
+            Box::new(m20261123_000005_create_server_idcerts::Migration),
         ]
     }
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorKind};
 use crate::federation::keys::rotation;
+use crate::identity::server_certs::IssuedCert;
 
 /// Checks the admin bearer token of `req`.
 pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
@@ -43,12 +44,26 @@ pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError
     Ok(())
 }
 
-/// `POST /admin/v1/keys/rotate` → `{key_id, old_key_id, expired_ts}`.
+/// `POST /admin/v1/keys/rotate` → `{key_id, old_key_id, expired_ts, idcert_serial}`.
 pub async fn rotate_keys(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     require_admin(&req, &state)?;
+    let (rotated, cert) = rotate_and_certify(&state).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "key_id": rotated.new_key_id,
+        "old_key_id": rotated.old_key_id,
+        "expired_ts": rotated.expired_ts,
+        "idcert_serial": cert.serial,
+    })))
+}
+
+/// Rotates the signing key, then issues the new key's root ID-Cert. The caller has checked
+/// the admin token.
+pub async fn rotate_and_certify(
+    state: &AppState,
+) -> Result<(rotation::Rotated, IssuedCert), ApiError> {
     let rotated = rotation::rotate(
         &state.keys,
         &state.log,
@@ -57,9 +72,11 @@ pub async fn rotate_keys(
     )
     .await
     .map_err(ApiError::internal)?;
-    Ok(HttpResponse::Ok().json(json!({
-        "key_id": rotated.new_key_id,
-        "old_key_id": rotated.old_key_id,
-        "expired_ts": rotated.expired_ts,
-    })))
+    // If this fails, the hourly check issues the certificate later.
+    let cert = state
+        .certs
+        .ensure_current(&state.keys, &state.log)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((rotated, cert))
 }

@@ -2,7 +2,8 @@
 //!
 //! Routes of this module: `GET /health`, `GET /api/v1/config`, `GET /metrics`,
 //! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`,
-//! the notary (see [`notary`]), the server key in polyproto form (see [`polyproto`]),
+//! the notary (see [`notary`]), the server key, root ID-Cert and well-known in polyproto form
+//! (see [`polyproto`]),
 //! `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON
 //! answers for unknown routes and malformed bodies.
 
@@ -44,6 +45,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/.p2/core/v1/key/server",
         web::put().to(polyproto::rotate_server_key),
+    )
+    .route(
+        "/.p2/core/v1/idcert/server",
+        web::get().to(polyproto::server_idcert),
+    )
+    .route(
+        "/.well-known/polyproto-core",
+        web::get().to(polyproto::well_known),
     )
     .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys));
 }

@@ -29,10 +29,11 @@ pub enum EventType {
     OriginPolicy,
     ServerKeyRotated,
     ServerKeysFetched,
+    ServerIdCertIssued,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 12] = [
         EventType::ChannelNew,
         EventType::ChannelInvite,
         EventType::ChannelJoin,
@@ -44,6 +45,7 @@ impl EventType {
         EventType::OriginPolicy,
         EventType::ServerKeyRotated,
         EventType::ServerKeysFetched,
+        EventType::ServerIdCertIssued,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +61,7 @@ impl EventType {
             EventType::OriginPolicy => "origin.policy",
             EventType::ServerKeyRotated => "server.key_rotated",
             EventType::ServerKeysFetched => "server.keys_fetched",
+            EventType::ServerIdCertIssued => "server.idcert_issued",
         }
     }
 
@@ -70,6 +73,7 @@ impl EventType {
                 | EventType::OriginPolicy
                 | EventType::ServerKeyRotated
                 | EventType::ServerKeysFetched
+                | EventType::ServerIdCertIssued
         )
     }
 }
@@ -222,6 +226,20 @@ fn fid_field(content: &Map<String, Value>, key: &str) -> Result<(), String> {
         .ok_or_else(|| format!("\"{key}\" must be a federation id (local@server)"))
 }
 
+fn key_id_field(content: &Map<String, Value>, key: &str) -> Result<(), String> {
+    let version = str_field(content, key)?
+        .strip_prefix("ed25519:")
+        .unwrap_or("");
+    if version.is_empty()
+        || !version
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(format!("\"{key}\" must be ed25519:<version>"));
+    }
+    Ok(())
+}
+
 fn non_negative(content: &Map<String, Value>, key: &str) -> Result<(), String> {
     content
         .get(key)
@@ -266,17 +284,8 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
             non_negative(content, "fetched_ts")
         }
         EventType::ServerKeyRotated => {
-            for field in ["old_key_id", "new_key_id"] {
-                let id = str_field(content, field)?;
-                let version = id.strip_prefix("ed25519:").unwrap_or("");
-                if version.is_empty()
-                    || !version
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-                {
-                    return Err(format!("\"{field}\" must be ed25519:<version>"));
-                }
-            }
+            key_id_field(content, "old_key_id")?;
+            key_id_field(content, "new_key_id")?;
             for field in ["old_key", "new_key"] {
                 let key = str_field(content, field)?;
                 if key.len() != 43
@@ -290,6 +299,24 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
                 }
             }
             non_negative(content, "expired_ts")
+        }
+        EventType::ServerIdCertIssued => {
+            key_id_field(content, "key_id")?;
+            let serial = str_field(content, "serial")?;
+            if !(2..=40).contains(&serial.len())
+                || serial.len() % 2 != 0
+                || !serial
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err("\"serial\" must be 1..20 octets in lowercase hex".into());
+            }
+            non_negative(content, "not_before")?;
+            non_negative(content, "not_after")?;
+            if !str_field(content, "pem")?.starts_with("-----BEGIN CERTIFICATE-----") {
+                return Err("\"pem\" must be a PEM certificate".into());
+            }
+            Ok(())
         }
         EventType::OriginPolicy => {
             let origin = str_field(content, "origin")?;
@@ -501,6 +528,28 @@ mod tests {
             rotated.prepare(),
             Err(EventError::BadContent { .. })
         ));
+        let mut cert = event(
+            "server.idcert_issued",
+            json!({"key_id": "ed25519:a_1", "serial": "01ff", "not_before": 1, "not_after": 2,
+                   "pem": "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"}),
+        );
+        cert.channel = None;
+        cert.sender = None;
+        cert.clone().prepare().expect("idcert");
+        for (field, bad) in [
+            ("serial", json!("1ff")),
+            ("serial", json!("01FF")),
+            ("key_id", json!("rsa:1")),
+            ("pem", json!("not a certificate")),
+            ("not_after", json!(-1)),
+        ] {
+            let mut e = cert.clone();
+            e.content[field] = bad;
+            assert!(
+                matches!(e.prepare(), Err(EventError::BadContent { .. })),
+                "{field}"
+            );
+        }
     }
 
     #[test]

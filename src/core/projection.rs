@@ -12,7 +12,8 @@
 //! - `message.edit`: replaces the body of a live message; `message.delete` redacts it;
 //! - `origin.policy`: the operator's override for that origin, last one wins;
 //! - `server.key_rotated`: the old key joins the retired keys with its `expired_ts`;
-//! - `server.keys_fetched`: another server's verified key response, last one wins.
+//! - `server.keys_fetched`: another server's verified key response, last one wins;
+//! - `server.idcert_issued`: one of our own root ID-Certs, kept by serial.
 
 use serde_json::Value;
 
@@ -82,6 +83,14 @@ pub enum ProjectionOp {
         response: String,
         valid_until_ts: i64,
         fetched_ts: i64,
+    },
+    /// A root ID-Cert we issued for one of our keys.
+    StoreServerIdCert {
+        serial: String,
+        key_id: String,
+        not_before: i64,
+        not_after: i64,
+        pem: String,
     },
 }
 
@@ -191,6 +200,15 @@ pub fn derive(
                     .ok()?,
                     valid_until_ts: count(content, "valid_until_ts")?,
                     fetched_ts: count(content, "fetched_ts")?,
+                })
+            })(),
+            EventType::ServerIdCertIssued => (|| {
+                Some(ProjectionOp::StoreServerIdCert {
+                    serial: text(content, "serial")?,
+                    key_id: text(content, "key_id")?,
+                    not_before: count(content, "not_before")?,
+                    not_after: count(content, "not_after")?,
+                    pem: text(content, "pem")?,
                 })
             })(),
             EventType::SenderKeyDistribute => None,

@@ -381,14 +381,27 @@ impl KeyRing {
     /// the previous one's `expired_ts` until its own; the current key since the last one.
     /// (The first key has no recorded start: it answers for any time before it expired.)
     pub fn verifying_key_at(&self, at_ms: i64) -> Option<VerifyingKey> {
-        let mut retired = self.retired();
-        retired.sort_by_key(|k| k.expired_ts);
-        match retired.into_iter().find(|k| at_ms < k.expired_ts) {
+        match self.retired_at(at_ms) {
             Some(k) => unb64(&k.public_key)
                 .and_then(|b| <[u8; 32]>::try_from(b).ok())
                 .and_then(|b| VerifyingKey::from_bytes(&b).ok()),
             None => Some(self.current().verifying_key()),
         }
+    }
+
+    /// The id of the key that was current at `at_ms`.
+    pub fn key_id_at(&self, at_ms: i64) -> String {
+        match self.retired_at(at_ms) {
+            Some(k) => k.key_id,
+            None => self.current().key_id(),
+        }
+    }
+
+    /// The retired key that was current at `at_ms`: the first to expire after it.
+    fn retired_at(&self, at_ms: i64) -> Option<RetiredKey> {
+        let mut retired = self.retired();
+        retired.sort_by_key(|k| k.expired_ts);
+        retired.into_iter().find(|k| at_ms < k.expired_ts)
     }
 
     /// Makes `next` the current key and retires the previous one.

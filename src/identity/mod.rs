@@ -1,3 +1,5 @@
-//! polyproto identity. Built so far: the server's self-signed root ID-Cert ([`idcert`]).
+//! polyproto identity: the server's self-signed root ID-Cert ([`idcert`]) and the history of
+//! the ones it issued ([`server_certs`]).
 
 pub mod idcert;
+pub mod server_certs;

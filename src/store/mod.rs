@@ -217,6 +217,15 @@ impl Store {
             .await?)
     }
 
+    /// The root ID-Certs we issued, oldest first.
+    pub async fn server_idcerts(&self) -> Result<Vec<entities::server_idcerts::Model>, StoreError> {
+        use entities::server_idcerts;
+        Ok(server_idcerts::Entity::find()
+            .order_by_asc(server_idcerts::Column::IssuedSeq)
+            .all(&self.readers)
+            .await?)
+    }
+
     /// Closes both pools (checkpointing a SQLite WAL).
     pub async fn close(self) -> Result<(), StoreError> {
         self.readers.close().await?;

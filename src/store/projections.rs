@@ -17,6 +17,7 @@ use super::bulk;
 use crate::core::projection::ProjectionOp;
 use entities::{
     channels, members, messages, origin_policies, remote_server_keys, retired_server_keys,
+    server_idcerts,
 };
 
 const INSERT_CHUNK: usize = 1000;
@@ -195,6 +196,29 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
             })
             .on_conflict(
                 OnConflict::column(retired_server_keys::Column::KeyId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::StoreServerIdCert {
+            serial,
+            key_id,
+            not_before,
+            not_after,
+            pem,
+        } => {
+            server_idcerts::Entity::insert(server_idcerts::ActiveModel {
+                serial: Set(serial.clone()),
+                key_id: Set(key_id.clone()),
+                not_before: Set(*not_before),
+                not_after: Set(*not_after),
+                pem: Set(pem.clone()),
+                issued_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(server_idcerts::Column::Serial)
                     .do_nothing()
                     .to_owned(),
             )

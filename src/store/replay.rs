@@ -14,6 +14,7 @@ use crate::core::event::EventType;
 use crate::core::projection::{self, ProjectionOp};
 use entities::{
     channels, members, messages, origin_policies, remote_server_keys, retired_server_keys,
+    server_idcerts,
 };
 
 const PAGE: u64 = 5_000;
@@ -92,6 +93,7 @@ impl Store {
             compare::<origin_policies::Entity>(self, target, "origin_policies").await?,
             compare::<retired_server_keys::Entity>(self, target, "retired_server_keys").await?,
             compare::<remote_server_keys::Entity>(self, target, "remote_server_keys").await?,
+            compare::<server_idcerts::Entity>(self, target, "server_idcerts").await?,
         ];
         Ok(ReplayReport {
             events: after,

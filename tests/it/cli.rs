@@ -137,13 +137,13 @@ async fn log_verify_and_replay_commands() {
 
     let output = switchyard(&["--config", &config, "log", "verify"], &env);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(String::from_utf8_lossy(&output.stdout).contains("chain ok: 10 entries"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("chain ok: 11 entries"));
 
     let output = switchyard(&["--config", &config, "replay"], &env);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
-        stdout.contains("replayed 10 log entries") && stdout.contains("projections are identical"),
+        stdout.contains("replayed 11 log entries") && stdout.contains("projections are identical"),
         "{stdout}"
     );
 
@@ -231,7 +231,8 @@ fn keys_rotate_command() {
         stdout.contains(&format!("rotated: {} is the signing key now", key.key_id())),
         "{stdout}"
     );
-    // The log verifies and holds the rotation.
+    assert!(stdout.contains("issued root ID-Cert serial "), "{stdout}");
+    // The log verifies and holds the rotation and the new key's ID-Cert.
     let output = switchyard(&["--config", &config, "log", "verify"], &env);
-    assert!(String::from_utf8_lossy(&output.stdout).contains("chain ok: 1 entries"));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("chain ok: 2 entries"));
 }

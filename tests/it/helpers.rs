@@ -71,6 +71,38 @@ pub fn rand_suffix() -> String {
     format!("{n:016x}")
 }
 
+/// What a first start writes to the log: the root ID-Cert of the new key.
+pub const STARTUP_EVENTS: u64 = 1;
+
+/// The event log alone (no HTTP server, no keys), on a database of its own: for the storage
+/// tests, whose log starts empty. (A started application has already recorded its root
+/// ID-Cert.)
+pub struct TestLog {
+    pub log: EventLogHandle,
+    pub store: Store,
+    pub db: TestDb,
+}
+
+pub async fn spawn_log() -> TestLog {
+    spawn_log_with(TestDb::new().await, |_| {}).await
+}
+
+pub async fn spawn_log_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestLog {
+    let mut config = db.config();
+    adjust(&mut config);
+    let store = db.store().await;
+    let metrics = std::sync::Arc::new(switchyard::telemetry::Metrics::new().expect("metrics"));
+    let log = switchyard::store::EventLog::start(
+        &store,
+        config.storage.max_batch_events,
+        config.storage.publish_buffer,
+        metrics,
+    )
+    .await
+    .expect("start the log");
+    TestLog { log, store, db }
+}
+
 /// The real application, serving on a free port, with a database of its own.
 pub struct TestApp {
     pub address: String,

@@ -44,7 +44,10 @@ async fn health_config_metrics_and_unknown_routes() {
     );
     assert!(text.contains("# TYPE switchyard_log_append_seconds histogram"));
     assert!(text.contains("switchyard_log_events_appended_total{type=\"message.new\"} 1"));
-    assert!(text.contains("switchyard_log_head_seq 1"));
+    assert!(
+        text.contains("switchyard_log_head_seq 2"),
+        "the ID-Cert of the start, then e1"
+    );
 
     let mut res = client
         .get(format!("{}/no/such/route", app.address))

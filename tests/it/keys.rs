@@ -9,7 +9,7 @@ use ruma_common::CanonicalJsonObject;
 use serde_json::Value;
 use switchyard::core::canonical_json::to_canonical_string;
 
-use crate::helpers::{spawn_app, spawn_app_with, TestDb};
+use crate::helpers::{spawn_app, spawn_app_with, TestDb, STARTUP_EVENTS};
 
 async fn get(url: String) -> (u16, String, Vec<u8>) {
     let mut res = awc::Client::default()
@@ -188,8 +188,8 @@ async fn admin_rotation_refuses_bad_tokens_and_changes_nothing() {
     // Nothing written, nothing changed.
     assert_eq!(current_key(&off.address).await, before);
     assert_eq!(current_key(&on.address).await, before_on);
-    assert_eq!(off.store.head().await.expect("head").0, 0);
-    assert_eq!(on.store.head().await.expect("head").0, 0);
+    assert_eq!(off.store.head().await.expect("head").0, STARTUP_EVENTS);
+    assert_eq!(on.store.head().await.expect("head").0, STARTUP_EVENTS);
     assert!(!on.db.dir.path().join("signing.next").exists());
 }
 
@@ -224,9 +224,14 @@ async fn admin_rotation_moves_the_old_key_to_old_verify_keys() {
     );
 
     // Recorded in the log; the key file holds the new key.
-    let entries = app.store.read_after(0, 10).await.expect("read");
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].event_type, "server.key_rotated");
+    // After the first start's ID-Cert: the rotation, then the new key's ID-Cert.
+    let entries = app
+        .store
+        .read_after(STARTUP_EVENTS, 10)
+        .await
+        .expect("read");
+    let kinds: Vec<_> = entries.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(kinds, ["server.key_rotated", "server.idcert_issued"]);
     assert_eq!(entries[0].event_id, format!("key-rotation:{new_id}"));
     let on_disk = switchyard::federation::signing::ServerKey::load(&key_file).expect("key file");
     assert_eq!(on_disk.key_id(), new_id);
@@ -339,23 +344,33 @@ async fn polyproto_server_key_now_at_a_time_and_rotated_by_put() {
             let mut res = request.send().await.expect("request");
             (
                 res.status().as_u16(),
-                res.json::<Value>().await.expect("json"),
+                String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8"),
             )
         }
     };
+    let head = app.store.head().await.expect("head").0;
     let (status, body) = put(None).await;
+    let body: Value = serde_json::from_str(&body).expect("json error");
     assert_eq!(
         (status, body["errcode"].as_str()),
         (401, Some("SY_MISSING_TOKEN"))
     );
     assert_eq!(current_key(&app.address).await.1, old_key);
-    assert_eq!(app.store.head().await.expect("head").0, 0);
+    assert_eq!(app.store.head().await.expect("head").0, head);
 
-    let (status, body) = put(Some("Bearer s3cret")).await;
-    assert_eq!(status, 200, "{body}");
-    let expired_secs = body["expired_ts"].as_i64().expect("expired_ts") / 1000;
+    // The answer is the new key's root ID-Cert (polyproto core API).
+    let (status, cert) = put(Some("Bearer s3cret")).await;
+    assert_eq!(status, 200, "{cert}");
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
     let (_, new_key) = current_key(&app.address).await;
     assert_ne!(new_key, old_key);
+    let (_, _, keys) = get(format!("{}/_matrix/key/v2/server", app.address)).await;
+    let keys: Value = serde_json::from_slice(&keys).expect("json");
+    let (_, old) = keys["old_verify_keys"]
+        .as_object()
+        .and_then(|o| o.iter().next())
+        .expect("one old key");
+    let expired_secs = old["expired_ts"].as_i64().expect("expired_ts") / 1000;
 
     assert_eq!(pem_to_b64(&pem_key(&app.address, "").await.1), new_key);
     let before = format!("?timestamp={}", expired_secs - 1);

@@ -4,11 +4,11 @@ use serde_json::json;
 use switchyard::core::event::EventError;
 use switchyard::store::{AppendError, AppendOutcome};
 
-use crate::helpers::{event, message, spawn_app};
+use crate::helpers::{event, message, spawn_log};
 
 #[actix_web::test]
 async fn concurrent_appenders_get_gap_free_seqs_and_a_valid_chain() {
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     let appenders = 8;
     let per_appender = 1000;
     let tasks: Vec<_> = (0..appenders)
@@ -50,7 +50,7 @@ async fn concurrent_appenders_get_gap_free_seqs_and_a_valid_chain() {
 
 #[actix_web::test]
 async fn duplicates_return_the_first_seq_and_add_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     let first = app
         .log
         .append(vec![message("a.example", "e1"), message("a.example", "e2")])
@@ -114,7 +114,7 @@ async fn duplicates_return_the_first_seq_and_add_nothing() {
 
 #[actix_web::test]
 async fn an_invalid_event_rejects_its_whole_append_and_writes_nothing() {
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     let mut bad = message("a.example", "bad");
     bad.content = json!({"message_id": "m"}); // no body
     let err = app
@@ -172,7 +172,7 @@ async fn projections_follow_the_log() {
     use entities::{channels, members, messages};
     use sea_orm::{Database, EntityTrait, QueryOrder};
 
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     let o = "a.example";
     let (alice, bob) = ("alice@a.example", "bob@b.example");
     let events = vec![
@@ -282,7 +282,7 @@ async fn projections_follow_the_log() {
 #[actix_web::test]
 async fn a_slow_subscriber_never_blocks_the_writer_and_learns_what_it_missed() {
     let db = crate::helpers::TestDb::new().await;
-    let app = crate::helpers::spawn_app_with(db, |c| c.storage.publish_buffer = 4).await;
+    let app = crate::helpers::spawn_log_with(db, |c| c.storage.publish_buffer = 4).await;
     let mut slow = app.log.subscribe();
     // 50 separate commits while the subscriber reads nothing: every append still completes.
     for i in 0..50 {

@@ -1,9 +1,9 @@
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
 
-use crate::helpers::{event, message, spawn_app, TestDb};
+use crate::helpers::{event, message, spawn_log, TestDb};
 
-async fn seed(app: &crate::helpers::TestApp) {
+async fn seed(app: &crate::helpers::TestLog) {
     let o = "a.example";
     app.log
         .append(vec![
@@ -82,11 +82,22 @@ async fn seed(app: &crate::helpers::TestApp) {
     fetched.channel = None;
     fetched.sender = None;
     app.log.append(vec![fetched]).await.expect("append");
+    let mut cert = event(
+        o,
+        "idcert:01ab",
+        "server.idcert_issued",
+        "alice@a.example",
+        json!({"key_id": "ed25519:a_2", "serial": "01ab", "not_before": 1000, "not_after": 9000,
+            "pem": "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"}),
+    );
+    cert.channel = None;
+    cert.sender = None;
+    app.log.append(vec![cert]).await.expect("append");
 }
 
 #[actix_web::test]
 async fn replay_reproduces_identical_projections() {
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     seed(&app).await;
     let target = TestDb::new().await;
     let report = app
@@ -94,7 +105,7 @@ async fn replay_reproduces_identical_projections() {
         .replay_into(&target.store().await)
         .await
         .expect("replay");
-    assert_eq!(report.events, 28);
+    assert_eq!(report.events, 29);
     assert!(report.identical(), "{report:?}");
     for table in &report.tables {
         assert!(
@@ -105,14 +116,14 @@ async fn replay_reproduces_identical_projections() {
     }
     // The copied log verifies on its own.
     let copy = target.store().await;
-    assert_eq!(copy.verify_chain().await.expect("verify").verified, 28);
+    assert_eq!(copy.verify_chain().await.expect("verify").verified, 29);
     // Replaying into a non-empty database is refused.
     assert!(app.store.replay_into(&copy).await.is_err());
 }
 
 #[actix_web::test]
 async fn replay_reports_a_projection_edited_by_hand() {
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     seed(&app).await;
     let raw = Database::connect(&app.db.url)
         .await
@@ -137,7 +148,7 @@ async fn replay_reports_a_projection_edited_by_hand() {
 
 #[actix_web::test]
 async fn verify_finds_the_first_tampered_row() {
-    let app = spawn_app().await;
+    let app = spawn_log().await;
     seed(&app).await;
     assert_eq!(
         app.store.verify_chain().await.expect("verify").first_bad,
