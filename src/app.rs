@@ -10,7 +10,9 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
 use crate::federation::client::{OutboundClient, Resolver};
+use crate::federation::inbox::{Inbox, InboxStartError};
 use crate::federation::keys::notary::Notary;
+use crate::federation::keys::resolver::KeyResolver;
 use crate::federation::keys::rotation::{open_key_ring, RotationError};
 use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::KeyRing;
@@ -29,6 +31,8 @@ pub struct AppState {
     pub notary: Notary,
     /// Our root ID-Certs (polyproto).
     pub certs: Arc<ServerCerts>,
+    /// The federation inbox pipeline, with its Origin actors.
+    pub inbox: Arc<Inbox>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +43,8 @@ pub enum StartError {
     Keys(#[from] RotationError),
     #[error(transparent)]
     Certs(#[from] ServerCertError),
+    #[error(transparent)]
+    Inbox(#[from] InboxStartError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -53,6 +59,7 @@ pub struct Application {
     port: u16,
     store: Store,
     log: EventLogHandle,
+    inbox: Arc<Inbox>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
 
@@ -114,6 +121,16 @@ impl Application {
             log.clone(),
             metrics.clone(),
         );
+        let key_resolver = Arc::new(KeyResolver::new(config.federation.trusted_notaries.clone()));
+        let inbox = Inbox::start(
+            &config.server.name,
+            &config.federation,
+            &store,
+            log.clone(),
+            key_resolver,
+            metrics.clone(),
+        )
+        .await?;
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -123,6 +140,7 @@ impl Application {
             key_server,
             notary,
             certs,
+            inbox: inbox.clone(),
         });
         let resolver = Arc::new(Resolver::new(&config.federation));
         let federation = config.federation.clone();
@@ -155,6 +173,7 @@ impl Application {
             port,
             store,
             log,
+            inbox,
             renew_certs,
         })
     }
@@ -169,6 +188,10 @@ impl Application {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub fn inbox(&self) -> &Arc<Inbox> {
+        &self.inbox
     }
 
     /// Stops the server: `stop(true)` is graceful (in-flight requests finish).

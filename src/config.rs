@@ -189,6 +189,14 @@ pub struct FederationConfig {
     pub dedup_ttl: Duration,
     pub default_rate_per_minute: u32,
     pub default_burst: u32,
+    /// Before signatures are checked: requests per second (and burst) of one claimed origin
+    /// from one source address.
+    pub preverify_rate_per_second: u32,
+    pub preverify_burst: u32,
+    /// Inbox requests being handled at once; more get 503 `SY_OVERLOADED`.
+    pub max_inflight_requests: usize,
+    /// Threads that check signatures (batched); 0 = one per CPU.
+    pub verify_threads: usize,
     pub origins: std::collections::BTreeMap<String, OriginOverride>,
 }
 
@@ -205,6 +213,10 @@ impl Default for FederationConfig {
             dedup_ttl: Duration::from_secs(24 * 3600),
             default_rate_per_minute: 100,
             default_burst: 100,
+            preverify_rate_per_second: 200,
+            preverify_burst: 400,
+            max_inflight_requests: 512,
+            verify_threads: 0,
             origins: Default::default(),
         }
     }
@@ -398,6 +410,39 @@ impl Config {
                 "federation.max_body_bytes",
                 "must be at least 1024",
             ));
+        }
+        for (key, value) in [
+            (
+                "federation.default_rate_per_minute",
+                federation.default_rate_per_minute,
+            ),
+            ("federation.default_burst", federation.default_burst),
+            (
+                "federation.preverify_rate_per_second",
+                federation.preverify_rate_per_second,
+            ),
+            ("federation.preverify_burst", federation.preverify_burst),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (name, o) in &federation.origins {
+            if o.rate_per_minute == Some(0) || o.burst == Some(0) {
+                return Err(invalid(
+                    "federation.origins",
+                    format!("{name}: rate_per_minute and burst must be at least 1 (block with blocked = true)"),
+                ));
+            }
+        }
+        if federation.max_inflight_requests == 0 {
+            return Err(invalid(
+                "federation.max_inflight_requests",
+                "must be at least 1",
+            ));
+        }
+        if federation.replay_window.is_zero() {
+            return Err(invalid("federation.replay_window", "must be above zero"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(

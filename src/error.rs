@@ -15,6 +15,12 @@ use serde::Serialize;
 pub enum ErrorKind {
     BadJson,
     InvalidParam,
+    MissingHeader,
+    BadHeader,
+    StaleRequest,
+    UnknownKey,
+    BadSignature,
+    LimitExceeded,
     MissingToken,
     Forbidden,
     NotFound,
@@ -28,8 +34,15 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
-            ErrorKind::BadJson | ErrorKind::InvalidParam => StatusCode::BAD_REQUEST,
-            ErrorKind::MissingToken => StatusCode::UNAUTHORIZED,
+            ErrorKind::BadJson
+            | ErrorKind::InvalidParam
+            | ErrorKind::MissingHeader
+            | ErrorKind::BadHeader => StatusCode::BAD_REQUEST,
+            ErrorKind::MissingToken
+            | ErrorKind::StaleRequest
+            | ErrorKind::UnknownKey
+            | ErrorKind::BadSignature => StatusCode::UNAUTHORIZED,
+            ErrorKind::LimitExceeded => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -43,6 +56,12 @@ impl ErrorKind {
         match self {
             ErrorKind::BadJson => "SY_BAD_JSON",
             ErrorKind::InvalidParam => "SY_INVALID_PARAM",
+            ErrorKind::MissingHeader => "SY_MISSING_HEADER",
+            ErrorKind::BadHeader => "SY_BAD_HEADER",
+            ErrorKind::StaleRequest => "SY_STALE_REQUEST",
+            ErrorKind::UnknownKey => "SY_UNKNOWN_KEY",
+            ErrorKind::BadSignature => "SY_BAD_SIGNATURE",
+            ErrorKind::LimitExceeded => "SY_LIMIT_EXCEEDED",
             ErrorKind::MissingToken => "SY_MISSING_TOKEN",
             ErrorKind::Forbidden => "SY_FORBIDDEN",
             ErrorKind::NotFound => "SY_NOT_FOUND",
@@ -59,6 +78,8 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: Cow<'static, str>,
+    /// Seconds for `Retry-After` (429 and 503 always carry one; 1 s unless set).
+    pub retry_after: Option<u64>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -67,8 +88,15 @@ impl ApiError {
         ApiError {
             kind,
             message: message.into(),
+            retry_after: None,
             source: None,
         }
+    }
+
+    /// Sets `Retry-After` (seconds, at least 1).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds.max(1));
+        self
     }
 
     /// Keeps `cause` for the logs; the client sees only `message`.
@@ -135,8 +163,9 @@ impl ResponseError for ApiError {
             tracing::debug!(errcode = self.kind.errcode(), error = %chain(self), "request rejected");
         }
         let mut response = HttpResponse::build(status);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header((header::RETRY_AFTER, "1"));
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            let seconds = self.retry_after.unwrap_or(1).max(1);
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
         response.json(ErrorBody {
             errcode: self.kind.errcode(),

@@ -44,6 +44,14 @@ pub struct Metrics {
     pub notary_requests: IntCounterVec,
     /// Notary fetches from origins by result: ok, unreachable, invalid.
     pub notary_fetches: IntCounterVec,
+    /// Inbox requests by answer: `ok` or the errcode.
+    pub inbox_requests: IntCounterVec,
+    /// Inbox events by result: accepted, duplicate, rejected.
+    pub inbox_events: IntCounterVec,
+    /// Inbox request time, headers to answer.
+    pub inbox_request_seconds: Histogram,
+    /// Signatures per batch verification.
+    pub verify_batch_size: Histogram,
 }
 
 impl Metrics {
@@ -104,6 +112,41 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let inbox_requests = IntCounterVec::new(
+            Opts::new(
+                "inbox_requests_total",
+                "Federation inbox requests, by answer (ok or the errcode)",
+            ),
+            &["result"],
+        )?;
+        let inbox_events = IntCounterVec::new(
+            Opts::new(
+                "inbox_events_total",
+                "Federation inbox events, by result (accepted, duplicate, rejected)",
+            ),
+            &["result"],
+        )?;
+        let inbox_request_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "inbox_request_seconds",
+                "Federation inbox request time, from headers to answer",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5,
+            ]),
+        )?;
+        let verify_batch_size = Histogram::with_opts(
+            HistogramOpts::new(
+                "verify_batch_size",
+                "Signatures checked per batch verification",
+            )
+            .buckets(prometheus::exponential_buckets(1.0, 2.0, 8)?),
+        )?;
+        registry.register(Box::new(inbox_requests.clone()))?;
+        registry.register(Box::new(inbox_events.clone()))?;
+        registry.register(Box::new(inbox_request_seconds.clone()))?;
+        registry.register(Box::new(verify_batch_size.clone()))?;
         registry.register(Box::new(notary_requests.clone()))?;
         registry.register(Box::new(notary_fetches.clone()))?;
         registry.register(Box::new(log_batch_events.clone()))?;
@@ -123,6 +166,10 @@ impl Metrics {
             log_commit_failures,
             log_head_seq,
             notary_requests,
+            inbox_requests,
+            inbox_events,
+            inbox_request_seconds,
+            verify_batch_size,
             notary_fetches,
         })
     }

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorKind};
+use crate::federation::inbox::origin::{Policy, PolicySource};
 use crate::federation::keys::rotation;
 use crate::identity::server_certs::IssuedCert;
 
@@ -79,4 +80,95 @@ pub async fn rotate_and_certify(
         .await
         .map_err(ApiError::internal)?;
     Ok((rotated, cert))
+}
+
+fn origin_name(path: &str) -> Result<&str, ApiError> {
+    if crate::core::ids::is_server_name(path) {
+        Ok(path)
+    } else {
+        Err(ApiError::new(
+            ErrorKind::InvalidParam,
+            format!("{path:?} is not a server name (host[:port])"),
+        ))
+    }
+}
+
+/// `GET /admin/v1/origins` → `{"origins": [<origin view>]}`: every origin with a configured
+/// or recorded policy or with traffic since start, with its quota and counters.
+pub async fn list_origins(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    Ok(HttpResponse::Ok().json(json!({"origins": state.inbox.origins.views()})))
+}
+
+/// `GET /admin/v1/origins/{origin}` → the origin view (the defaults for one never seen).
+pub async fn get_origin(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let origin = origin_name(&path)?;
+    Ok(HttpResponse::Ok().json(state.inbox.origins.view(origin)))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OriginPolicyBody {
+    rate_per_minute: u32,
+    burst: u32,
+    blocked: bool,
+}
+
+/// `PUT /admin/v1/origins/{origin}` with `{rate_per_minute, burst, blocked}`: recorded as an
+/// `origin.policy` event (so it survives restarts and replay), then applied at once.
+pub async fn put_origin(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<OriginPolicyBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let origin = origin_name(&path)?;
+    if body.rate_per_minute == 0 || body.burst == 0 {
+        return Err(ApiError::new(
+            ErrorKind::InvalidParam,
+            "rate_per_minute and burst must be at least 1 (to stop an origin, set blocked)",
+        ));
+    }
+    let event = crate::core::event::NewEvent {
+        event_id: format!(
+            "origin-policy:{}",
+            hex::encode(crate::identity::idcert::random_serial())
+        ),
+        origin: state.config.server.name.clone(),
+        event_type: "origin.policy".into(),
+        sender: None,
+        channel: None,
+        origin_ts: crate::clock::now_ms(),
+        content: json!({
+            "origin": origin,
+            "rate_per_minute": body.rate_per_minute,
+            "burst": body.burst,
+            "blocked": body.blocked,
+        }),
+    };
+    state
+        .log
+        .append(vec![event])
+        .await
+        .map_err(ApiError::internal)?;
+    state.inbox.origins.set_policy(
+        origin,
+        Policy {
+            rate_per_minute: body.rate_per_minute,
+            burst: body.burst,
+            blocked: body.blocked,
+            source: PolicySource::Admin,
+        },
+    );
+    tracing::info!(%origin, rate_per_minute = body.rate_per_minute, burst = body.burst, blocked = body.blocked, "origin policy changed");
+    Ok(HttpResponse::Ok().json(state.inbox.origins.view(origin)))
 }

@@ -4,10 +4,12 @@
 //! `GET /_matrix/key/v2/server`, `GET /.well-known/switchyard-server`,
 //! the notary (see [`notary`]), the server key, root ID-Cert and well-known in polyproto form
 //! (see [`polyproto`]),
-//! `POST /admin/v1/keys/rotate` (see [`admin`]), and the JSON
+//! `POST /admin/v1/keys/rotate` and the origins API (see [`admin`]), `POST /federation/inbox`
+//! (see [`federation`]), and the JSON
 //! answers for unknown routes and malformed bodies.
 
 mod admin;
+mod federation;
 mod notary;
 mod polyproto;
 
@@ -54,7 +56,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/.well-known/polyproto-core",
         web::get().to(polyproto::well_known),
     )
-    .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys));
+    .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys))
+    .route("/federation/inbox", web::post().to(federation::inbox))
+    .route("/admin/v1/origins", web::get().to(admin::list_origins))
+    .route(
+        "/admin/v1/origins/{origin}",
+        web::get().to(admin::get_origin),
+    )
+    .route(
+        "/admin/v1/origins/{origin}",
+        web::put().to(admin::put_origin),
+    );
 }
 
 /// Answers routes that do not exist, in the one error format.

@@ -6,5 +6,6 @@ pub mod canonical_json;
 pub mod chain;
 pub mod event;
 pub mod ids;
+pub mod inbound;
 pub mod merkle;
 pub mod projection;

@@ -28,6 +28,15 @@ pub enum Membership {
 }
 
 impl Membership {
+    pub fn parse(state: &str) -> Option<Membership> {
+        match state {
+            "invited" => Some(Membership::Invited),
+            "joined" => Some(Membership::Joined),
+            "left" => Some(Membership::Left),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Membership::Invited => "invited",

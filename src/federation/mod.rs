@@ -1,7 +1,9 @@
-//! Federation with other servers. Built so far: the server's signing key and Matrix signed
-//! JSON ([`signing`], the only module that touches private keys) and the Matrix-format key
-//! server ([`keys`]).
+//! Federation with other servers: the server's signing key, Matrix signed JSON and signed
+//! requests ([`signing`], the only module that touches private keys), keys of ours and of
+//! others ([`keys`]), the outbound HTTP client ([`client`]) and the inbox pipeline
+//! ([`inbox`]).
 
 pub mod client;
+pub mod inbox;
 pub mod keys;
 pub mod signing;

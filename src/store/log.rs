@@ -583,12 +583,26 @@ impl EventLogHandle {
     /// Appends `events` atomically and answers once they are committed, with one outcome per
     /// event in order. Invalid events are refused before anything reaches the writer.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<AppendOutcome>, AppendError> {
+        let prepared = events
+            .into_iter()
+            .enumerate()
+            .map(|(index, event)| {
+                event
+                    .prepare()
+                    .map_err(|error| AppendError::Invalid { index, error })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.append_prepared(prepared).await
+    }
+
+    /// Appends events the caller has already prepared (checked and canonicalised).
+    pub async fn append_prepared(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
         let mut prepared = Vec::with_capacity(events.len());
         let mut ops = Vec::with_capacity(events.len());
-        for (index, event) in events.into_iter().enumerate() {
-            let event = event
-                .prepare()
-                .map_err(|error| AppendError::Invalid { index, error })?;
+        for event in events {
             ops.push(projection::derive(
                 event.event_type,
                 event.sender.as_deref(),

@@ -217,6 +217,33 @@ impl Store {
             .await?)
     }
 
+    /// The membership of `fid` in `channel`, if it ever had one.
+    pub async fn membership(
+        &self,
+        channel: &str,
+        fid: &str,
+    ) -> Result<Option<crate::core::projection::Membership>, StoreError> {
+        use entities::members;
+        let state = members::Entity::find_by_id((channel.to_owned(), fid.to_owned()))
+            .select_only()
+            .column(members::Column::State)
+            .into_tuple::<String>()
+            .one(&self.readers)
+            .await?;
+        Ok(state
+            .as_deref()
+            .and_then(crate::core::projection::Membership::parse))
+    }
+
+    /// The operator's per-origin policies (`origin.policy` events, last one wins).
+    pub async fn origin_policies(
+        &self,
+    ) -> Result<Vec<entities::origin_policies::Model>, StoreError> {
+        Ok(entities::origin_policies::Entity::find()
+            .all(&self.readers)
+            .await?)
+    }
+
     /// The root ID-Certs we issued, oldest first.
     pub async fn server_idcerts(&self) -> Result<Vec<entities::server_idcerts::Model>, StoreError> {
         use entities::server_idcerts;

@@ -106,6 +106,7 @@ pub async fn spawn_log_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
 /// The real application, serving on a free port, with a database of its own.
 pub struct TestApp {
     pub address: String,
+    pub inbox: std::sync::Arc<switchyard::federation::inbox::Inbox>,
     pub log: EventLogHandle,
     pub store: Store,
     pub db: TestDb,
@@ -122,11 +123,13 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
     let app = Application::build(config).await.expect("build app");
     let address = format!("http://127.0.0.1:{}", app.port());
     let log = app.event_log().clone();
+    let inbox = app.inbox().clone();
     let store = app.store().clone();
     let server = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
+        inbox,
         log,
         store,
         db,

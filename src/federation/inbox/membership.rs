@@ -1,0 +1,96 @@
+//! Who is in which channel, for the inbox's authorisation checks, without a database read
+//! per event.
+//!
+//! A moka cache of `(channel, fid) → membership` in front of the `members` projection. Every
+//! committed batch of the log updates it (through the same `projection::derive` the writer
+//! applies), whoever appended it; a subscriber that lags clears it, and the next lookups read
+//! the projection again.
+
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::core::event::EventType;
+use crate::core::projection::{self, Membership, ProjectionOp};
+use crate::store::{EventLogHandle, Store, StoreError};
+
+type Key = (String, String);
+
+#[derive(Clone)]
+pub struct MembershipView {
+    store: Store,
+    cache: moka::sync::Cache<Key, Option<Membership>>,
+}
+
+impl MembershipView {
+    /// Starts the view and the task that keeps it current from the log.
+    pub fn start(store: Store, log: &EventLogHandle) -> MembershipView {
+        let view = MembershipView {
+            store,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_idle(std::time::Duration::from_secs(3600))
+                .build(),
+        };
+        let mut committed = log.subscribe();
+        let updater = view.clone();
+        actix_web::rt::spawn(async move {
+            loop {
+                match committed.recv().await {
+                    Ok(batch) => {
+                        for entry in &batch.entries {
+                            let Ok(kind) = entry.event_type.parse::<EventType>() else {
+                                continue;
+                            };
+                            if !matches!(
+                                kind,
+                                EventType::ChannelNew
+                                    | EventType::ChannelInvite
+                                    | EventType::ChannelJoin
+                                    | EventType::ChannelLeave
+                            ) {
+                                continue;
+                            }
+                            let Ok(content) = serde_json::from_str(entry.content.get()) else {
+                                continue;
+                            };
+                            updater.apply(&projection::derive(
+                                kind,
+                                entry.sender.as_deref(),
+                                entry.channel.as_deref(),
+                                entry.origin_ts,
+                                &content,
+                            ));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => updater.cache.invalidate_all(),
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
+        view
+    }
+
+    /// Applies the membership changes among `ops`.
+    pub fn apply(&self, ops: &[ProjectionOp]) {
+        for op in ops {
+            if let ProjectionOp::SetMembership {
+                channel,
+                fid,
+                state,
+            } = op
+            {
+                self.cache
+                    .insert((channel.clone(), fid.clone()), Some(*state));
+            }
+        }
+    }
+
+    pub async fn get(&self, channel: &str, fid: &str) -> Result<Option<Membership>, StoreError> {
+        let key = (channel.to_owned(), fid.to_owned());
+        if let Some(found) = self.cache.get(&key) {
+            return Ok(found);
+        }
+        let found = self.store.membership(channel, fid).await?;
+        self.cache.insert(key, found);
+        Ok(found)
+    }
+}

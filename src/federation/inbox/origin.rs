@@ -1,0 +1,479 @@
+//! One `Origin` actor per remote server that sends to our inbox, and the registry that finds
+//! (or starts) it.
+//!
+//! ```text
+//!  inbox request (signature valid)
+//!     │ Admit { charge: n events, event_ids }
+//!     ▼
+//!  Origin actor ── quota: governor token bucket, n tokens (429 + Retry-After when short)
+//!     │          └ dedup: event ids committed within federation.dedup_ttl → "duplicate"
+//!     ▼
+//!  append ── committed ──▶ Committed { event_ids } (remembered for dedup)
+//! ```
+//! The actor starts on first contact and stops after `idle` without traffic; its policy and
+//! counters live in the registry, so they outlast it. Only ids that were committed are
+//! remembered: an append that fails leaves nothing behind, and the sender's retry is accepted.
+//! Two requests carrying the same new id at once both reach the log, whose unique index on
+//! `(origin, event_id)` makes the second a duplicate.
+//!
+//! Policy precedence: the operator's last `origin.policy` event (admin API), else
+//! `federation.origins.<name>` from config, else the defaults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use governor::clock::{Clock, DefaultClock};
+use governor::{Quota, RateLimiter};
+use serde::Serialize;
+
+use crate::config::FederationConfig;
+
+/// Most remembered event ids per origin.
+const DEDUP_CAPACITY: u64 = 200_000;
+
+/// Where an origin's policy comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicySource {
+    Default,
+    Config,
+    Admin,
+}
+
+/// What the operator allows one origin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    pub rate_per_minute: u32,
+    pub burst: u32,
+    pub blocked: bool,
+    pub source: PolicySource,
+}
+
+/// Counters of one origin since this process started.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub accepted: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub rejected: AtomicU64,
+    pub limited: AtomicU64,
+    pub last_request_ms: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// An origin as the admin API shows it.
+#[derive(Debug, Serialize)]
+pub struct OriginView {
+    pub origin: String,
+    pub rate_per_minute: u32,
+    pub burst: u32,
+    pub blocked: bool,
+    pub policy_source: PolicySource,
+    /// Whether its actor is running (it stops when idle).
+    pub active: bool,
+    pub requests: u64,
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub limited: u64,
+    /// ms; 0 if none since start.
+    pub last_request_ts: u64,
+}
+
+struct Entry {
+    policy: RwLock<Policy>,
+    counters: Arc<Counters>,
+    actor: Mutex<Option<Addr<Origin>>>,
+}
+
+/// Not admitted: the quota is short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Try again after this long.
+    RetryAfter(Duration),
+    /// The request alone holds more events than the burst allows.
+    OverBurst { burst: u32 },
+}
+
+/// Charges the quota for `charge` events; answers, for each id, whether it was already
+/// committed.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<bool>, Limited>")]
+pub struct Admit {
+    pub charge: u32,
+    pub event_ids: Vec<String>,
+}
+
+/// These ids are in the log now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    pub event_ids: Vec<String>,
+}
+
+/// The operator changed the quota.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SetQuota {
+    policy: Policy,
+}
+
+type Limiter = RateLimiter<
+    governor::state::NotKeyed,
+    governor::state::InMemoryState,
+    DefaultClock,
+    governor::middleware::NoOpMiddleware,
+>;
+
+fn limiter(policy: &Policy) -> Limiter {
+    let rate = NonZeroU32::new(policy.rate_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(policy.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    RateLimiter::direct(Quota::per_minute(rate).allow_burst(burst))
+}
+
+/// The actor of one remote server.
+pub struct Origin {
+    name: String,
+    limiter: Limiter,
+    burst: u32,
+    committed: moka::sync::Cache<String, ()>,
+    last_active: Instant,
+    idle: Duration,
+}
+
+impl Actor for Origin {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        tracing::debug!(origin = %self.name, "origin actor started");
+        ctx.run_interval(self.idle / 2, |actor, ctx| {
+            if actor.last_active.elapsed() >= actor.idle {
+                tracing::debug!(origin = %actor.name, "origin actor idle, stopping");
+                ctx.stop();
+            }
+        });
+    }
+}
+
+impl Handler<Admit> for Origin {
+    type Result = Result<Vec<bool>, Limited>;
+
+    fn handle(&mut self, msg: Admit, _: &mut Self::Context) -> Self::Result {
+        self.last_active = Instant::now();
+        let charge = NonZeroU32::new(msg.charge.max(1)).unwrap_or(NonZeroU32::MIN);
+        match self.limiter.check_n(charge) {
+            Ok(Ok(())) => {}
+            Ok(Err(not_until)) => {
+                return Err(Limited::RetryAfter(
+                    not_until.wait_time_from(DefaultClock::default().now()),
+                ))
+            }
+            Err(_) => return Err(Limited::OverBurst { burst: self.burst }),
+        }
+        Ok(msg
+            .event_ids
+            .iter()
+            .map(|id| self.committed.contains_key(id))
+            .collect())
+    }
+}
+
+impl Handler<Committed> for Origin {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, _: &mut Self::Context) {
+        for id in msg.event_ids {
+            self.committed.insert(id, ());
+        }
+    }
+}
+
+impl Handler<SetQuota> for Origin {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetQuota, _: &mut Self::Context) {
+        self.limiter = limiter(&msg.policy);
+        self.burst = msg.policy.burst;
+    }
+}
+
+/// Every origin we know of: their policies, counters and actors.
+pub struct Origins {
+    entries: RwLock<HashMap<String, Arc<Entry>>>,
+    defaults: Policy,
+    configured: BTreeMap<String, Policy>,
+    dedup_ttl: Duration,
+}
+
+impl Origins {
+    /// Policies from config, then the operator's recorded overrides (`admin`, from the
+    /// `origin_policies` projection) on top.
+    pub fn new(config: &FederationConfig, admin: Vec<(String, Policy)>) -> Origins {
+        let defaults = Policy {
+            rate_per_minute: config.default_rate_per_minute,
+            burst: config.default_burst,
+            blocked: false,
+            source: PolicySource::Default,
+        };
+        let configured = config
+            .origins
+            .iter()
+            .map(|(name, o)| {
+                (
+                    name.clone(),
+                    Policy {
+                        rate_per_minute: o.rate_per_minute.unwrap_or(defaults.rate_per_minute),
+                        burst: o.burst.unwrap_or(defaults.burst),
+                        blocked: o.blocked,
+                        source: PolicySource::Config,
+                    },
+                )
+            })
+            .collect();
+        let origins = Origins {
+            entries: RwLock::new(HashMap::new()),
+            defaults,
+            configured,
+            dedup_ttl: config.dedup_ttl,
+        };
+        for (name, policy) in admin {
+            origins.set_policy(&name, policy);
+        }
+        origins
+    }
+
+    fn entry(&self, name: &str) -> Option<Arc<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    fn entry_or_insert(&self, name: &str) -> Arc<Entry> {
+        if let Some(entry) = self.entry(name) {
+            return entry;
+        }
+        let policy = self.configured_policy(name);
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Entry {
+                    policy: RwLock::new(policy),
+                    counters: Arc::default(),
+                    actor: Mutex::new(None),
+                })
+            })
+            .clone()
+    }
+
+    fn configured_policy(&self, name: &str) -> Policy {
+        self.configured.get(name).copied().unwrap_or(self.defaults)
+    }
+
+    /// The policy of `name`, without registering it (for checks before authentication).
+    pub fn policy(&self, name: &str) -> Policy {
+        match self.entry(name) {
+            Some(entry) => *entry.policy.read().unwrap_or_else(|e| e.into_inner()),
+            None => self.configured_policy(name),
+        }
+    }
+
+    /// Records the operator's policy for `name` and applies it to a running actor.
+    pub fn set_policy(&self, name: &str, policy: Policy) {
+        let entry = self.entry_or_insert(name);
+        *entry.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        let actor = entry
+            .actor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(actor) = actor {
+            let _ = actor.try_send(SetQuota { policy });
+        }
+    }
+
+    /// The counters of an authenticated origin (registering it).
+    pub fn counters(&self, name: &str) -> Arc<Counters> {
+        self.entry_or_insert(name).counters.clone()
+    }
+
+    /// The running actor of `name`, started if there is none.
+    pub fn actor(&self, name: &str) -> Addr<Origin> {
+        let entry = self.entry_or_insert(name);
+        let mut actor = entry.actor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(addr) = actor.as_ref().filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let policy = *entry.policy.read().unwrap_or_else(|e| e.into_inner());
+        // Idle long enough for the bucket to refill: a restarted actor starts full.
+        let refill = Duration::from_secs_f64(
+            60.0 * f64::from(policy.burst.max(1)) / f64::from(policy.rate_per_minute.max(1)),
+        );
+        let idle = refill.clamp(Duration::from_secs(300), Duration::from_secs(3600));
+        let addr = Origin {
+            name: name.to_owned(),
+            limiter: limiter(&policy),
+            burst: policy.burst,
+            committed: moka::sync::Cache::builder()
+                .max_capacity(DEDUP_CAPACITY)
+                .time_to_live(self.dedup_ttl)
+                .build(),
+            last_active: Instant::now(),
+            idle,
+        }
+        .start();
+        *actor = Some(addr.clone());
+        addr
+    }
+
+    /// Every origin with a policy or traffic since start, sorted by name.
+    pub fn views(&self) -> Vec<OriginView> {
+        let mut names: Vec<String> = self.configured.keys().cloned().collect();
+        names.extend(
+            self.entries
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        names.sort();
+        names.dedup();
+        names.iter().map(|name| self.view(name)).collect()
+    }
+
+    /// One origin as the admin API shows it (defaults for one we never heard of).
+    pub fn view(&self, name: &str) -> OriginView {
+        let policy = self.policy(name);
+        let entry = self.entry(name);
+        let get = |f: fn(&Counters) -> &AtomicU64| {
+            entry
+                .as_ref()
+                .map_or(0, |e| f(&e.counters).load(Ordering::Relaxed))
+        };
+        OriginView {
+            origin: name.to_owned(),
+            rate_per_minute: policy.rate_per_minute,
+            burst: policy.burst,
+            blocked: policy.blocked,
+            policy_source: policy.source,
+            active: entry.as_ref().is_some_and(|e| {
+                e.actor
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(Addr::connected)
+            }),
+            requests: get(|c| &c.requests),
+            accepted: get(|c| &c.accepted),
+            duplicates: get(|c| &c.duplicates),
+            rejected: get(|c| &c.rejected),
+            limited: get(|c| &c.limited),
+            last_request_ts: get(|c| &c.last_request_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn the_quota_is_charged_per_event_and_tells_when_to_retry() {
+        let mut config = FederationConfig::default();
+        config.default_rate_per_minute = 60;
+        config.default_burst = 10;
+        let origins = Origins::new(&config, vec![]);
+        let actor = origins.actor("b.example");
+        let admit = |charge| {
+            actor.send(Admit {
+                charge,
+                event_ids: vec![],
+            })
+        };
+        assert_eq!(admit(6).await.expect("sent"), Ok(vec![]));
+        assert_eq!(admit(4).await.expect("sent"), Ok(vec![]));
+        match admit(2).await.expect("sent") {
+            Err(Limited::RetryAfter(wait)) => {
+                assert!(wait > Duration::from_millis(500) && wait <= Duration::from_secs(2))
+            }
+            other => panic!("expected RetryAfter, got {other:?}"),
+        }
+        assert_eq!(
+            admit(11).await.expect("sent"),
+            Err(Limited::OverBurst { burst: 10 })
+        );
+
+        // The operator raises the quota: the running actor takes it at once.
+        origins.set_policy(
+            "b.example",
+            Policy {
+                rate_per_minute: 600,
+                burst: 50,
+                blocked: false,
+                source: PolicySource::Admin,
+            },
+        );
+        assert_eq!(admit(40).await.expect("sent"), Ok(vec![]));
+    }
+
+    #[actix_web::test]
+    async fn committed_ids_are_duplicates_and_others_are_not() {
+        let origins = Origins::new(&FederationConfig::default(), vec![]);
+        let actor = origins.actor("b.example");
+        actor
+            .send(Committed {
+                event_ids: vec!["e1".into()],
+            })
+            .await
+            .expect("sent");
+        let seen = actor
+            .send(Admit {
+                charge: 2,
+                event_ids: vec!["e1".into(), "e2".into()],
+            })
+            .await
+            .expect("sent");
+        assert_eq!(seen, Ok(vec![true, false]));
+    }
+
+    #[test]
+    fn admin_policy_beats_config_beats_defaults() {
+        let mut config = FederationConfig::default();
+        config.origins.insert(
+            "c.example".into(),
+            crate::config::OriginOverride {
+                rate_per_minute: Some(5),
+                burst: None,
+                blocked: true,
+            },
+        );
+        let admin = Policy {
+            rate_per_minute: 7,
+            burst: 8,
+            blocked: false,
+            source: PolicySource::Admin,
+        };
+        let origins = Origins::new(&config, vec![("d.example".into(), admin)]);
+        let c = origins.policy("c.example");
+        assert_eq!(
+            (c.rate_per_minute, c.burst, c.blocked, c.source),
+            (5, config.default_burst, true, PolicySource::Config)
+        );
+        assert_eq!(origins.policy("d.example"), admin);
+        assert_eq!(origins.policy("e.example").source, PolicySource::Default);
+        let names: Vec<_> = origins.views().into_iter().map(|v| v.origin).collect();
+        assert_eq!(names, ["c.example", "d.example"]);
+    }
+}
