@@ -8,6 +8,7 @@ mod cli;
 mod helpers;
 mod http;
 mod idcert;
+mod inbox;
 mod keys;
 mod notary;
 mod resolver;

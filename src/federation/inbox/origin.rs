@@ -391,9 +391,11 @@ mod tests {
 
     #[actix_web::test]
     async fn the_quota_is_charged_per_event_and_tells_when_to_retry() {
-        let mut config = FederationConfig::default();
-        config.default_rate_per_minute = 60;
-        config.default_burst = 10;
+        let config = FederationConfig {
+            default_rate_per_minute: 60,
+            default_burst: 10,
+            ..FederationConfig::default()
+        };
         let origins = Origins::new(&config, vec![]);
         let actor = origins.actor("b.example");
         let admit = |charge| {

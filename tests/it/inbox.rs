@@ -1,0 +1,643 @@
+//! `POST /federation/inbox` against the real application: a second instance is the origin
+//! (it serves its key), and requests are signed with its key file.
+
+use serde_json::{json, Value};
+use switchyard::federation::signing::{RequestSignature, ServerKey};
+
+use crate::helpers::{event, spawn_app_with, TestApp, TestDb};
+
+const A: &str = "a.test";
+const B: &str = "b.test";
+
+/// The receiver `a.test` and the origin `b.test` (whose key signs our requests).
+struct Pair {
+    a: TestApp,
+    b: TestApp,
+    b_key: ServerKey,
+}
+
+async fn pair(adjust: impl FnOnce(&mut switchyard::config::Config)) -> Pair {
+    let b = spawn_app_with(TestDb::new().await, |c| c.server.name = B.into()).await;
+    let b_key = ServerKey::load(&b.db.dir.path().join("signing.key")).expect("b's key");
+    let b_address = b.address.clone();
+    let a = spawn_app_with(TestDb::new().await, move |c| {
+        c.server.name = A.into();
+        c.server.admin_token = "s3cret".into();
+        c.federation.resolve.insert(B.into(), b_address);
+        adjust(c);
+    })
+    .await;
+    Pair { a, b, b_key }
+}
+
+/// What a request carries; each field can be spoiled by a test.
+#[derive(Clone)]
+struct Req {
+    origin: Option<String>,
+    timestamp: Option<String>,
+    key_id: Option<String>,
+    signature: Option<String>,
+    body: Vec<u8>,
+}
+
+fn now_secs() -> i64 {
+    switchyard::clock::now_ms() / 1000
+}
+
+/// A correctly signed request from `origin` with `key`.
+fn signed(key: &ServerKey, origin: &str, destination: &str, timestamp: i64, body: &[u8]) -> Req {
+    let timestamp = timestamp.to_string();
+    let key_id = key.key_id();
+    let signature = key.sign_request(&RequestSignature {
+        method: "POST",
+        path: "/federation/inbox",
+        origin,
+        destination,
+        timestamp: &timestamp,
+        key_id: &key_id,
+        body,
+    });
+    Req {
+        origin: Some(origin.into()),
+        timestamp: Some(timestamp),
+        key_id: Some(key_id),
+        signature: Some(signature),
+        body: body.to_vec(),
+    }
+}
+
+impl Pair {
+    fn req(&self, body: &Value) -> Req {
+        let body = serde_json::to_vec(body).expect("json");
+        signed(&self.b_key, B, A, now_secs(), &body)
+    }
+
+    async fn send(&self, req: &Req) -> (u16, Option<String>, Value) {
+        let mut request = awc::Client::default()
+            .post(format!("{}/federation/inbox", self.a.address))
+            .insert_header(("Content-Type", "application/json"));
+        for (name, value) in [
+            ("X-Switchyard-Origin", &req.origin),
+            ("X-Switchyard-Timestamp", &req.timestamp),
+            ("X-Switchyard-Key", &req.key_id),
+            ("X-Switchyard-Signature", &req.signature),
+        ] {
+            if let Some(value) = value {
+                request = request.insert_header((name, value.as_str()));
+            }
+        }
+        let mut res = request.send_body(req.body.clone()).await.expect("request");
+        let retry_after = res
+            .headers()
+            .get("Retry-After")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let body = res.body().limit(1 << 22).await.expect("body");
+        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (res.status().as_u16(), retry_after, body)
+    }
+
+    async fn head(&self) -> u64 {
+        self.a.store.head().await.expect("head").0
+    }
+
+    async fn admin_put(&self, origin: &str, policy: Value) -> (u16, Value) {
+        let mut res = awc::Client::default()
+            .put(format!("{}/admin/v1/origins/{origin}", self.a.address))
+            .insert_header(("Authorization", "Bearer s3cret"))
+            .send_json(&policy)
+            .await
+            .expect("put");
+        (
+            res.status().as_u16(),
+            res.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// `general@a.test`, created by alice@a.test, with bob@b.test invited.
+    async fn channel_with_bob_invited(&self) {
+        self.a
+            .log
+            .append(vec![
+                event(
+                    A,
+                    "c1",
+                    "channel.new",
+                    "alice@a.test",
+                    json!({"name": "General"}),
+                ),
+                event(
+                    A,
+                    "i1",
+                    "channel.invite",
+                    "alice@a.test",
+                    json!({"invitee": "bob@b.test"}),
+                ),
+            ])
+            .await
+            .expect("channel");
+    }
+}
+
+fn wire(id: &str, kind: &str, content: Value) -> Value {
+    json!({"event_id": id, "type": kind, "sender": "bob@b.test", "channel": "general@a.test",
+           "ts": 1_700_000_000_000i64, "content": content})
+}
+
+fn relay(id: &str, message_id: &str, body: &str) -> Value {
+    wire(
+        id,
+        "message.relay",
+        json!({"action": "new", "message_id": message_id, "body": body}),
+    )
+}
+
+fn errcode(body: &Value) -> Option<&str> {
+    body["errcode"].as_str()
+}
+
+#[actix_web::test]
+async fn requests_refused_before_the_key_lookup_fetch_nothing_and_write_nothing() {
+    let p = pair(|c| c.federation.max_body_bytes = 4096).await;
+    let head = p.head().await;
+    let good = p.req(&json!({"events": [relay("e1", "m1", "hi")]}));
+
+    let mut cases: Vec<(&str, Req, u16, &str)> = Vec::new();
+    for header in ["origin", "timestamp", "key", "signature"] {
+        let mut r = good.clone();
+        match header {
+            "origin" => r.origin = None,
+            "timestamp" => r.timestamp = None,
+            "key" => r.key_id = None,
+            _ => r.signature = None,
+        }
+        cases.push(("missing header", r, 400, "SY_MISSING_HEADER"));
+    }
+    let spoil = |f: fn(&mut Req)| {
+        let mut r = good.clone();
+        f(&mut r);
+        r
+    };
+    cases.push((
+        "timestamp",
+        spoil(|r| r.timestamp = Some("yesterday".into())),
+        400,
+        "SY_BAD_HEADER",
+    ));
+    cases.push((
+        "timestamp in ms",
+        spoil(|r| r.timestamp = Some("1700000000000000".into())),
+        400,
+        "SY_BAD_HEADER",
+    ));
+    cases.push((
+        "key id",
+        spoil(|r| r.key_id = Some("rsa:1".into())),
+        400,
+        "SY_BAD_HEADER",
+    ));
+    cases.push((
+        "signature",
+        spoil(|r| r.signature = Some("not base64!".into())),
+        400,
+        "SY_BAD_HEADER",
+    ));
+    cases.push((
+        "short signature",
+        spoil(|r| r.signature = Some("AAAA".into())),
+        400,
+        "SY_BAD_HEADER",
+    ));
+    cases.push((
+        "origin",
+        spoil(|r| r.origin = Some("not a server".into())),
+        400,
+        "SY_BAD_HEADER",
+    ));
+    let body = serde_json::to_vec(&json!({"events": [relay("e1", "m1", "hi")]})).expect("json");
+    cases.push((
+        "too old",
+        signed(&p.b_key, B, A, now_secs() - 301, &body),
+        401,
+        "SY_STALE_REQUEST",
+    ));
+    cases.push((
+        "from the future",
+        signed(&p.b_key, B, A, now_secs() + 301, &body),
+        401,
+        "SY_STALE_REQUEST",
+    ));
+    let huge = json!({"events": [relay("e1", "m1", &"x".repeat(5000))]});
+    cases.push(("too large", p.req(&huge), 413, "SY_TOO_LARGE"));
+
+    for (name, req, status, code) in cases {
+        let (got, _, body) = p.send(&req).await;
+        assert_eq!(
+            (got, errcode(&body)),
+            (status, Some(code)),
+            "{name}: {body}"
+        );
+        assert!(body["error"].is_string(), "{name}");
+    }
+
+    // Blocked by the operator: 403 before any key lookup.
+    let (status, _) = p
+        .admin_put(
+            B,
+            json!({"rate_per_minute": 100, "burst": 100, "blocked": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let head_after_policy = p.head().await;
+    assert_eq!(head_after_policy, head + 1, "the policy is a log event");
+    let (status, _, body) = p.send(&good).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (403, Some("SY_FORBIDDEN")),
+        "{body}"
+    );
+
+    assert_eq!(p.a.inbox.key_fetches(), 0, "no key was fetched");
+    assert_eq!(p.head().await, head_after_policy, "nothing was written");
+}
+
+#[actix_web::test]
+async fn signature_failures_are_refused_and_write_nothing() {
+    let p = pair(|_| {}).await;
+    let head = p.head().await;
+    let body = serde_json::to_vec(&json!({"events": [relay("e1", "m1", "hi")]})).expect("json");
+
+    // A key id the origin does not have.
+    let mut unknown = signed(&p.b_key, B, A, now_secs(), &body);
+    unknown.key_id = Some("ed25519:nope".into());
+    // Signed by another key under the origin's key id.
+    let impostor = ServerKey::from_seed(p.b_key.key_id().trim_start_matches("ed25519:"), [7; 32]);
+    let forged = signed(&impostor, B, A, now_secs(), &body);
+    // Signed for another destination.
+    let elsewhere = signed(&p.b_key, B, "c.test", now_secs(), &body);
+    // The body changed after signing.
+    let mut changed = signed(&p.b_key, B, A, now_secs(), &body);
+    changed.body = serde_json::to_vec(&json!({"events": [relay("e1", "m1", "HI")]})).expect("json");
+    // Another origin's name with B's signature.
+    let mut renamed = signed(&p.b_key, B, A, now_secs(), &body);
+    renamed.origin = Some("c.test".into());
+
+    for (name, req, code) in [
+        ("unknown key", unknown, "SY_UNKNOWN_KEY"),
+        ("forged", forged, "SY_BAD_SIGNATURE"),
+        ("other destination", elsewhere, "SY_BAD_SIGNATURE"),
+        ("body changed", changed, "SY_BAD_SIGNATURE"),
+        ("unreachable origin", renamed, "SY_UNKNOWN_KEY"),
+    ] {
+        let (status, _, body) = p.send(&req).await;
+        assert_eq!(
+            (status, errcode(&body)),
+            (401, Some(code)),
+            "{name}: {body}"
+        );
+    }
+    assert_eq!(p.head().await, head, "nothing was written");
+}
+
+#[actix_web::test]
+async fn bad_bodies_and_bad_events_are_refused_one_by_one() {
+    let p = pair(|_| {}).await;
+    p.channel_with_bob_invited().await;
+    let head = p.head().await;
+
+    for (name, body) in [
+        ("invalid JSON", b"{\"events\": [".to_vec()),
+        ("not an object", b"[]".to_vec()),
+        (
+            "no events",
+            serde_json::to_vec(&json!({"events": []})).expect("json"),
+        ),
+        (
+            "101 events",
+            serde_json::to_vec(&json!({"events": (0..101)
+                .map(|i| relay(&format!("e{i}"), &format!("m{i}"), "x"))
+                .collect::<Vec<_>>()}))
+            .expect("json"),
+        ),
+    ] {
+        let req = signed(&p.b_key, B, A, now_secs(), &body);
+        let (status, _, answer) = p.send(&req).await;
+        assert_eq!(
+            (status, errcode(&answer)),
+            (400, Some("SY_BAD_JSON")),
+            "{name}: {answer}"
+        );
+    }
+    assert_eq!(p.head().await, head, "nothing was written");
+
+    // Per event: each bad one rejected with its errcode, the good one accepted.
+    let mut foreign = relay("foreign", "m2", "hi");
+    foreign["sender"] = json!("mallory@c.test");
+    let mut elsewhere = relay("elsewhere", "m3", "hi");
+    elsewhere["channel"] = json!("general@c.test");
+    let events = json!({"events": [
+        wire("j1", "channel.join", json!({})),
+        relay("ok", "m1", "hello"),
+        foreign,
+        elsewhere,
+        relay("bad id!", "m4", "x"),
+        wire("unknown", "channel.destroy", json!({})),
+        wire("shape", "message.relay", json!({"action": "new", "message_id": "m5"})),
+        wire("key", "sender_key.distribute", json!({"recipient": "carol@c.test", "device_id": "d", "key": "k"})),
+    ]});
+    let (status, _, answer) = p.send(&p.req(&events)).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = &answer["results"];
+    assert_eq!(results["j1"]["status"], "accepted", "{answer}");
+    assert_eq!(results["ok"]["status"], "accepted", "{answer}");
+    assert_eq!(results["ok"]["seq"].as_u64(), Some(head + 2));
+    for (id, code) in [
+        ("foreign", "SY_FORBIDDEN"),
+        ("elsewhere", "SY_FORBIDDEN"),
+        ("bad id!", "SY_BAD_EVENT"),
+        ("unknown", "SY_UNKNOWN_TYPE"),
+        ("shape", "SY_BAD_EVENT"),
+        ("key", "SY_FORBIDDEN"),
+    ] {
+        assert_eq!(results[id]["status"], "rejected", "{id}: {answer}");
+        assert_eq!(results[id]["errcode"], code, "{id}: {answer}");
+        assert!(results[id]["error"].is_string(), "{id}");
+    }
+    assert_eq!(
+        p.head().await,
+        head + 2,
+        "only the accepted events were written"
+    );
+
+    // A relayed message is a message.new in the log, and in the projection.
+    let entries = p.a.store.read_after(head, 10).await.expect("read");
+    let kinds: Vec<_> = entries.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(kinds, ["channel.join", "message.new"]);
+    assert_eq!(entries[1].origin, B);
+    assert_eq!(
+        entries[1].content.get(),
+        r#"{"body":"hello","message_id":"m1"}"#
+    );
+}
+
+#[actix_web::test]
+async fn membership_is_enforced_for_channels_homed_here() {
+    let p = pair(|_| {}).await;
+    p.channel_with_bob_invited().await;
+    // Invited, not joined: no message; the join then the message in one request: both.
+    let (_, _, answer) = p
+        .send(&p.req(&json!({"events": [relay("early", "m0", "too soon")]})))
+        .await;
+    assert_eq!(
+        answer["results"]["early"]["errcode"], "SY_FORBIDDEN",
+        "{answer}"
+    );
+    let (_, _, answer) = p
+        .send(&p.req(&json!({"events": [
+            wire("join", "channel.join", json!({})),
+            relay("m1", "m1", "hello"),
+            wire("leave", "channel.leave", json!({})),
+            relay("m2", "m2", "gone"),
+        ]})))
+        .await;
+    let results = &answer["results"];
+    assert_eq!(results["join"]["status"], "accepted", "{answer}");
+    assert_eq!(results["m1"]["status"], "accepted", "{answer}");
+    assert_eq!(results["leave"]["status"], "accepted", "{answer}");
+    assert_eq!(results["m2"]["errcode"], "SY_FORBIDDEN", "{answer}");
+    // Never invited: no join.
+    let mut stranger = wire("s1", "channel.join", json!({}));
+    stranger["sender"] = json!("eve@b.test");
+    let (_, _, answer) = p.send(&p.req(&json!({"events": [stranger]}))).await;
+    assert_eq!(
+        answer["results"]["s1"]["errcode"], "SY_FORBIDDEN",
+        "{answer}"
+    );
+}
+
+#[actix_web::test]
+async fn duplicates_within_and_across_requests_and_a_retry_after_a_failed_append() {
+    let p = pair(|_| {}).await;
+    p.channel_with_bob_invited().await;
+    let (_, _, answer) = p
+        .send(&p.req(&json!({"events": [
+            wire("join", "channel.join", json!({})),
+            relay("e1", "m1", "one"),
+            relay("e1", "m1", "one"),
+        ]})))
+        .await;
+    let seq = answer["results"]["e1"]["seq"].as_u64().expect("accepted");
+    let head = p.head().await;
+    // Again, in a new request: a duplicate, nothing written.
+    let (status, _, answer) = p
+        .send(&p.req(&json!({"events": [relay("e1", "m1", "one"), relay("e2", "m2", "two")]})))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["results"]["e1"], json!({"status": "duplicate"}));
+    assert_eq!(answer["results"]["e2"]["seq"].as_u64(), Some(head + 1));
+    assert!(seq < head + 1);
+
+    // The log refuses an event (an injected failure): the request fails, nothing is kept,
+    // and the sender's retry is accepted rather than called a duplicate.
+    if p.a.db.url.starts_with("sqlite:") {
+        use sea_orm::{ConnectionTrait, Database};
+        let raw = Database::connect(&p.a.db.url).await.expect("raw");
+        raw.execute_unprepared(
+            "CREATE TRIGGER fail_e3 BEFORE INSERT ON events WHEN NEW.event_id = 'e3' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .await
+        .expect("trigger");
+        let head = p.head().await;
+        let (status, retry_after, answer) = p
+            .send(&p.req(&json!({"events": [relay("e3", "m3", "three")]})))
+            .await;
+        assert_eq!(
+            (status, errcode(&answer)),
+            (503, Some("SY_UNAVAILABLE")),
+            "{answer}"
+        );
+        assert!(retry_after.is_some());
+        assert_eq!(p.head().await, head);
+        raw.execute_unprepared("DROP TRIGGER fail_e3")
+            .await
+            .expect("drop trigger");
+        let (status, _, answer) = p
+            .send(&p.req(&json!({"events": [relay("e3", "m3", "three")]})))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(answer["results"]["e3"]["status"], "accepted", "{answer}");
+    }
+}
+
+#[actix_web::test]
+async fn the_quota_is_charged_per_event_and_the_operator_can_change_it() {
+    let p = pair(|c| {
+        c.federation.default_rate_per_minute = 6;
+        c.federation.default_burst = 5;
+    })
+    .await;
+    p.channel_with_bob_invited().await;
+    let batch = |from: usize, n: usize| {
+        json!({"events": (from..from + n)
+            .map(|i| wire(&format!("j{i}"), "channel.join", json!({})))
+            .collect::<Vec<_>>()})
+    };
+    let (status, _, answer) = p.send(&p.req(&batch(0, 4))).await;
+    assert_eq!(status, 200, "{answer}");
+    let head = p.head().await;
+    let (status, retry_after, answer) = p.send(&p.req(&batch(4, 2))).await;
+    assert_eq!(
+        (status, errcode(&answer)),
+        (429, Some("SY_LIMIT_EXCEEDED")),
+        "{answer}"
+    );
+    let wait: u64 = retry_after.expect("Retry-After").parse().expect("seconds");
+    assert!((1..=20).contains(&wait), "{wait}");
+    // More events than the burst can ever allow.
+    let (status, _, _) = p.send(&p.req(&batch(10, 6))).await;
+    assert_eq!(status, 429);
+    assert_eq!(p.head().await, head, "nothing was written");
+
+    // The admin API shows the counters and raises the quota at once.
+    let mut res = awc::Client::default()
+        .get(format!("{}/admin/v1/origins", p.a.address))
+        .insert_header(("Authorization", "Bearer s3cret"))
+        .send()
+        .await
+        .expect("list");
+    let list: Value = res.json().await.expect("json");
+    let b = list["origins"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["origin"] == B))
+        .expect("b.test listed");
+    assert_eq!(
+        (b["rate_per_minute"].as_u64(), b["burst"].as_u64()),
+        (Some(6), Some(5))
+    );
+    assert_eq!(b["policy_source"], "default");
+    assert_eq!(b["limited"].as_u64(), Some(2));
+    assert_eq!(b["accepted"].as_u64(), Some(4));
+    assert_eq!(b["active"], true);
+
+    let (status, view) = p
+        .admin_put(
+            B,
+            json!({"rate_per_minute": 600, "burst": 50, "blocked": false}),
+        )
+        .await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["policy_source"], "admin");
+    let (status, _, answer) = p.send(&p.req(&batch(20, 30))).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Bad policies and tokens change nothing.
+    let head = p.head().await;
+    for (body, code) in [
+        (
+            json!({"rate_per_minute": 0, "burst": 5, "blocked": false}),
+            "SY_INVALID_PARAM",
+        ),
+        (
+            json!({"rate_per_minute": -1, "burst": 5, "blocked": false}),
+            "SY_BAD_JSON",
+        ),
+        (
+            json!({"rate_per_minute": 5, "blocked": false}),
+            "SY_BAD_JSON",
+        ),
+    ] {
+        let (status, answer) = p.admin_put(B, body).await;
+        assert_eq!((status, errcode(&answer)), (400, Some(code)), "{answer}");
+    }
+    let (status, answer) = p
+        .admin_put(
+            "bad..name",
+            json!({"rate_per_minute": 5, "burst": 5, "blocked": false}),
+        )
+        .await;
+    assert_eq!(
+        (status, errcode(&answer)),
+        (400, Some("SY_INVALID_PARAM")),
+        "{answer}"
+    );
+    let mut res = awc::Client::default()
+        .put(format!("{}/admin/v1/origins/{B}", p.a.address))
+        .send_json(&json!({"rate_per_minute": 5, "burst": 5, "blocked": true}))
+        .await
+        .expect("put");
+    assert_eq!(res.status(), 401);
+    let answer: Value = res.json().await.expect("json");
+    assert_eq!(errcode(&answer), Some("SY_MISSING_TOKEN"));
+    assert_eq!(p.head().await, head, "nothing was written");
+}
+
+#[actix_web::test]
+async fn an_origin_policy_survives_a_restart() {
+    let p = pair(|_| {}).await;
+    let (status, _) = p
+        .admin_put(
+            B,
+            json!({"rate_per_minute": 42, "burst": 7, "blocked": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    p.a.server.stop(true).await;
+    let again = TestDb {
+        url: p.a.db.url.clone(),
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let key_file = p.a.db.dir.path().join("signing.key");
+    let restarted = spawn_app_with(again, |c| {
+        c.server.name = A.into();
+        c.server.admin_token = "s3cret".into();
+        c.keys.path = key_file;
+    })
+    .await;
+    let mut res = awc::Client::default()
+        .get(format!("{}/admin/v1/origins/{B}", restarted.address))
+        .insert_header(("Authorization", "Bearer s3cret"))
+        .send()
+        .await
+        .expect("get");
+    let view: Value = res.json().await.expect("json");
+    assert_eq!(
+        (
+            view["rate_per_minute"].as_u64(),
+            view["burst"].as_u64(),
+            &view["blocked"],
+            &view["policy_source"]
+        ),
+        (Some(42), Some(7), &json!(true), &json!("admin")),
+        "{view}"
+    );
+    drop(p.b);
+}
+
+#[actix_web::test]
+async fn the_pre_verify_bucket_refuses_a_flood_before_any_key_lookup() {
+    let p = pair(|c| {
+        c.federation.preverify_rate_per_second = 1;
+        c.federation.preverify_burst = 2;
+    })
+    .await;
+    let head = p.head().await;
+    // Fresh requests with a bad signature: the first two reach the signature check.
+    let mut req = p.req(&json!({"events": [relay("e1", "m1", "hi")]}));
+    req.signature = Some(switchyard::federation::signing::b64(&[0u8; 64]));
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(p.send(&req).await);
+    }
+    let (status, retry_after, body) = &answers[2];
+    assert_eq!(
+        (*status, errcode(body)),
+        (429, Some("SY_LIMIT_EXCEEDED")),
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    // The first two reached the key lookup and failed the signature (the first with one
+    // refetch of the key, in case it had rotated); the third fetched nothing.
+    assert_eq!((answers[0].0, answers[1].0), (401, 401));
+    assert_eq!(p.a.inbox.key_fetches(), 2);
+    assert_eq!(p.head().await, head);
+}
