@@ -10,6 +10,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::config::Config;
 use crate::federation::client::{OutboundClient, Resolver};
+use crate::federation::delivery::Delivery;
 use crate::federation::inbox::{Inbox, InboxStartError};
 use crate::federation::keys::notary::Notary;
 use crate::federation::keys::resolver::KeyResolver;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub certs: Arc<ServerCerts>,
     /// The federation inbox pipeline, with its Origin actors.
     pub inbox: Arc<Inbox>,
+    /// Outbound delivery, with its Destination actors.
+    pub delivery: Arc<Delivery>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,7 @@ pub struct Application {
     store: Store,
     log: EventLogHandle,
     inbox: Arc<Inbox>,
+    delivery: Arc<Delivery>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
 
@@ -131,6 +135,16 @@ impl Application {
             metrics.clone(),
         )
         .await?;
+        let resolver = Arc::new(Resolver::new(&config.federation));
+        let delivery = Delivery::start(
+            &config.server.name,
+            &config.federation,
+            store.clone(),
+            &log,
+            keys.clone(),
+            resolver.clone(),
+        )
+        .await?;
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -141,8 +155,8 @@ impl Application {
             notary,
             certs,
             inbox: inbox.clone(),
+            delivery: delivery.clone(),
         });
-        let resolver = Arc::new(Resolver::new(&config.federation));
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {
             App::new()
@@ -174,6 +188,7 @@ impl Application {
             store,
             log,
             inbox,
+            delivery,
             renew_certs,
         })
     }
@@ -203,6 +218,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), StartError> {
         let served = self.server.await;
         self.renew_certs.abort();
+        self.delivery.stop();
         self.log.drain().await;
         tracing::info!("event log drained");
         drop(self.log);

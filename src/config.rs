@@ -197,6 +197,12 @@ pub struct FederationConfig {
     pub max_inflight_requests: usize,
     /// Threads that check signatures (batched); 0 = one per CPU.
     pub verify_threads: usize,
+    /// Outbound delivery: the first wait after a failure, doubling (with jitter) up to the
+    /// maximum.
+    #[serde(with = "humantime_serde")]
+    pub delivery_backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub delivery_max_backoff: Duration,
     pub origins: std::collections::BTreeMap<String, OriginOverride>,
 }
 
@@ -217,6 +223,8 @@ impl Default for FederationConfig {
             preverify_burst: 400,
             max_inflight_requests: 512,
             verify_threads: 0,
+            delivery_backoff_base: Duration::from_secs(1),
+            delivery_max_backoff: Duration::from_secs(300),
             origins: Default::default(),
         }
     }
@@ -439,6 +447,14 @@ impl Config {
             return Err(invalid(
                 "federation.max_inflight_requests",
                 "must be at least 1",
+            ));
+        }
+        if federation.delivery_backoff_base.is_zero()
+            || federation.delivery_max_backoff < federation.delivery_backoff_base
+        {
+            return Err(invalid(
+                "federation.delivery_max_backoff",
+                "delivery_backoff_base must be above zero and at most delivery_max_backoff",
             ));
         }
         if federation.replay_window.is_zero() {

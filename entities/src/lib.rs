@@ -5,6 +5,8 @@
 //! derived from it in the same transaction and rebuildable with `switchyard replay`.
 
 pub mod channels;
+pub mod dead_letters;
+pub mod delivery_cursors;
 pub mod events;
 pub mod members;
 pub mod messages;

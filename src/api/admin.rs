@@ -172,3 +172,14 @@ pub async fn put_origin(
     tracing::info!(%origin, rate_per_minute = body.rate_per_minute, burst = body.burst, blocked = body.blocked, "origin policy changed");
     Ok(HttpResponse::Ok().json(state.inbox.origins.view(origin)))
 }
+
+/// `GET /admin/v1/destinations` → `{"destinations": [...]}`: each remote server we deliver
+/// to, with its cursor, lag, state, last error and newest dead letters.
+pub async fn list_destinations(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let views = state.delivery.views().await.map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(json!({ "destinations": views })))
+}

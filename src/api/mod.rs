@@ -60,6 +60,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/federation/inbox", web::post().to(federation::inbox))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(
+        "/admin/v1/destinations",
+        web::get().to(admin::list_destinations),
+    )
+    .route(
         "/admin/v1/origins/{origin}",
         web::get().to(admin::get_origin),
     )

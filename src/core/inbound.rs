@@ -13,7 +13,8 @@
 //! | `sender_key.distribute` | `{"recipient": <fid>, "device_id", "key"}` | the same |
 //!
 //! Anything else is `SY_UNKNOWN_TYPE`; a malformed field or content is `SY_BAD_EVENT`; a sender
-//! of another server than the authenticated origin is `SY_FORBIDDEN`. The log keeps the
+//! of another server than the authenticated origin is `SY_FORBIDDEN`, unless the channel is
+//! homed at the origin (the home server relays its members' events). The log keeps the
 //! origin's `event_id`, so `(origin, event_id)` is the dedup key in memory and in the log.
 
 use serde_json::{Map, Value};
@@ -59,6 +60,9 @@ fn optional_str<'a>(
 }
 
 /// Turns one wire event from `origin` into a checked log event.
+///
+/// The sender must be a user of `origin`, except in a channel homed at `origin`: a channel's
+/// home server relays every member's events to the other member servers (DESIGN §3.5).
 pub fn to_log_event(origin: &str, event: &Value) -> Result<PreparedEvent, Rejection> {
     let object = event
         .as_object()
@@ -117,7 +121,10 @@ pub fn to_log_event(origin: &str, event: &Value) -> Result<PreparedEvent, Reject
     let sender = sender.ok_or_else(|| Rejection::bad("\"sender\" is required for this type"))?;
     let (_, sender_server) = ids::parse_fid(sender)
         .ok_or_else(|| Rejection::bad("\"sender\" must be a federation id (local@server)"))?;
-    if sender_server != origin {
+    let home = channel
+        .and_then(ids::parse_channel_ref)
+        .map(|(_, home)| home);
+    if sender_server != origin && home != Some(origin) {
         return Err(Rejection {
             errcode: "SY_FORBIDDEN",
             error: format!("the sender {sender} does not belong to the origin {origin}"),
@@ -197,6 +204,23 @@ mod tests {
         );
         key["channel"] = Value::Null;
         to_log_event("b.example", &key).expect("sender key");
+    }
+
+    #[test]
+    fn a_home_server_relays_other_servers_senders_in_its_own_channels() {
+        let mut relayed = wire(
+            "message.relay",
+            json!({"action": "new", "message_id": "m1", "body": "hi"}),
+        );
+        relayed["channel"] = json!("general@a.example");
+        to_log_event("a.example", &relayed).expect("the home server relays bob's message");
+        relayed["channel"] = json!("general@c.example");
+        assert_eq!(
+            to_log_event("a.example", &relayed)
+                .expect_err("not its channel")
+                .errcode,
+            "SY_FORBIDDEN"
+        );
     }
 
     #[test]

@@ -134,6 +134,62 @@ impl OutboundClient {
     }
 }
 
+/// What another server answered to a POST.
+#[derive(Debug)]
+pub struct PostAnswer {
+    pub status: StatusCode,
+    /// `Retry-After` in seconds, when given as a number.
+    pub retry_after: Option<u64>,
+    pub body: Bytes,
+}
+
+impl OutboundClient {
+    /// `POST <base URL of server_name><path>` with `headers` and a JSON `body`; any status is
+    /// an answer (the caller decides), only a failure to get one is an error.
+    pub async fn post(
+        &self,
+        server_name: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<PostAnswer, FetchError> {
+        let url = format!("{}{path}", self.resolver.base_url(server_name));
+        let mut request = self
+            .client
+            .post(&url)
+            .insert_header(("Content-Type", "application/json"));
+        for (name, value) in headers {
+            request = request.insert_header((*name, *value));
+        }
+        let mut response = request
+            .send_body(body)
+            .await
+            .map_err(|e| FetchError::Unreachable {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        let retry_after = response
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok());
+        let body = response
+            .body()
+            .limit(MAX_RESPONSE_BYTES)
+            .await
+            .map_err(|e| FetchError::Body {
+                url,
+                limit: MAX_RESPONSE_BYTES,
+                detail: e.to_string(),
+            })?;
+        Ok(PostAnswer {
+            status: response.status(),
+            retry_after,
+            body,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

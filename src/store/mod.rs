@@ -235,6 +235,114 @@ impl Store {
             .and_then(crate::core::projection::Membership::parse))
     }
 
+    /// Whether a user of `server_name` is invited to or joined in `channel`.
+    pub async fn has_member_of(
+        &self,
+        channel: &str,
+        server_name: &str,
+    ) -> Result<bool, StoreError> {
+        use entities::members;
+        let found = members::Entity::find()
+            .select_only()
+            .column(members::Column::Fid)
+            .filter(members::Column::ChannelRef.eq(channel))
+            .filter(members::Column::Fid.like(format!("%@{server_name}")))
+            .filter(members::Column::State.is_in(["invited", "joined"]))
+            .into_tuple::<String>()
+            .one(&self.readers)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// Every (channel, fid) of channels homed at `server_name` whose member is invited or
+    /// joined: where our channels have members.
+    pub async fn members_of_channels_at(
+        &self,
+        server_name: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        use entities::members;
+        Ok(members::Entity::find()
+            .select_only()
+            .column(members::Column::ChannelRef)
+            .column(members::Column::Fid)
+            .filter(members::Column::ChannelRef.like(format!("%@{server_name}")))
+            .filter(members::Column::State.is_in(["invited", "joined"]))
+            .into_tuple::<(String, String)>()
+            .all(&self.readers)
+            .await?)
+    }
+
+    /// Every destination's delivery cursor.
+    pub async fn delivery_cursors(
+        &self,
+    ) -> Result<Vec<entities::delivery_cursors::Model>, StoreError> {
+        Ok(entities::delivery_cursors::Entity::find()
+            .all(&self.readers)
+            .await?)
+    }
+
+    /// Records that `destination` has everything up to `seq`.
+    pub async fn set_delivery_cursor(&self, destination: &str, seq: u64) -> Result<(), StoreError> {
+        use entities::delivery_cursors;
+        use sea_orm::sea_query::OnConflict;
+        use sea_orm::Set;
+        delivery_cursors::Entity::insert(delivery_cursors::ActiveModel {
+            destination: Set(destination.to_owned()),
+            cursor_seq: Set(i64::try_from(seq).unwrap_or(i64::MAX)),
+            updated_ts: Set(crate::clock::now_ms()),
+        })
+        .on_conflict(
+            OnConflict::column(delivery_cursors::Column::Destination)
+                .update_columns([
+                    delivery_cursors::Column::CursorSeq,
+                    delivery_cursors::Column::UpdatedTs,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(&self.readers)
+        .await?;
+        Ok(())
+    }
+
+    /// Keeps an event `destination` refused for good.
+    pub async fn add_dead_letter(
+        &self,
+        destination: &str,
+        seq: u64,
+        event_id: &str,
+        errcode: &str,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        use sea_orm::{ActiveModelTrait, NotSet, Set};
+        entities::dead_letters::ActiveModel {
+            id: NotSet,
+            destination: Set(destination.to_owned()),
+            seq: Set(i64::try_from(seq).unwrap_or(i64::MAX)),
+            event_id: Set(event_id.to_owned()),
+            errcode: Set(errcode.to_owned()),
+            error: Set(error.chars().take(1000).collect()),
+            ts: Set(crate::clock::now_ms()),
+        }
+        .insert(&self.readers)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest dead letters of `destination`, newest first.
+    pub async fn dead_letters(
+        &self,
+        destination: &str,
+        limit: u64,
+    ) -> Result<Vec<entities::dead_letters::Model>, StoreError> {
+        use entities::dead_letters;
+        Ok(dead_letters::Entity::find()
+            .filter(dead_letters::Column::Destination.eq(destination))
+            .order_by_desc(dead_letters::Column::Id)
+            .limit(limit)
+            .all(&self.readers)
+            .await?)
+    }
+
     /// The operator's per-origin policies (`origin.policy` events, last one wins).
     pub async fn origin_policies(
         &self,

@@ -5,6 +5,7 @@
 //! own there); `.ci/run` runs them both ways.
 
 mod cli;
+mod federation;
 mod helpers;
 mod http;
 mod idcert;

@@ -84,6 +84,15 @@ impl MembershipView {
         }
     }
 
+    /// Whether a user of `server_name` (this server) is invited to or joined in `channel`.
+    pub async fn has_local_member(
+        &self,
+        channel: &str,
+        server_name: &str,
+    ) -> Result<bool, StoreError> {
+        self.store.has_member_of(channel, server_name).await
+    }
+
     pub async fn get(&self, channel: &str, fid: &str) -> Result<Option<Membership>, StoreError> {
         let key = (channel.to_owned(), fid.to_owned());
         if let Some(found) = self.cache.get(&key) {

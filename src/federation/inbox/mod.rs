@@ -604,6 +604,24 @@ impl Inbox {
         };
         let home = ids::parse_channel_ref(channel).map_or("", |(_, home)| home);
         if home == origin {
+            // The home server orders its channel; another server's sender is taken from it
+            // only for a channel where we have members (else it is none of our business).
+            let foreign = ids::parse_fid(sender).is_some_and(|(_, server)| server != origin);
+            if foreign {
+                let ours = self
+                    .membership
+                    .has_local_member(channel, &self.server_name)
+                    .await
+                    .map_err(|e| Rejection {
+                        errcode: "SY_UNAVAILABLE",
+                        error: format!("membership could not be read: {e}"),
+                    })?;
+                if !ours {
+                    return Err(forbidden(format!(
+                        "{channel} has no member on this server; relayed events of other servers' users are not taken"
+                    )));
+                }
+            }
             return Ok(());
         }
         if home != self.server_name {
