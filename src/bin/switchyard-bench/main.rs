@@ -5,6 +5,11 @@
 //!   of the same SQLite build through sqlx on the same disk (the ceiling), as a ratio.
 //! - `crash-writer`: appends under load until killed, writing each acknowledged event id to a
 //!   side file before counting it (the child of the crash-safety test).
+//! - `inbox`: load generator for `POST /federation/inbox` against an in-process receiver:
+//!   accepted events/s and requests/s with p50/p99 at 100 and 1 events per request, next to
+//!   the ed25519 and log-append ceilings, and the flood comparison (see `inbox.rs`).
+
+mod inbox;
 
 /// mimalloc: the log writer, the database worker and the HTTP workers hand buffers to one
 /// another, which glibc's allocator serialises on its arena locks.
@@ -64,6 +69,8 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         appenders: usize,
     },
+    /// Federation inbox load: throughput at 100 and 1 events/request, ceilings, flood.
+    Inbox(inbox::InboxArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -81,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                 prefix,
                 appenders,
             } => crash_writer(database_url, &acks, prefix, appenders).await,
+            Command::Inbox(args) => inbox::run(args).await,
         }
     })
 }
