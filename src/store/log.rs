@@ -41,6 +41,7 @@ use actix::prelude::*;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr, Value};
 use tokio::sync::{broadcast, oneshot};
 
+use super::sqlite_thread::{Recorder, SqliteThread};
 use super::writer::WriterConnection;
 use super::{bulk, head_on, projections, StoreError};
 use crate::clock::now_ms;
@@ -128,8 +129,61 @@ struct Head {
     hash: ChainHash,
 }
 
+/// Where the log writes: a SQLite file through its own thread (one message per transaction),
+/// or any other database through the writer's detached sqlx connection.
+pub(crate) enum LogWriter {
+    Sqlite {
+        thread: SqliteThread,
+        /// For the rare lookups (head after a failure, duplicates): the reader pool, which
+        /// sees every committed transaction of this single writer.
+        readers: sea_orm::DatabaseConnection,
+    },
+    Sqlx(WriterConnection),
+}
+
+impl LogWriter {
+    async fn head(&self) -> Result<Head, StoreError> {
+        let (seq, hash) = match self {
+            LogWriter::Sqlite { readers, .. } => head_on(readers).await?,
+            LogWriter::Sqlx(conn) => head_on(conn).await?,
+        };
+        Ok(Head { seq, hash })
+    }
+
+    async fn find_existing(
+        &self,
+        batch: &[PendingAppend],
+    ) -> Result<HashMap<(String, String), u64>, StoreError> {
+        match self {
+            LogWriter::Sqlite { readers, .. } => find_existing(readers, batch).await,
+            LogWriter::Sqlx(conn) => find_existing(conn, batch).await,
+        }
+    }
+
+    /// Writes `plan` in one transaction.
+    async fn write(&self, plan: &Plan<'_>) -> Result<(), StoreError> {
+        match self {
+            LogWriter::Sqlite { thread, .. } => {
+                let recorder = Recorder::new();
+                write_plan(&recorder, plan).await?;
+                Ok(thread.transaction(recorder.into_statements()).await?)
+            }
+            LogWriter::Sqlx(conn) => {
+                conn.begin().await?;
+                match write_plan(conn, plan).await {
+                    Ok(()) => Ok(conn.commit().await?),
+                    Err(error) => {
+                        conn.rollback().await;
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+}
+
 pub struct EventLog {
-    writer: Arc<WriterConnection>,
+    writer: Arc<LogWriter>,
     /// `None` after a failed commit: re-read from the database before the next batch.
     head: Option<Head>,
     /// The last batch held duplicates: look them up before writing (see [`write_batch`]).
@@ -151,8 +205,14 @@ impl EventLog {
         publish_buffer: usize,
         metrics: Arc<Metrics>,
     ) -> Result<EventLogHandle, StoreError> {
-        let writer = Arc::new(WriterConnection::open(store.writer.clone()).await?);
-        let (seq, hash) = head_on(&*writer).await?;
+        let writer = Arc::new(match &store.sqlite_file {
+            Some((path, durability)) => LogWriter::Sqlite {
+                thread: SqliteThread::open(path, *durability)?,
+                readers: store.readers.clone(),
+            },
+            None => LogWriter::Sqlx(WriterConnection::open(store.writer.clone()).await?),
+        });
+        let Head { seq, hash } = writer.head().await?;
         metrics.log_head_seq.set(seq as i64);
         let (published, _) = broadcast::channel(publish_buffer);
         let actor = EventLog {
@@ -253,7 +313,7 @@ struct CommitEnd {
 
 /// Runs one group commit and answers its callers.
 async fn commit_batch(
-    writer: Arc<WriterConnection>,
+    writer: Arc<LogWriter>,
     head: Option<Head>,
     lookup_first: bool,
     batch: Vec<PendingAppend>,
@@ -417,7 +477,11 @@ fn plan<'a>(
 }
 
 fn is_unique_violation(error: &StoreError) -> bool {
-    matches!(error, StoreError::Db(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))))
+    match error {
+        StoreError::Db(e) => matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))),
+        StoreError::SqliteWrite(e) => e.unique_violation,
+        _ => false,
+    }
 }
 
 /// Writes one batch in one transaction.
@@ -428,57 +492,37 @@ fn is_unique_violation(error: &StoreError) -> bool {
 /// duplicates the writer looks up first (`lookup_first`) until a batch comes without any, so
 /// a stream of retries costs one lookup per batch rather than a failed insert.
 async fn write_batch<'a>(
-    conn: &WriterConnection,
+    writer: &LogWriter,
     head: Option<Head>,
     batch: &'a [PendingAppend],
     lookup_first: bool,
 ) -> Result<Plan<'a>, StoreError> {
     let head = match head {
         Some(head) => head,
-        None => {
-            let (seq, hash) = head_on(conn).await?;
-            Head { seq, hash }
-        }
+        None => writer.head().await?,
     };
     if !lookup_first {
         let optimistic = plan(head, batch, &HashMap::new());
-        conn.begin().await?;
-        match write_plan(conn, &optimistic).await {
-            Ok(()) => {
-                conn.commit().await?;
-                return Ok(optimistic);
-            }
-            Err(error) => {
-                conn.rollback().await;
-                if !is_unique_violation(&error) {
-                    return Err(error);
-                }
-            }
+        match writer.write(&optimistic).await {
+            Ok(()) => return Ok(optimistic),
+            Err(error) if is_unique_violation(&error) => {}
+            Err(error) => return Err(error),
         }
     }
-    conn.begin().await?;
-    let checked = async {
-        let existing = find_existing(conn, batch).await?;
-        let checked = plan(head, batch, &existing);
-        if !checked.entries.is_empty() {
-            write_plan(conn, &checked).await?;
-        }
-        Ok::<_, StoreError>(checked)
+    // This actor is the only writer of `events`, so what the lookup finds cannot change
+    // before the write below.
+    let existing = writer.find_existing(batch).await?;
+    let checked = plan(head, batch, &existing);
+    if !checked.entries.is_empty() {
+        writer.write(&checked).await?;
     }
-    .await;
-    match checked {
-        Ok(checked) => {
-            conn.commit().await?;
-            Ok(checked)
-        }
-        Err(error) => {
-            conn.rollback().await;
-            Err(error)
-        }
-    }
+    Ok(checked)
 }
 
-async fn write_plan(conn: &WriterConnection, plan: &Plan<'_>) -> Result<(), StoreError> {
+async fn write_plan(
+    conn: &impl sea_orm::ConnectionTrait,
+    plan: &Plan<'_>,
+) -> Result<(), StoreError> {
     insert_entries(conn, &plan.entries).await?;
     projections::apply(conn, plan.ops.iter().copied()).await?;
     Ok(())

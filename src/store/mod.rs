@@ -14,6 +14,7 @@ pub mod bulk;
 pub mod log;
 pub mod projections;
 pub mod replay;
+mod sqlite_thread;
 pub mod verify;
 mod writer;
 
@@ -50,6 +51,8 @@ pub enum StoreError {
     Db(#[from] DbErr),
     #[error("log entry {seq} is unreadable: {problem}")]
     Corrupt { seq: i64, problem: String },
+    #[error("database error: {0}")]
+    SqliteWrite(#[from] sqlite_thread::SqliteWriteError),
 }
 
 /// The URL with any password replaced, for messages and logs.
@@ -74,6 +77,8 @@ pub struct Store {
     /// In-memory SQLite: `readers` is the writer's pool (one database per connection).
     shared: bool,
     backend: Backend,
+    /// A SQLite database file: the log writes it on a thread of its own.
+    sqlite_file: Option<(std::path::PathBuf, Durability)>,
 }
 
 impl Store {
@@ -147,6 +152,10 @@ impl Store {
             writer,
             shared,
             backend,
+            sqlite_file: config
+                .sqlite_path()
+                .filter(|_| backend == Backend::Sqlite)
+                .map(|path| (path, durability)),
         })
     }
 
