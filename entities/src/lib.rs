@@ -4,6 +4,7 @@
 //! `events` is the append-only log and the source of truth; every other table is a projection
 //! derived from it in the same transaction and rebuildable with `switchyard replay`.
 
+pub mod accounts;
 pub mod channels;
 pub mod dead_letters;
 pub mod delivery_cursors;
@@ -14,3 +15,4 @@ pub mod origin_policies;
 pub mod remote_server_keys;
 pub mod retired_server_keys;
 pub mod server_idcerts;
+pub mod sessions;

@@ -69,3 +69,50 @@ pub async fn inbox(
     let answer = state.inbox.receive(&client, &headers, peer, &body).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
+
+#[derive(serde::Deserialize)]
+pub struct LookupQuery {
+    username: String,
+}
+
+/// `GET /federation/user-lookup?username=<name>` (DESIGN §3.3), signed like the inbox over
+/// `GET`, the path with its query string as sent, and the empty body.
+pub async fn user_lookup(
+    req: HttpRequest,
+    query: Result<web::Query<LookupQuery>, actix_web::Error>,
+    state: web::Data<AppState>,
+    client: web::Data<OutboundClient>,
+) -> Result<HttpResponse, ApiError> {
+    let headers = SignedHeaders::parse(req.headers())?;
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned());
+    let peer = req
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    state
+        .inbox
+        .check_signed_request(&client, &headers, peer, "GET", &path, b"")
+        .await?;
+    let query = query.map_err(|_| {
+        ApiError::new(
+            ErrorKind::InvalidParam,
+            "the query must be ?username=<name>",
+        )
+    })?;
+    let account = state
+        .store
+        .account(&query.username)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(match account {
+        Some(account) => serde_json::json!({
+            "found": true,
+            "username": account.username,
+            "user_id": account.fid,
+            "server_domain": state.config.server.name,
+        }),
+        None => serde_json::json!({"found": false}),
+    }))
+}

@@ -5,10 +5,12 @@
 //! the notary (see [`notary`]), the server key, root ID-Cert and well-known in polyproto form
 //! (see [`polyproto`]),
 //! `POST /admin/v1/keys/rotate` and the origins API (see [`admin`]), `POST /federation/inbox`
-//! (see [`federation`]), and the JSON
+//! and `GET /federation/user-lookup` (see [`federation`]), registration and login (see
+//! [`auth`]), and the JSON
 //! answers for unknown routes and malformed bodies.
 
 mod admin;
+mod auth;
 mod federation;
 mod notary;
 mod polyproto;
@@ -58,6 +60,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/admin/v1/keys/rotate", web::post().to(admin::rotate_keys))
     .route("/federation/inbox", web::post().to(federation::inbox))
+    .route(
+        "/federation/user-lookup",
+        web::get().to(federation::user_lookup),
+    )
+    .route("/api/v1/auth/register", web::post().to(auth::register))
+    .route("/api/v1/auth/login", web::post().to(auth::login))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(
         "/admin/v1/destinations",

@@ -30,10 +30,12 @@ pub enum EventType {
     ServerKeyRotated,
     ServerKeysFetched,
     ServerIdCertIssued,
+    AccountRegistered,
+    SessionCreated,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 12] = [
+    pub const ALL: [EventType; 14] = [
         EventType::ChannelNew,
         EventType::ChannelInvite,
         EventType::ChannelJoin,
@@ -46,6 +48,8 @@ impl EventType {
         EventType::ServerKeyRotated,
         EventType::ServerKeysFetched,
         EventType::ServerIdCertIssued,
+        EventType::AccountRegistered,
+        EventType::SessionCreated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +66,8 @@ impl EventType {
             EventType::ServerKeyRotated => "server.key_rotated",
             EventType::ServerKeysFetched => "server.keys_fetched",
             EventType::ServerIdCertIssued => "server.idcert_issued",
+            EventType::AccountRegistered => "account.registered",
+            EventType::SessionCreated => "session.created",
         }
     }
 
@@ -74,6 +80,8 @@ impl EventType {
                 | EventType::ServerKeyRotated
                 | EventType::ServerKeysFetched
                 | EventType::ServerIdCertIssued
+                | EventType::AccountRegistered
+                | EventType::SessionCreated
         )
     }
 }
@@ -315,6 +323,29 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
             non_negative(content, "not_after")?;
             if !str_field(content, "pem")?.starts_with("-----BEGIN CERTIFICATE-----") {
                 return Err("\"pem\" must be a PEM certificate".into());
+            }
+            Ok(())
+        }
+        EventType::AccountRegistered => {
+            let username = str_field(content, "username")?;
+            if ids::parse_fid(&format!("{username}@x")).is_none() {
+                return Err("\"username\" must be 1..64 of [a-z0-9._-]".into());
+            }
+            if !str_field(content, "password_hash")?.starts_with("$argon2") {
+                return Err("\"password_hash\" must be an argon2 PHC string".into());
+            }
+            Ok(())
+        }
+        EventType::SessionCreated => {
+            let session = str_field(content, "session_id")?;
+            if !(1..=32).contains(&session.len())
+                || !session.bytes().all(|b| b.is_ascii_alphanumeric())
+            {
+                return Err("\"session_id\" must be 1..32 ASCII letters and digits".into());
+            }
+            let hash = str_field(content, "token_hash")?;
+            if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+                return Err("\"token_hash\" must be a lowercase hex SHA-256".into());
             }
             Ok(())
         }

@@ -13,7 +13,9 @@
 //! - `origin.policy`: the operator's override for that origin, last one wins;
 //! - `server.key_rotated`: the old key joins the retired keys with its `expired_ts`;
 //! - `server.keys_fetched`: another server's verified key response, last one wins;
-//! - `server.idcert_issued`: one of our own root ID-Certs, kept by serial.
+//! - `server.idcert_issued`: one of our own root ID-Certs, kept by serial;
+//! - `account.registered`: a local account (first one wins); `session.created`: a session
+//!   of the sender, with the hash of its bearer token.
 
 use serde_json::Value;
 
@@ -92,6 +94,16 @@ pub enum ProjectionOp {
         response: String,
         valid_until_ts: i64,
         fetched_ts: i64,
+    },
+    CreateAccount {
+        username: String,
+        fid: String,
+        password_hash: String,
+    },
+    CreateSession {
+        session_id: String,
+        fid: String,
+        token_hash: String,
     },
     /// A root ID-Cert we issued for one of our keys.
     StoreServerIdCert {
@@ -218,6 +230,20 @@ pub fn derive(
                     not_before: count(content, "not_before")?,
                     not_after: count(content, "not_after")?,
                     pem: text(content, "pem")?,
+                })
+            })(),
+            EventType::AccountRegistered => (|| {
+                Some(ProjectionOp::CreateAccount {
+                    username: text(content, "username")?,
+                    fid: sender?.to_owned(),
+                    password_hash: text(content, "password_hash")?,
+                })
+            })(),
+            EventType::SessionCreated => (|| {
+                Some(ProjectionOp::CreateSession {
+                    session_id: text(content, "session_id")?,
+                    fid: sender?.to_owned(),
+                    token_hash: text(content, "token_hash")?,
                 })
             })(),
             EventType::SenderKeyDistribute => None,

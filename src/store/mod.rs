@@ -352,6 +352,28 @@ impl Store {
             .await?)
     }
 
+    /// The local account `username`, if it exists.
+    pub async fn account(
+        &self,
+        username: &str,
+    ) -> Result<Option<entities::accounts::Model>, StoreError> {
+        Ok(entities::accounts::Entity::find_by_id(username.to_owned())
+            .one(&self.readers)
+            .await?)
+    }
+
+    /// The session whose bearer token hashes to `token_hash`.
+    pub async fn session_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<entities::sessions::Model>, StoreError> {
+        use entities::sessions;
+        Ok(sessions::Entity::find()
+            .filter(sessions::Column::TokenHash.eq(token_hash))
+            .one(&self.readers)
+            .await?)
+    }
+
     /// The operator's per-origin policies (`origin.policy` events, last one wins).
     pub async fn origin_policies(
         &self,

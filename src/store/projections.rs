@@ -16,8 +16,8 @@ use super::bulk;
 
 use crate::core::projection::ProjectionOp;
 use entities::{
-    channels, members, messages, origin_policies, remote_server_keys, retired_server_keys,
-    server_idcerts,
+    accounts, channels, members, messages, origin_policies, remote_server_keys,
+    retired_server_keys, server_idcerts, sessions,
 };
 
 const INSERT_CHUNK: usize = 1000;
@@ -196,6 +196,44 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
             })
             .on_conflict(
                 OnConflict::column(retired_server_keys::Column::KeyId)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::CreateAccount {
+            username,
+            fid,
+            password_hash,
+        } => {
+            accounts::Entity::insert(accounts::ActiveModel {
+                username: Set(username.clone()),
+                fid: Set(fid.clone()),
+                password_hash: Set(password_hash.clone()),
+                created_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(accounts::Column::Username)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::CreateSession {
+            session_id,
+            fid,
+            token_hash,
+        } => {
+            sessions::Entity::insert(sessions::ActiveModel {
+                session_id: Set(session_id.clone()),
+                fid: Set(fid.clone()),
+                token_hash: Set(token_hash.clone()),
+                created_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::column(sessions::Column::SessionId)
                     .do_nothing()
                     .to_owned(),
             )

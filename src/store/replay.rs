@@ -13,8 +13,8 @@ use super::{projections, Store, StoreError};
 use crate::core::event::EventType;
 use crate::core::projection::{self, ProjectionOp};
 use entities::{
-    channels, members, messages, origin_policies, remote_server_keys, retired_server_keys,
-    server_idcerts,
+    accounts, channels, members, messages, origin_policies, remote_server_keys,
+    retired_server_keys, server_idcerts, sessions,
 };
 
 const PAGE: u64 = 5_000;
@@ -94,6 +94,8 @@ impl Store {
             compare::<retired_server_keys::Entity>(self, target, "retired_server_keys").await?,
             compare::<remote_server_keys::Entity>(self, target, "remote_server_keys").await?,
             compare::<server_idcerts::Entity>(self, target, "server_idcerts").await?,
+            compare::<accounts::Entity>(self, target, "accounts").await?,
+            compare::<sessions::Entity>(self, target, "sessions").await?,
         ];
         Ok(ReplayReport {
             events: after,

@@ -641,3 +641,64 @@ async fn the_pre_verify_bucket_refuses_a_flood_before_any_key_lookup() {
     assert_eq!(p.a.inbox.key_fetches(), 2);
     assert_eq!(p.head().await, head);
 }
+
+#[actix_web::test]
+async fn user_lookup_is_signed_like_the_inbox() {
+    let p = pair(|_| {}).await;
+    let mut res = awc::Client::default()
+        .post(format!("{}/api/v1/auth/register", p.a.address))
+        .send_json(&json!({"username": "alice", "password": "long enough"}))
+        .await
+        .expect("register");
+    assert_eq!(res.status(), 201);
+    let _ = res.body().await;
+
+    let path = "/federation/user-lookup?username=alice".to_string();
+    let (status, body) = lookup(&p, &path, &path, Some(&p.b_key)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({"found": true, "username": "alice", "user_id": "alice@a.test", "server_domain": A})
+    );
+    let unknown = "/federation/user-lookup?username=nobody".to_string();
+    let (status, body) = lookup(&p, &unknown, &unknown, Some(&p.b_key)).await;
+    assert_eq!((status, body), (200, json!({"found": false})));
+
+    // Unsigned, or signed over another query: refused.
+    let (status, body) = lookup(&p, &path, &path, None).await;
+    assert_eq!((status, errcode(&body)), (400, Some("SY_MISSING_HEADER")));
+    let (status, body) = lookup(&p, &path, &unknown, Some(&p.b_key)).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (401, Some("SY_BAD_SIGNATURE")),
+        "{body}"
+    );
+}
+
+/// A `GET` of `path` on A, signed by `key` (as B) over `signed_path`, or unsigned.
+async fn lookup(p: &Pair, path: &str, signed_path: &str, key: Option<&ServerKey>) -> (u16, Value) {
+    let mut request = awc::Client::default().get(format!("{}{path}", p.a.address));
+    if let Some(key) = key {
+        let timestamp = now_secs().to_string();
+        let key_id = key.key_id();
+        let signature = key.sign_request(&RequestSignature {
+            method: "GET",
+            path: signed_path,
+            origin: B,
+            destination: A,
+            timestamp: &timestamp,
+            key_id: &key_id,
+            body: b"",
+        });
+        request = request
+            .insert_header(("X-Switchyard-Origin", B))
+            .insert_header(("X-Switchyard-Timestamp", timestamp))
+            .insert_header(("X-Switchyard-Key", key_id))
+            .insert_header(("X-Switchyard-Signature", signature));
+    }
+    let mut res = request.send().await.expect("lookup");
+    (
+        res.status().as_u16(),
+        res.json::<Value>().await.unwrap_or(Value::Null),
+    )
+}

@@ -4,6 +4,7 @@
 //! `SWITCHYARD_TEST_POSTGRES_URL` names a server (each test then creates a database of its
 //! own there); `.ci/run` runs them both ways.
 
+mod accounts;
 mod cli;
 mod federation;
 mod helpers;

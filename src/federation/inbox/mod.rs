@@ -378,6 +378,22 @@ impl Inbox {
         answer
     }
 
+    /// Steps 2–5 for any other signed federation route (DESIGN §3.3): replay window,
+    /// pre-verify bucket, in-flight cap, blocked origin, key and signature over `method`,
+    /// `path` (with its query string, as sent) and `body`.
+    pub async fn check_signed_request(
+        &self,
+        client: &OutboundClient,
+        headers: &SignedHeaders,
+        peer: IpAddr,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(), ApiError> {
+        let _in_flight = self.admit_request(headers, peer)?;
+        self.authenticate(client, headers, method, path, body).await
+    }
+
     async fn pipeline(
         &self,
         client: &OutboundClient,

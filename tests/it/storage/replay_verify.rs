@@ -93,6 +93,26 @@ async fn seed(app: &crate::helpers::TestLog) {
     cert.channel = None;
     cert.sender = None;
     app.log.append(vec![cert]).await.expect("append");
+    let mut account = event(
+        o,
+        "account:alice",
+        "account.registered",
+        "alice@a.example",
+        json!({"username": "alice", "password_hash": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"}),
+    );
+    account.channel = None;
+    let mut session = event(
+        o,
+        "session:s1",
+        "session.created",
+        "alice@a.example",
+        json!({"session_id": "s1", "token_hash": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}),
+    );
+    session.channel = None;
+    app.log
+        .append(vec![account, session])
+        .await
+        .expect("append");
 }
 
 #[actix_web::test]
@@ -105,7 +125,7 @@ async fn replay_reproduces_identical_projections() {
         .replay_into(&target.store().await)
         .await
         .expect("replay");
-    assert_eq!(report.events, 29);
+    assert_eq!(report.events, 31);
     assert!(report.identical(), "{report:?}");
     for table in &report.tables {
         assert!(
@@ -116,7 +136,7 @@ async fn replay_reproduces_identical_projections() {
     }
     // The copied log verifies on its own.
     let copy = target.store().await;
-    assert_eq!(copy.verify_chain().await.expect("verify").verified, 29);
+    assert_eq!(copy.verify_chain().await.expect("verify").verified, 31);
     // Replaying into a non-empty database is refused.
     assert!(app.store.replay_into(&copy).await.is_err());
 }

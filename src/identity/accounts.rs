@@ -1,0 +1,201 @@
+//! Local accounts and sessions (DESIGN §5): argon2id password hashes, bearer tokens of which
+//! only the SHA-256 is kept, and both recorded as log events (`account.registered`,
+//! `session.created`) so that `replay` rebuilds them.
+//!
+//! A username is taken by the first `account.registered` with event id `account:<username>`:
+//! the log's unique `(origin, event_id)` index decides between two concurrent registrations.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::Rng;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::clock::now_ms;
+use crate::core::event::NewEvent;
+use crate::core::ids;
+use crate::store::{AppendError, AppendOutcome, EventLogHandle, Store, StoreError};
+
+/// A session's secrets, as answered once to the client.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub fid: String,
+    pub session_id: String,
+    pub token: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    #[error("the username must be 1..64 characters of a-z, 0-9, '.', '_' and '-'")]
+    BadUsername,
+    #[error("the password must be 8..1024 characters")]
+    BadPassword,
+    #[error("the username {0} is taken")]
+    Taken(String),
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("cannot hash the password: {0}")]
+    Hash(String),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The SHA-256 of a bearer token, lowercase hex: what is stored and looked up.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn check_username(username: &str) -> Result<(), AccountError> {
+    ids::parse_fid(&format!("{username}@x"))
+        .map(|_| ())
+        .ok_or(AccountError::BadUsername)
+}
+
+fn check_password(password: &str) -> Result<(), AccountError> {
+    if (8..=1024).contains(&password.chars().count()) {
+        Ok(())
+    } else {
+        Err(AccountError::BadPassword)
+    }
+}
+
+/// argon2id with the crate's default cost, run off the async threads.
+async fn hash_password(password: String) -> Result<String, AccountError> {
+    tokio::task::spawn_blocking(move || {
+        let salt: [u8; 16] = rand::thread_rng().gen();
+        let salt = SaltString::encode_b64(&salt).map_err(|e| AccountError::Hash(e.to_string()))?;
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| AccountError::Hash(e.to_string()))
+    })
+    .await
+    .map_err(|e| AccountError::Hash(e.to_string()))?
+}
+
+async fn verify_password(hash: String, password: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A hash to verify against when the username does not exist, so that a login for an unknown
+/// user takes as long as one with a wrong password.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c3dpdGNoeWFyZHN3aXRjaA$0R1YRuSEXc0JETLuF0jGw5W3x2mzy4nXk1dC0+Q5fIo";
+
+/// Creates a session for `fid`: a random id and token, the token's hash in the log.
+async fn open_session(
+    log: &EventLogHandle,
+    server_name: &str,
+    fid: &str,
+) -> Result<NewSession, AccountError> {
+    let (session_id, token) = {
+        let mut rng = rand::thread_rng();
+        let session: [u8; 16] = rng.gen();
+        let token: [u8; 32] = rng.gen();
+        (hex::encode(session), format!("sy_{}", hex::encode(token)))
+    };
+    log.append(vec![NewEvent {
+        event_id: format!("session:{session_id}"),
+        origin: server_name.to_owned(),
+        event_type: "session.created".into(),
+        sender: Some(fid.to_owned()),
+        channel: None,
+        origin_ts: now_ms(),
+        content: json!({"session_id": session_id, "token_hash": token_hash(&token)}),
+    }])
+    .await?;
+    Ok(NewSession {
+        fid: fid.to_owned(),
+        session_id,
+        token,
+    })
+}
+
+/// Registers `username` and opens its first session.
+pub async fn register(
+    log: &EventLogHandle,
+    server_name: &str,
+    username: &str,
+    password: &str,
+) -> Result<NewSession, AccountError> {
+    check_username(username)?;
+    check_password(password)?;
+    let fid = format!("{username}@{server_name}");
+    let password_hash = hash_password(password.to_owned()).await?;
+    let outcome = log
+        .append(vec![NewEvent {
+            event_id: format!("account:{username}"),
+            origin: server_name.to_owned(),
+            event_type: "account.registered".into(),
+            sender: Some(fid.clone()),
+            channel: None,
+            origin_ts: now_ms(),
+            content: json!({"username": username, "password_hash": password_hash}),
+        }])
+        .await?;
+    if matches!(outcome[..], [AppendOutcome::Duplicate { .. }]) {
+        return Err(AccountError::Taken(username.to_owned()));
+    }
+    open_session(log, server_name, &fid).await
+}
+
+/// Checks `username`'s password and opens a new session.
+pub async fn login(
+    store: &Store,
+    log: &EventLogHandle,
+    server_name: &str,
+    username: &str,
+    password: &str,
+) -> Result<NewSession, AccountError> {
+    let account = match check_username(username) {
+        Ok(()) => store.account(username).await?,
+        Err(_) => None,
+    };
+    let hash = account
+        .as_ref()
+        .map_or_else(|| DUMMY_HASH.to_owned(), |a| a.password_hash.clone());
+    let valid = verify_password(hash, password.to_owned()).await;
+    match account {
+        Some(account) if valid => open_session(log, server_name, &account.fid).await,
+        _ => Err(AccountError::BadCredentials),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_web::test]
+    async fn passwords_hash_and_verify() {
+        let hash = hash_password("correct horse".into()).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password(hash.clone(), "correct horse".into()).await);
+        assert!(!verify_password(hash, "wrong horse".into()).await);
+        // The dummy hash parses, so unknown users cost a real verification.
+        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert!(!verify_password(DUMMY_HASH.into(), "anything".into()).await);
+    }
+
+    #[test]
+    fn tokens_are_stored_as_sha256() {
+        assert_eq!(
+            token_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(check_username("bob.smith-2").is_ok());
+        assert!(check_username("Bob").is_err());
+        assert!(check_password("short").is_err());
+    }
+}
