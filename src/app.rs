@@ -143,6 +143,7 @@ impl Application {
             &log,
             keys.clone(),
             resolver.clone(),
+            metrics.clone(),
         )
         .await?;
         let state = web::Data::new(AppState {

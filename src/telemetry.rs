@@ -5,8 +5,8 @@
 //! in one test process), rendered in the Prometheus text format at `GET /metrics`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -46,8 +46,13 @@ pub struct Metrics {
     pub notary_fetches: IntCounterVec,
     /// Inbox requests by answer: `ok` or the errcode.
     pub inbox_requests: IntCounterVec,
-    /// Inbox events by result: accepted, duplicate, rejected.
+    /// Inbox events by authenticated origin and result: accepted, duplicate, rejected,
+    /// limited (refused by the origin's quota).
     pub inbox_events: IntCounterVec,
+    /// Log entries after each destination's delivery cursor (set when /metrics is read).
+    pub delivery_lag: IntGaugeVec,
+    /// Events delivered and dead-lettered, per destination.
+    pub delivery_events: IntCounterVec,
     /// Inbox request time, headers to answer.
     pub inbox_request_seconds: Histogram,
     /// Signatures per batch verification.
@@ -122,10 +127,26 @@ impl Metrics {
         let inbox_events = IntCounterVec::new(
             Opts::new(
                 "inbox_events_total",
-                "Federation inbox events, by result (accepted, duplicate, rejected)",
+                "Federation inbox events, by authenticated origin and result (accepted, duplicate, rejected, limited)",
             ),
-            &["result"],
+            &["origin", "result"],
         )?;
+        let delivery_lag = IntGaugeVec::new(
+            Opts::new(
+                "delivery_lag",
+                "Log entries after each destination's delivery cursor",
+            ),
+            &["destination"],
+        )?;
+        let delivery_events = IntCounterVec::new(
+            Opts::new(
+                "delivery_events_total",
+                "Outbound events per destination, by result (delivered, dead_lettered)",
+            ),
+            &["destination", "result"],
+        )?;
+        registry.register(Box::new(delivery_lag.clone()))?;
+        registry.register(Box::new(delivery_events.clone()))?;
         let inbox_request_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "inbox_request_seconds",
@@ -168,6 +189,8 @@ impl Metrics {
             notary_requests,
             inbox_requests,
             inbox_events,
+            delivery_lag,
+            delivery_events,
             inbox_request_seconds,
             verify_batch_size,
             notary_fetches,

@@ -105,6 +105,8 @@ async fn client_config(state: web::Data<AppState>) -> HttpResponse {
 }
 
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let head = u64::try_from(state.metrics.log_head_seq.get()).unwrap_or(0);
+    state.delivery.export_lag(head);
     let text = state.metrics.render().map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

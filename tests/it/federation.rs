@@ -256,6 +256,32 @@ async fn a_channel_spans_three_servers_through_outages_and_restarts() {
         assert!(Instant::now() < deadline, "not caught up: {body}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // ... and in /metrics: lag per destination, events per origin.
+    let text = |app: &TestApp| {
+        let url = format!("{}/metrics", app.address);
+        async move {
+            let mut res = awc::Client::default()
+                .get(url)
+                .send()
+                .await
+                .expect("metrics");
+            String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8")
+        }
+    };
+    let metrics = text(&a).await;
+    assert!(
+        metrics.contains("switchyard_delivery_lag{destination=\"b.test\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("switchyard_delivery_lag{destination=\"c.test\"} 0"),
+        "{metrics}"
+    );
+    let metrics = text(&c).await;
+    assert!(
+        metrics.contains("switchyard_inbox_events_total{origin=\"a.test\",result=\"accepted\"}"),
+        "{metrics}"
+    );
     for node in &nodes {
         let _ = std::fs::remove_dir_all(&node.dir);
     }

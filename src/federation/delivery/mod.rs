@@ -64,6 +64,8 @@ pub enum DeliveryState {
 /// A destination's progress, shared between its actor and the admin API.
 #[derive(Debug)]
 pub struct Progress {
+    delivered_metric: prometheus::IntCounter,
+    dead_lettered_metric: prometheus::IntCounter,
     cursor: AtomicU64,
     delivered: AtomicU64,
     dead_lettered: AtomicU64,
@@ -195,6 +197,7 @@ impl Worker {
                         match result.and_then(|r| r["status"].as_str()) {
                             Some("accepted" | "duplicate") => {
                                 self.progress.delivered.fetch_add(1, Ordering::Relaxed);
+                                self.progress.delivered_metric.inc();
                             }
                             _ => {
                                 let errcode = result
@@ -309,6 +312,7 @@ impl Worker {
     async fn dead_letter(&self, entry: &LogEntry, errcode: &str, error: &str) {
         tracing::warn!(destination = %self.name, seq = entry.seq, %errcode, %error, "event dead-lettered");
         self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.progress.dead_lettered_metric.inc();
         if let Err(e) = self
             .store
             .add_dead_letter(&self.name, entry.seq, &entry.event_id, errcode, error)
@@ -358,6 +362,7 @@ pub struct Delivery {
     members: Arc<RwLock<MemberServers>>,
     running: Mutex<HashMap<String, Running>>,
     stopped: std::sync::atomic::AtomicBool,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 impl Delivery {
@@ -370,6 +375,7 @@ impl Delivery {
         log: &EventLogHandle,
         keys: Arc<KeyRing>,
         resolver: Arc<Resolver>,
+        metrics: Arc<crate::telemetry::Metrics>,
     ) -> Result<Arc<Delivery>, StoreError> {
         let committed = log.subscribe();
         let members = MemberServers::new(store.members_of_channels_at(us).await?, us);
@@ -383,6 +389,7 @@ impl Delivery {
             members: Arc::new(RwLock::new(members)),
             running: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
+            metrics,
         });
         for row in cursors {
             delivery.ensure(&row.destination, u64::try_from(row.cursor_seq).unwrap_or(0));
@@ -420,6 +427,14 @@ impl Delivery {
             return (r.addr.clone(), false);
         }
         let progress = Arc::new(Progress {
+            delivered_metric: self
+                .metrics
+                .delivery_events
+                .with_label_values(&[name, "delivered"]),
+            dead_lettered_metric: self
+                .metrics
+                .delivery_events
+                .with_label_values(&[name, "dead_lettered"]),
             cursor: AtomicU64::new(cursor),
             delivered: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
@@ -569,6 +584,22 @@ impl Delivery {
             .values()
         {
             let _ = r.addr.try_send(Wake);
+        }
+    }
+
+    /// Sets the `delivery_lag` gauge of every destination against the log head `head`.
+    pub fn export_lag(&self, head: u64) {
+        for (name, r) in self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let lag = head.saturating_sub(r.progress.cursor.load(Ordering::Acquire));
+            self.metrics
+                .delivery_lag
+                .with_label_values(&[name.as_str()])
+                .set(i64::try_from(lag).unwrap_or(i64::MAX));
         }
     }
 

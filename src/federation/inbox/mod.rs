@@ -430,6 +430,10 @@ impl Inbox {
             Err(error) => {
                 if error.kind == ErrorKind::LimitExceeded {
                     Counters::add(&counters.limited, 1);
+                    self.metrics
+                        .inbox_events
+                        .with_label_values(&[origin, "limited"])
+                        .inc_by(charge as u64);
                 }
                 return Err(error);
             }
@@ -531,15 +535,15 @@ impl Inbox {
         Counters::add(&counters.duplicates, duplicates);
         Counters::add(&counters.rejected, rejected);
         let events_metric = &self.metrics.inbox_events;
-        events_metric
-            .with_label_values(&["accepted"])
-            .inc_by(appended);
-        events_metric
-            .with_label_values(&["duplicate"])
-            .inc_by(duplicates);
-        events_metric
-            .with_label_values(&["rejected"])
-            .inc_by(rejected);
+        for (result, n) in [
+            ("accepted", appended),
+            ("duplicate", duplicates),
+            ("rejected", rejected),
+        ] {
+            if n > 0 {
+                events_metric.with_label_values(&[origin, result]).inc_by(n);
+            }
+        }
         Ok(json!({"results": results}))
     }
 
