@@ -17,6 +17,7 @@ use crate::federation::keys::resolver::KeyResolver;
 use crate::federation::keys::rotation::{open_key_ring, RotationError};
 use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::KeyRing;
+use crate::gateway::channel::Channels;
 use crate::identity::server_certs::{ServerCertError, ServerCerts};
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub inbox: Arc<Inbox>,
     /// Outbound delivery, with its Destination actors.
     pub delivery: Arc<Delivery>,
+    /// Local fan-out: a Channel actor per channel with subscribers.
+    pub channels: Arc<Channels>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +67,7 @@ pub struct Application {
     log: EventLogHandle,
     inbox: Arc<Inbox>,
     delivery: Arc<Delivery>,
+    channels: Arc<Channels>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
 
@@ -146,6 +150,7 @@ impl Application {
             metrics.clone(),
         )
         .await?;
+        let channels = Channels::start(&log);
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -157,6 +162,7 @@ impl Application {
             certs,
             inbox: inbox.clone(),
             delivery: delivery.clone(),
+            channels: channels.clone(),
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {
@@ -190,6 +196,7 @@ impl Application {
             log,
             inbox,
             delivery,
+            channels,
             renew_certs,
         })
     }
@@ -208,6 +215,10 @@ impl Application {
 
     pub fn inbox(&self) -> &Arc<Inbox> {
         &self.inbox
+    }
+
+    pub fn channels(&self) -> &Arc<Channels> {
+        &self.channels
     }
 
     /// Stops the server: `stop(true)` is graceful (in-flight requests finish).

@@ -4,7 +4,10 @@
 //! - [`core`]: pure rules — ids, events, canonical JSON, hash chain, projection semantics;
 //! - [`store`]: the database; the `EventLog` actor (single writer, group commit), chain
 //!   verification and replay;
-//! - [`federation`]: the server signing key and Matrix signed JSON, the key server;
+//! - [`federation`]: signing keys and signed requests, key server, notary and key resolver,
+//!   the inbox pipeline (Origin actors) and outbound delivery (Destination actors);
+//! - [`identity`]: polyproto root ID-Certs, accounts and sessions;
+//! - [`gateway`]: Channel actors, the local fan-out of committed events;
 //! - [`api`]: thin HTTP handlers; [`error`]: the one error type clients see;
 //! - [`app`]: wires one instance together; [`config`]: TOML + environment configuration;
 //! - [`telemetry`]: logs and the per-instance Prometheus registry.
@@ -16,6 +19,7 @@ pub mod config;
 pub mod core;
 pub mod error;
 pub mod federation;
+pub mod gateway;
 pub mod identity;
 pub mod store;
 pub mod telemetry;

@@ -107,6 +107,7 @@ pub async fn spawn_log_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
 pub struct TestApp {
     pub address: String,
     pub inbox: std::sync::Arc<switchyard::federation::inbox::Inbox>,
+    pub channels: std::sync::Arc<switchyard::gateway::channel::Channels>,
     pub log: EventLogHandle,
     pub store: Store,
     pub db: TestDb,
@@ -124,12 +125,14 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
     let address = format!("http://127.0.0.1:{}", app.port());
     let log = app.event_log().clone();
     let inbox = app.inbox().clone();
+    let channels = app.channels().clone();
     let store = app.store().clone();
     let server = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
         inbox,
+        channels,
         log,
         store,
         db,

@@ -702,3 +702,79 @@ async fn lookup(p: &Pair, path: &str, signed_path: &str, key: Option<&ServerKey>
         res.json::<Value>().await.unwrap_or(Value::Null),
     )
 }
+
+/// Collects what a Channel actor delivers.
+struct Collector(tokio::sync::mpsc::UnboundedSender<switchyard::gateway::channel::Delivered>);
+
+impl actix::Actor for Collector {
+    type Context = actix::Context<Self>;
+}
+
+impl actix::Handler<switchyard::gateway::channel::Delivered> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, msg: switchyard::gateway::channel::Delivered, _: &mut Self::Context) {
+        let _ = self.0.send(msg);
+    }
+}
+
+#[actix_web::test]
+async fn accepted_events_are_published_to_their_channel_actor_once_serialised() {
+    use actix::Actor;
+    use switchyard::gateway::channel::Delivered;
+
+    let p = pair(|_| {}).await;
+    p.channel_with_bob_invited().await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx2, mut rx2) = tokio::sync::mpsc::unbounded_channel();
+    let first = Collector(tx).start();
+    let second = Collector(tx2).start();
+    p.a.channels
+        .subscribe("general@a.test", 1, first.recipient());
+    p.a.channels
+        .subscribe("general@a.test", 2, second.recipient());
+    // Another channel's subscriber sees nothing of general@a.test.
+    let (tx3, mut rx3) = tokio::sync::mpsc::unbounded_channel();
+    p.a.channels
+        .subscribe("other@a.test", 3, Collector(tx3).start().recipient());
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let (_, _, answer) = p
+        .send(&p.req(&json!({"events": [
+            wire("join", "channel.join", json!({})),
+            relay("m1", "m1", "hello"),
+        ]})))
+        .await;
+    let seq = answer["results"]["m1"]["seq"].as_u64().expect("accepted");
+
+    // Events committed just before the subscription may still arrive (the router is
+    // asynchronous); a session tells them apart by seq. Wait for the message.
+    async fn until_seq(
+        rx: &mut tokio::sync::mpsc::UnboundedReceiver<Delivered>,
+        seq: u64,
+    ) -> std::sync::Arc<switchyard::gateway::channel::ChannelEvent> {
+        loop {
+            let delivered = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+                .await
+                .expect("delivered in time")
+                .expect("open");
+            match delivered {
+                Delivered::Event(event) if event.seq == seq => return event,
+                Delivered::Event(event) => assert!(event.seq < seq, "in seq order"),
+                gap => panic!("unexpected {gap:?}"),
+            }
+        }
+    }
+    let mine = until_seq(&mut rx, seq).await;
+    let frame: Value = serde_json::from_slice(&mine.json).expect("json");
+    assert_eq!(
+        frame,
+        json!({"type": "message.new", "seq": seq, "channel": "general@a.test",
+               "sender": "bob@b.test", "ts": 1_700_000_000_000i64,
+               "content": {"body": "hello", "message_id": "m1"}})
+    );
+    // Both subscribers hold the very same bytes.
+    let theirs = until_seq(&mut rx2, seq).await;
+    assert!(std::sync::Arc::ptr_eq(&mine, &theirs));
+    assert!(rx3.try_recv().is_err());
+}
