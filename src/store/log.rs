@@ -18,6 +18,10 @@
 //!                                       index: ROLLBACK, look the batch's keys up, plan
 //!                                       again without them, write (see `write_batch`)
 //!                                     publish the batch (broadcast, never blocks)
+//!                                     (SQLite writer: while a commit runs, the appends that
+//!                                      arrive are planned on the head it will leave — the next
+//!                                      batch is ready when it ends; a failed or duplicate-hit
+//!                                      commit sends them back to be planned again)
 //!    ◀────────── outcome ───────────  answer every caller of the batch
 //!                                     next batch = everything that queued meanwhile
 //! ```
@@ -38,7 +42,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr, Value};
+use futures_util::FutureExt;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, SqlErr, Statement, Value};
 use tokio::sync::{broadcast, oneshot};
 
 use super::sqlite_thread::{Recorder, SqliteThread};
@@ -123,7 +128,7 @@ pub struct Drain {
     reply: oneshot::Sender<()>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 struct Head {
     seq: u64,
     hash: ChainHash,
@@ -160,6 +165,20 @@ impl LogWriter {
         }
     }
 
+    /// Runs recorded statements in one transaction (SQLite writer thread only).
+    async fn transaction(&self, statements: Vec<Statement>) -> Result<(), StoreError> {
+        match self {
+            LogWriter::Sqlite { thread, .. } => Ok(thread.transaction(statements).await?),
+            LogWriter::Sqlx(_) => Err(StoreError::Db(sea_orm::DbErr::Custom(
+                "staged batches are for the SQLite writer thread".into(),
+            ))),
+        }
+    }
+
+    fn stages(&self) -> bool {
+        matches!(self, LogWriter::Sqlite { .. })
+    }
+
     /// Writes `plan` in one transaction.
     async fn write(&self, plan: &Plan<'_>) -> Result<(), StoreError> {
         match self {
@@ -190,6 +209,10 @@ pub struct EventLog {
     lookup_first: bool,
     queue: VecDeque<PendingAppend>,
     committing: bool,
+    /// The head the running commit will leave, when it was planned here (staged).
+    in_flight_head: Option<Head>,
+    /// The next batch, planned while the running commit runs.
+    staged: Option<Staged>,
     max_batch_events: usize,
     published: broadcast::Sender<Arc<CommittedBatch>>,
     metrics: Arc<Metrics>,
@@ -221,6 +244,8 @@ impl EventLog {
             lookup_first: false,
             queue: VecDeque::new(),
             committing: false,
+            in_flight_head: None,
+            staged: None,
             max_batch_events,
             published: published.clone(),
             metrics,
@@ -235,15 +260,33 @@ impl EventLog {
         })
     }
 
-    /// Starts the next group commit if none is running.
+    /// Starts the next group commit if none is running, else stages what is queued.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         if self.committing {
+            self.fill_stage();
             return;
+        }
+        if let Some(staged) = self.staged.take() {
+            if Some(staged.base) == self.head && !self.lookup_first {
+                self.submit(staged, ctx);
+                return;
+            }
+            // Planned on a head that did not come to be (the commit before failed or found
+            // duplicates): plan again, in the same order.
+            for pending in staged.pendings.into_iter().rev() {
+                self.queue.push_front(pending);
+            }
         }
         if self.queue.is_empty() {
             for waiter in self.drain_waiters.drain(..) {
                 let _ = waiter.send(());
             }
+            return;
+        }
+        if let (true, false, Some(head)) = (self.writer.stages(), self.lookup_first, self.head) {
+            let mut staged = Staged::new(head);
+            self.take_into(&mut staged);
+            self.submit(staged, ctx);
             return;
         }
         let mut batch = Vec::new();
@@ -256,6 +299,7 @@ impl EventLog {
             batch.extend(self.queue.pop_front());
         }
         self.committing = true;
+        self.in_flight_head = None;
         let writer = self.writer.clone();
         let head = self.head;
         let published = self.published.clone();
@@ -268,6 +312,52 @@ impl EventLog {
             actor.committing = false;
             actor.pump(ctx);
         }));
+    }
+
+    /// Moves queued appends into `staged`, up to `max_batch_events`.
+    fn take_into(&mut self, staged: &mut Staged) {
+        while let Some(next) = self.queue.front() {
+            if staged.events > 0 && staged.events + next.events.len() > self.max_batch_events {
+                break;
+            }
+            if let Some(pending) = self.queue.pop_front() {
+                staged.add(pending);
+            }
+        }
+    }
+
+    /// While a staged commit runs, plans what queues behind it.
+    fn fill_stage(&mut self) {
+        let Some(base) = self.in_flight_head else {
+            return;
+        };
+        if self.lookup_first || self.queue.is_empty() {
+            return;
+        }
+        let mut staged = self.staged.take().unwrap_or_else(|| Staged::new(base));
+        self.take_into(&mut staged);
+        self.staged = Some(staged);
+    }
+
+    fn submit(&mut self, mut staged: Staged, ctx: &mut Context<Self>) {
+        staged.record();
+        self.committing = true;
+        self.in_flight_head = Some(staged.head);
+        let commit = commit_staged(
+            self.writer.clone(),
+            staged,
+            self.published.clone(),
+            self.metrics.clone(),
+        );
+        ctx.spawn(commit.into_actor(self).map(|end, actor, ctx| {
+            actor.head = end.head;
+            actor.lookup_first = end.saw_duplicates;
+            actor.committing = false;
+            actor.in_flight_head = None;
+            actor.pump(ctx);
+        }));
+        // What queued while this batch was planned starts its own stage at once.
+        self.fill_stage();
     }
 }
 
@@ -323,19 +413,60 @@ async fn commit_batch(
     let started = Instant::now();
     let result = write_batch(&writer, head, &batch, lookup_first)
         .await
-        .map(|plan| {
-            (
-                plan.head,
-                plan.has_duplicates(),
-                plan.outcomes,
-                plan.entries,
-            )
-        });
+        .map(|plan| (plan.head, plan.outcomes, plan.entries));
+    finish(result, started, batch, lookup_first, &published, &metrics)
+}
+
+/// Commits a staged batch (planned and recorded while the previous one committed); a
+/// duplicate the unique index refuses sends it through the lookup path of [`write_batch`].
+async fn commit_staged(
+    writer: Arc<LogWriter>,
+    staged: Staged,
+    published: broadcast::Sender<Arc<CommittedBatch>>,
+    metrics: Arc<Metrics>,
+) -> CommitEnd {
+    let started = Instant::now();
+    let Staged {
+        base,
+        head,
+        pendings,
+        outcomes,
+        entries,
+        statements,
+        ..
+    } = staged;
+    let result = match writer.transaction(statements).await {
+        Ok(()) => Ok((head, outcomes, entries)),
+        Err(error) if is_unique_violation(&error) => {
+            write_batch(&writer, Some(base), &pendings, true)
+                .await
+                .map(|plan| (plan.head, plan.outcomes, plan.entries))
+        }
+        Err(error) => Err(error),
+    };
+    finish(result, started, pendings, false, &published, &metrics)
+}
+
+type Written = (Head, Vec<Vec<AppendOutcome>>, Vec<LogEntry>);
+
+/// Answers the callers of a batch, publishes it and records its metrics.
+fn finish(
+    result: Result<Written, StoreError>,
+    started: Instant,
+    batch: Vec<PendingAppend>,
+    lookup_first: bool,
+    published: &broadcast::Sender<Arc<CommittedBatch>>,
+    metrics: &Metrics,
+) -> CommitEnd {
     metrics
         .log_commit_seconds
         .observe(started.elapsed().as_secs_f64());
     match result {
-        Ok((new_head, saw_duplicates, outcomes, entries)) => {
+        Ok((new_head, outcomes, entries)) => {
+            let saw_duplicates = outcomes
+                .iter()
+                .flatten()
+                .any(|o| matches!(o, AppendOutcome::Duplicate { .. }));
             let appended = entries.len();
             metrics.log_batch_events.observe(appended as f64);
             metrics.log_head_seq.set(new_head.seq as i64);
@@ -382,21 +513,84 @@ async fn commit_batch(
     }
 }
 
+/// The next batch, planned and recorded while the previous one commits (SQLite writer):
+/// each append is planned as it arrives, on the head the running commit will leave.
+struct Staged {
+    /// The head this batch was planned on.
+    base: Head,
+    head: Head,
+    pendings: Vec<PendingAppend>,
+    outcomes: Vec<Vec<AppendOutcome>>,
+    entries: Vec<LogEntry>,
+    statements: Vec<Statement>,
+    /// `(origin, event_id)` of the staged entries, for duplicates inside the batch.
+    seen: HashMap<(String, String), u64>,
+    events: usize,
+}
+
+impl Staged {
+    fn new(base: Head) -> Staged {
+        Staged {
+            base,
+            head: base,
+            pendings: Vec::new(),
+            outcomes: Vec::new(),
+            entries: Vec::new(),
+            statements: Vec::new(),
+            seen: HashMap::new(),
+            events: 0,
+        }
+    }
+
+    /// Plans `pending` after what is staged (statements are recorded at submission, so a
+    /// batch of many small appends still writes multi-row INSERTs).
+    fn add(&mut self, pending: PendingAppend) {
+        let planned = plan(self.head, std::slice::from_ref(&pending), &self.seen);
+        for entry in &planned.entries {
+            self.seen
+                .insert((entry.origin.clone(), entry.event_id.clone()), entry.seq);
+        }
+        self.head = planned.head;
+        self.events += pending.events.len();
+        let Plan {
+            outcomes, entries, ..
+        } = planned;
+        self.outcomes.extend(outcomes);
+        self.entries.extend(entries);
+        self.pendings.push(pending);
+    }
+
+    /// Records the statements of everything staged.
+    fn record(&mut self) {
+        let ops = self
+            .pendings
+            .iter()
+            .zip(&self.outcomes)
+            .flat_map(|(pending, outcome)| pending.ops.iter().zip(outcome))
+            .filter_map(|(ops, outcome)| match outcome {
+                AppendOutcome::Appended { seq } => Some(ops.iter().map(move |op| (*seq, op))),
+                AppendOutcome::Duplicate { .. } => None,
+            })
+            .flatten();
+        let recorder = Recorder::new();
+        // The recorder runs nothing, so its futures are ready at once.
+        let recorded = async {
+            insert_entries(&recorder, &self.entries).await?;
+            projections::apply(&recorder, ops).await?;
+            Ok::<_, StoreError>(())
+        }
+        .now_or_never();
+        debug_assert!(matches!(recorded, Some(Ok(()))));
+        self.statements = recorder.into_statements();
+    }
+}
+
 /// What one group commit writes and answers.
 struct Plan<'a> {
     head: Head,
     outcomes: Vec<Vec<AppendOutcome>>,
     entries: Vec<LogEntry>,
     ops: Vec<(u64, &'a ProjectionOp)>,
-}
-
-impl Plan<'_> {
-    fn has_duplicates(&self) -> bool {
-        self.outcomes
-            .iter()
-            .flatten()
-            .any(|o| matches!(o, AppendOutcome::Duplicate { .. }))
-    }
 }
 
 /// Assigns `seq` and hashes to every event of the batch that is neither in `existing` nor a
