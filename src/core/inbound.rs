@@ -124,7 +124,10 @@ pub fn to_log_event(origin: &str, event: &Value) -> Result<PreparedEvent, Reject
     let home = channel
         .and_then(ids::parse_channel_ref)
         .map(|(_, home)| home);
-    if sender_server != origin && home != Some(origin) {
+    // The home-relay waiver is for channel events only: a key for a recipient is always sent
+    // by the sender's own server.
+    let relayed = home == Some(origin) && log_type != "sender_key.distribute";
+    if sender_server != origin && !relayed {
         return Err(Rejection {
             errcode: "SY_FORBIDDEN",
             error: format!("the sender {sender} does not belong to the origin {origin}"),
@@ -214,6 +217,15 @@ mod tests {
         );
         relayed["channel"] = json!("general@a.example");
         to_log_event("a.example", &relayed).expect("the home server relays bob's message");
+        let mut key = relayed.clone();
+        key["type"] = json!("sender_key.distribute");
+        key["content"] = json!({"recipient": "alice@b.example", "device_id": "d", "key": "k"});
+        assert_eq!(
+            to_log_event("a.example", &key)
+                .expect_err("a key is sent by its sender's own server")
+                .errcode,
+            "SY_FORBIDDEN"
+        );
         relayed["channel"] = json!("general@c.example");
         assert_eq!(
             to_log_event("a.example", &relayed)

@@ -352,6 +352,22 @@ impl Store {
             .await?)
     }
 
+    /// The sender of a live (not deleted) message: `None` when there is no such message.
+    pub async fn message_sender(
+        &self,
+        channel: &str,
+        message_id: &str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        use entities::messages;
+        Ok(
+            messages::Entity::find_by_id((channel.to_owned(), message_id.to_owned()))
+                .filter(messages::Column::DeletedSeq.is_null())
+                .one(&self.readers)
+                .await?
+                .map(|m| m.sender),
+        )
+    }
+
     /// The local account `username`, if it exists.
     pub async fn account(
         &self,

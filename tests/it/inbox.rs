@@ -778,3 +778,54 @@ async fn accepted_events_are_published_to_their_channel_actor_once_serialised() 
     assert!(std::sync::Arc::ptr_eq(&mine, &theirs));
     assert!(rx3.try_recv().is_err());
 }
+
+#[actix_web::test]
+async fn only_authors_edit_and_a_home_server_never_speaks_for_our_users() {
+    let p = pair(|_| {}).await;
+    p.channel_with_bob_invited().await;
+    // alice (ours) posts; bob joins and posts.
+    let mut alice_post = event(
+        A,
+        "a-m1",
+        "message.new",
+        "alice@a.test",
+        json!({"message_id": "a1", "body": "alice's"}),
+    );
+    alice_post.channel = Some("general@a.test".into());
+    p.a.log.append(vec![alice_post]).await.expect("alice posts");
+    let edit = |id: &str, message_id: &str, body: &str| {
+        wire(
+            id,
+            "message.relay",
+            json!({"action": "edit", "message_id": message_id, "body": body}),
+        )
+    };
+    let (_, _, answer) = p
+        .send(&p.req(&json!({"events": [
+            wire("join", "channel.join", json!({})),
+            relay("b1", "b1", "bob's"),
+            edit("b1-edit", "b1", "bob's, edited"),
+            edit("steal", "a1", "bob was here"),
+            wire("del", "message.relay", json!({"action": "delete", "message_id": "a1"})),
+            edit("ghost", "nope", "x"),
+        ]})))
+        .await;
+    let results = &answer["results"];
+    assert_eq!(results["b1-edit"]["status"], "accepted", "{answer}");
+    for id in ["steal", "del", "ghost"] {
+        assert_eq!(results[id]["errcode"], "SY_FORBIDDEN", "{id}: {answer}");
+    }
+
+    // b.test's own channel: it cannot relay events of a.test's users, even with a member here.
+    let mut invite = wire("inv", "channel.invite", json!({"invitee": "alice@a.test"}));
+    invite["channel"] = json!("room@b.test");
+    let mut forged = relay("forged", "f1", "not alice");
+    forged["channel"] = json!("room@b.test");
+    forged["sender"] = json!("alice@a.test");
+    let (_, _, answer) = p.send(&p.req(&json!({"events": [invite, forged]}))).await;
+    assert_eq!(answer["results"]["inv"]["status"], "accepted", "{answer}");
+    assert_eq!(
+        answer["results"]["forged"]["errcode"], "SY_FORBIDDEN",
+        "{answer}"
+    );
+}

@@ -160,6 +160,7 @@ pub struct Inbox {
     resolver: Arc<KeyResolver>,
     verifier: SignatureVerifier,
     log: EventLogHandle,
+    store: Store,
     membership: MembershipView,
     metrics: Arc<Metrics>,
 }
@@ -216,6 +217,7 @@ impl Inbox {
                 metrics.verify_batch_size.clone(),
             ),
             membership: MembershipView::start(store.clone(), &log),
+            store: store.clone(),
             log,
             metrics,
         });
@@ -442,7 +444,7 @@ impl Inbox {
 
         let mut results: Map<String, Value> = Map::new();
         let mut accepted: Vec<PreparedEvent> = Vec::new();
-        let mut overlay: HashMap<(String, String), Option<Membership>> = HashMap::new();
+        let mut seen = RequestView::default();
         let mut rejected = 0u64;
         let mut duplicates = 0u64;
         for (index, (event, already)) in events.iter().zip(committed_before).enumerate() {
@@ -472,8 +474,8 @@ impl Inbox {
             }
             let checked = match inbound::to_log_event(origin, event) {
                 Ok(prepared) => self
-                    .authorize(origin, &prepared, &mut overlay)
-                    .await
+                    .authorize(origin, &prepared, &mut seen)
+                    .await?
                     .map(|()| prepared),
                 Err(rejection) => Err(rejection),
             };
@@ -596,70 +598,87 @@ impl Inbox {
         &self,
         origin: &str,
         event: &PreparedEvent,
-        overlay: &mut HashMap<(String, String), Option<Membership>>,
-    ) -> Result<(), Rejection> {
-        let forbidden = |error: String| Rejection {
-            errcode: "SY_FORBIDDEN",
-            error,
+        seen: &mut RequestView,
+    ) -> Result<Result<(), Rejection>, ApiError> {
+        let forbidden = |error: String| {
+            Ok(Err(Rejection {
+                errcode: "SY_FORBIDDEN",
+                error,
+            }))
         };
+        let unavailable = |e: StoreError| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "channel state could not be read; nothing was recorded, retry the request",
+            )
+            .with_cause(e)
+        };
+        let ours = |fid: &str| ids::parse_fid(fid).is_some_and(|(_, s)| s == self.server_name);
         if event.event_type == EventType::SenderKeyDistribute {
             let recipient = event
                 .content
                 .get("recipient")
                 .and_then(Value::as_str)
                 .unwrap_or("");
-            return match ids::parse_fid(recipient) {
-                Some((_, server)) if server == self.server_name => Ok(()),
-                _ => Err(forbidden(format!(
+            return if ours(recipient) {
+                Ok(Ok(()))
+            } else {
+                forbidden(format!(
                     "the recipient {recipient} is not a user of this server"
-                ))),
+                ))
             };
         }
         let (Some(channel), Some(sender)) = (event.channel.as_deref(), event.sender.as_deref())
         else {
-            return Err(Rejection {
+            return Ok(Err(Rejection {
                 errcode: "SY_BAD_EVENT",
                 error: "this event needs a channel and a sender".into(),
-            });
+            }));
         };
         let home = ids::parse_channel_ref(channel).map_or("", |(_, home)| home);
         if home == origin {
-            // The home server orders its channel; another server's sender is taken from it
-            // only for a channel where we have members (else it is none of our business).
-            let foreign = ids::parse_fid(sender).is_some_and(|(_, server)| server != origin);
-            if foreign {
-                let ours = self
+            // The home server orders its channel and relays its members' events; it never
+            // speaks for our own users (their events start here), and it sends us only the
+            // channels we have members in, or an invite of one of our users.
+            if ours(sender) {
+                return forbidden(format!(
+                    "{sender} is a user of this server; {origin} cannot relay for them"
+                ));
+            }
+            let invites_ours = event.event_type == EventType::ChannelInvite
+                && event
+                    .content
+                    .get("invitee")
+                    .and_then(Value::as_str)
+                    .is_some_and(ours);
+            let member_here = invites_ours
+                || seen.local_member.contains(channel)
+                || self
                     .membership
                     .has_local_member(channel, &self.server_name)
                     .await
-                    .map_err(|e| Rejection {
-                        errcode: "SY_UNAVAILABLE",
-                        error: format!("membership could not be read: {e}"),
-                    })?;
-                if !ours {
-                    return Err(forbidden(format!(
-                        "{channel} has no member on this server; relayed events of other servers' users are not taken"
-                    )));
-                }
+                    .map_err(unavailable)?;
+            if !member_here {
+                return forbidden(format!("{channel} has no member on this server"));
             }
-            return Ok(());
+            if invites_ours {
+                seen.local_member.insert(channel.to_owned());
+            }
+            return Ok(Ok(()));
         }
         if home != self.server_name {
-            return Err(forbidden(format!(
+            return forbidden(format!(
                 "{channel} is homed at {home}; its events go to that server"
-            )));
+            ));
         }
         let key = (channel.to_owned(), sender.to_owned());
-        let state = match overlay.get(&key) {
+        let state = match seen.members.get(&key) {
             Some(state) => *state,
             None => self
                 .membership
                 .get(channel, sender)
                 .await
-                .map_err(|e| Rejection {
-                    errcode: "SY_UNAVAILABLE",
-                    error: format!("membership could not be read: {e}"),
-                })?,
+                .map_err(unavailable)?,
         };
         let allowed = match event.event_type {
             EventType::ChannelJoin | EventType::ChannelLeave => {
@@ -673,10 +692,34 @@ impl Inbox {
                 EventType::ChannelLeave => "membership",
                 _ => "to be joined",
             };
-            return Err(forbidden(format!(
+            return forbidden(format!(
                 "{sender} is not allowed this in {channel}: {} needs {need}",
                 event.event_type
-            )));
+            ));
+        }
+        // Only a message's author edits or deletes it.
+        if let EventType::MessageEdit | EventType::MessageDelete = event.event_type {
+            let message_id = event
+                .content
+                .get("message_id")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let message_key = (channel.to_owned(), message_id.to_owned());
+            let author = match seen.messages.get(&message_key) {
+                Some(author) => Some(author.clone()),
+                None => self
+                    .store
+                    .message_sender(channel, message_id)
+                    .await
+                    .map_err(unavailable)?,
+            };
+            match author {
+                Some(Some(author)) if author == sender => {}
+                Some(_) => return forbidden(format!("{sender} is not the author of {message_id}")),
+                None => {
+                    return forbidden(format!("{message_id} is not a live message of {channel}"))
+                }
+            }
         }
         for op in projection::derive(
             event.event_type,
@@ -685,17 +728,37 @@ impl Inbox {
             event.origin_ts,
             &event.content,
         ) {
-            if let ProjectionOp::SetMembership {
-                channel,
-                fid,
-                state,
-            } = op
-            {
-                overlay.insert((channel, fid), Some(state));
+            match op {
+                ProjectionOp::SetMembership {
+                    channel,
+                    fid,
+                    state,
+                } => {
+                    seen.members.insert((channel, fid), Some(state));
+                }
+                ProjectionOp::InsertMessage {
+                    channel,
+                    message_id,
+                    sender,
+                    ..
+                } => {
+                    seen.messages.entry((channel, message_id)).or_insert(sender);
+                }
+                _ => {}
             }
         }
-        Ok(())
+        Ok(Ok(()))
     }
+}
+
+/// What the events accepted so far in one request changed, for the checks of the next ones.
+#[derive(Default)]
+struct RequestView {
+    members: HashMap<(String, String), Option<Membership>>,
+    /// Messages created in this request: their authors.
+    messages: HashMap<(String, String), Option<String>>,
+    /// Channels homed elsewhere that one of our users is invited to in this request.
+    local_member: std::collections::HashSet<String>,
 }
 
 fn is_membership(kind: EventType) -> bool {
