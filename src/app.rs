@@ -39,6 +39,8 @@ pub struct AppState {
     pub delivery: Arc<Delivery>,
     /// Local fan-out: a Channel actor per channel with subscribers.
     pub channels: Arc<Channels>,
+    /// Password hashes allowed at once.
+    pub hashers: crate::identity::accounts::Hashers,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +165,9 @@ impl Application {
             inbox: inbox.clone(),
             delivery: delivery.clone(),
             channels: channels.clone(),
+            hashers: crate::identity::accounts::Hashers::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {

@@ -22,6 +22,7 @@ fn answer(error: AccountError) -> ApiError {
         AccountError::BadUsername | AccountError::BadPassword => ErrorKind::InvalidParam,
         AccountError::Taken(_) => ErrorKind::UsernameTaken,
         AccountError::BadCredentials => ErrorKind::BadCredentials,
+        AccountError::Busy => ErrorKind::Overloaded,
         AccountError::Hash(_) | AccountError::Append(_) | AccountError::Store(_) => {
             return ApiError::internal(error)
         }
@@ -44,6 +45,7 @@ pub async fn register(
         ));
     }
     let created = accounts::register(
+        &state.hashers,
         &state.log,
         &state.config.server.name,
         &body.username,
@@ -59,6 +61,7 @@ pub async fn login(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let opened = accounts::login(
+        &state.hashers,
         &state.store,
         &state.log,
         &state.config.server.name,

@@ -36,6 +36,8 @@ pub enum AccountError {
     BadCredentials,
     #[error("cannot hash the password: {0}")]
     Hash(String),
+    #[error("too many password checks at once; retry shortly")]
+    Busy,
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error(transparent)]
@@ -58,6 +60,24 @@ fn check_password(password: &str) -> Result<(), AccountError> {
         Ok(())
     } else {
         Err(AccountError::BadPassword)
+    }
+}
+
+/// Password hashes at once: each argon2id run holds about 19 MiB, so an unbounded number of
+/// concurrent registrations or logins would be a memory attack. Size it to the CPU count.
+pub struct Hashers(tokio::sync::Semaphore);
+
+impl Hashers {
+    pub fn new(permits: usize) -> Hashers {
+        Hashers(tokio::sync::Semaphore::new(permits.max(1)))
+    }
+
+    /// Waits up to two seconds for a turn; past that the server is overloaded.
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AccountError> {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.0.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(AccountError::Busy),
+        }
     }
 }
 
@@ -125,6 +145,7 @@ async fn open_session(
 
 /// Registers `username` and opens its first session.
 pub async fn register(
+    hashers: &Hashers,
     log: &EventLogHandle,
     server_name: &str,
     username: &str,
@@ -133,7 +154,9 @@ pub async fn register(
     check_username(username)?;
     check_password(password)?;
     let fid = format!("{username}@{server_name}");
+    let permit = hashers.permit().await?;
     let password_hash = hash_password(password.to_owned()).await?;
+    drop(permit);
     let outcome = log
         .append(vec![NewEvent {
             event_id: format!("account:{username}"),
@@ -153,6 +176,7 @@ pub async fn register(
 
 /// Checks `username`'s password and opens a new session.
 pub async fn login(
+    hashers: &Hashers,
     store: &Store,
     log: &EventLogHandle,
     server_name: &str,
@@ -166,7 +190,9 @@ pub async fn login(
     let hash = account
         .as_ref()
         .map_or_else(|| DUMMY_HASH.to_owned(), |a| a.password_hash.clone());
+    let permit = hashers.permit().await?;
     let valid = verify_password(hash, password.to_owned()).await;
+    drop(permit);
     match account {
         Some(account) if valid => open_session(log, server_name, &account.fid).await,
         _ => Err(AccountError::BadCredentials),

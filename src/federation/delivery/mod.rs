@@ -11,14 +11,18 @@
 //!          ─ batches of ≤ 100 ─ sign (signing::RequestSignature, as the inbox verifies)
 //!          ─ POST /federation/inbox
 //!            200            → per-event results; "rejected" → dead letter; cursor advances
-//!            408/429/5xx/no answer → exponential backoff with jitter (Retry-After honoured)
+//!            401/408/429/5xx/no answer → exponential backoff with jitter (Retry-After
+//!                             honoured); a 429 batch is then halved (it may exceed a burst)
 //!            other 4xx      → a batch is split to single events; a single one is dead-lettered
 //!          ─ cursor persisted after every batch; idle → wait for Wake (no polling delay)
 //! ```
 //! Delivery is at least once: a crash between a 200 and the cursor write resends a batch, and
 //! the receiver's dedup on `(origin, event_id)` (event ids are `seq:<seq>`) makes it harmless.
-//! Membership is the router's current view: a destination catching up after a long outage is
-//! routed with today's members, not those of the time of each event.
+//! Routing uses the router's membership map, and a destination reads only entries the router
+//! has already applied to it (the `routed` watermark), so an invite is always routed before
+//! the messages after it. A destination catching up after a long outage is still routed with
+//! the members of now, not of each event's time. 401 is retried rather than dead-lettered:
+//! it concerns the request's authentication (our key unreachable, clocks apart), not an event.
 
 pub mod routing;
 
@@ -102,6 +106,9 @@ struct Worker {
     store: Store,
     keys: Arc<KeyRing>,
     members: Arc<RwLock<MemberServers>>,
+    /// The newest `seq` the router has applied to `members`: entries after it are not read
+    /// yet, so that routing always sees the membership of their time.
+    routed: Arc<AtomicU64>,
     resolver: Arc<Resolver>,
     federation: FederationConfig,
     progress: Arc<Progress>,
@@ -144,6 +151,9 @@ enum Sent {
     Retry {
         after: Option<Duration>,
         error: String,
+        /// Refused by the destination's quota: a smaller batch may pass where this one never
+        /// will (a request over its burst).
+        split: bool,
     },
     /// Refused for good (a 4xx other than 408/429).
     Refused { errcode: String, error: String },
@@ -163,6 +173,8 @@ impl Worker {
                     continue;
                 }
             };
+            let routed = self.routed.load(Ordering::Acquire);
+            let entries: Vec<LogEntry> = entries.into_iter().filter(|e| e.seq <= routed).collect();
             let Some(last_seq) = entries.last().map(|e| e.seq) else {
                 self.progress.set_state(DeliveryState::Idle, None);
                 // Woken by the router; the timeout is a safety net, not the delivery path.
@@ -212,7 +224,19 @@ impl Worker {
                     }
                     return;
                 }
-                Sent::Retry { after, error } => self.pause(backoff, after, error).await,
+                Sent::Retry {
+                    after,
+                    error,
+                    split,
+                } => {
+                    self.pause(backoff, after, error).await;
+                    if split && batch.len() > 1 {
+                        let (first, second) = batch.split_at(batch.len() / 2);
+                        Box::pin(self.deliver(client, first, backoff)).await;
+                        Box::pin(self.deliver(client, second, backoff)).await;
+                        return;
+                    }
+                }
                 Sent::Refused { errcode, error } => {
                     if batch.len() == 1 {
                         self.dead_letter(batch[0], &errcode, &error).await;
@@ -263,6 +287,7 @@ impl Worker {
                 return Sent::Retry {
                     after: None,
                     error: error.to_string(),
+                    split: false,
                 }
             }
         };
@@ -274,9 +299,13 @@ impl Worker {
                 None => Sent::Retry {
                     after: None,
                     error: "200 without results".into(),
+                    split: false,
                 },
             },
-            408 | 429 | 500..=599 => Sent::Retry {
+            // 401 is about the request's authentication (our key could not be fetched, a
+            // clock out of the replay window), never about an event: retry, don't dead-letter.
+            401 | 408 | 429 | 500..=599 => Sent::Retry {
+                split: status == 429,
                 after: answer.retry_after.map(Duration::from_secs),
                 error: format!(
                     "{status} {}",
@@ -360,6 +389,7 @@ pub struct Delivery {
     resolver: Arc<Resolver>,
     federation: FederationConfig,
     members: Arc<RwLock<MemberServers>>,
+    routed: Arc<AtomicU64>,
     running: Mutex<HashMap<String, Running>>,
     stopped: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
@@ -380,6 +410,8 @@ impl Delivery {
         let committed = log.subscribe();
         let members = MemberServers::new(store.members_of_channels_at(us).await?, us);
         let cursors = store.delivery_cursors().await?;
+        // Membership is loaded as of (at least) this head; later entries reach the router.
+        let routed = Arc::new(AtomicU64::new(store.head().await?.0));
         let delivery = Arc::new(Delivery {
             us: us.to_owned(),
             store,
@@ -387,6 +419,7 @@ impl Delivery {
             resolver,
             federation: federation.clone(),
             members: Arc::new(RwLock::new(members)),
+            routed,
             running: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics,
@@ -450,6 +483,7 @@ impl Delivery {
                 store: self.store.clone(),
                 keys: self.keys.clone(),
                 members: self.members.clone(),
+                routed: self.routed.clone(),
                 resolver: self.resolver.clone(),
                 federation: self.federation.clone(),
                 progress: progress.clone(),
@@ -482,9 +516,18 @@ impl Delivery {
                         missed,
                         "delivery router lagged; reloading membership and waking every destination"
                     );
-                    if let Ok(rows) = self.store.members_of_channels_at(&self.us).await {
-                        *self.members.write().unwrap_or_else(|e| e.into_inner()) =
-                            MemberServers::new(rows, &self.us);
+                    if let (Ok(rows), Ok((head, _))) = (
+                        self.store.members_of_channels_at(&self.us).await,
+                        self.store.head().await,
+                    ) {
+                        let members = MemberServers::new(rows, &self.us);
+                        let servers = members.all_servers();
+                        *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+                        for server in servers {
+                            // New to us in the skipped window: from the reload on.
+                            self.ensure(&server, head);
+                        }
+                        self.routed.fetch_max(head, Ordering::AcqRel);
                     }
                     self.wake_all();
                     continue;
@@ -513,6 +556,9 @@ impl Delivery {
                         woken.push(server);
                     }
                 }
+            }
+            if let Some(last) = batch.entries.last() {
+                self.routed.fetch_max(last.seq, Ordering::AcqRel);
             }
             let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             for server in woken {

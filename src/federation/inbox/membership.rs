@@ -17,7 +17,8 @@ type Key = (String, String);
 #[derive(Clone)]
 pub struct MembershipView {
     store: Store,
-    cache: moka::sync::Cache<Key, Option<Membership>>,
+    /// The membership and the `seq` that set it (0 when read from the projection).
+    cache: moka::sync::Cache<Key, (Option<Membership>, u64)>,
 }
 
 impl MembershipView {
@@ -52,13 +53,16 @@ impl MembershipView {
                             let Ok(content) = serde_json::from_str(entry.content.get()) else {
                                 continue;
                             };
-                            updater.apply(&projection::derive(
-                                kind,
-                                entry.sender.as_deref(),
-                                entry.channel.as_deref(),
-                                entry.origin_ts,
-                                &content,
-                            ));
+                            updater.apply(
+                                entry.seq,
+                                &projection::derive(
+                                    kind,
+                                    entry.sender.as_deref(),
+                                    entry.channel.as_deref(),
+                                    entry.origin_ts,
+                                    &content,
+                                ),
+                            );
                         }
                     }
                     Err(RecvError::Lagged(_)) => updater.cache.invalidate_all(),
@@ -69,8 +73,10 @@ impl MembershipView {
         view
     }
 
-    /// Applies the membership changes among `ops`.
-    pub fn apply(&self, ops: &[ProjectionOp]) {
+    /// Applies the membership changes among `ops`, which the entry `seq` committed. An older
+    /// change never overwrites a newer one, whichever arrives first (the inbox applies its own
+    /// commits at once, the log's publication follows).
+    pub fn apply(&self, seq: u64, ops: &[ProjectionOp]) {
         for op in ops {
             if let ProjectionOp::SetMembership {
                 channel,
@@ -78,8 +84,11 @@ impl MembershipView {
                 state,
             } = op
             {
-                self.cache
-                    .insert((channel.clone(), fid.clone()), Some(*state));
+                let key = (channel.clone(), fid.clone());
+                let newer = self.cache.get(&key).is_none_or(|(_, known)| known < seq);
+                if newer {
+                    self.cache.insert(key, (Some(*state), seq));
+                }
             }
         }
     }
@@ -95,11 +104,11 @@ impl MembershipView {
 
     pub async fn get(&self, channel: &str, fid: &str) -> Result<Option<Membership>, StoreError> {
         let key = (channel.to_owned(), fid.to_owned());
-        if let Some(found) = self.cache.get(&key) {
+        if let Some((found, _)) = self.cache.get(&key) {
             return Ok(found);
         }
         let found = self.store.membership(channel, fid).await?;
-        self.cache.insert(key, found);
-        Ok(found)
+        // A change applied while the projection was read wins over what was read.
+        Ok(self.cache.entry(key).or_insert((found, 0)).into_value().0)
     }
 }

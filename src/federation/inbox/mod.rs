@@ -494,17 +494,20 @@ impl Inbox {
         let mut appended = 0u64;
         if !accepted.is_empty() {
             let ids: Vec<String> = accepted.iter().map(|e| e.event_id.clone()).collect();
-            let memberships: Vec<ProjectionOp> = accepted
+            let memberships: Vec<Vec<ProjectionOp>> = accepted
                 .iter()
-                .filter(|e| is_membership(e.event_type))
-                .flat_map(|e| {
-                    projection::derive(
-                        e.event_type,
-                        e.sender.as_deref(),
-                        e.channel.as_deref(),
-                        e.origin_ts,
-                        &e.content,
-                    )
+                .map(|e| {
+                    if is_membership(e.event_type) {
+                        projection::derive(
+                            e.event_type,
+                            e.sender.as_deref(),
+                            e.channel.as_deref(),
+                            e.origin_ts,
+                            &e.content,
+                        )
+                    } else {
+                        Vec::new()
+                    }
                 })
                 .collect();
             let outcomes = self.log.append_prepared(accepted).await.map_err(|error| {
@@ -514,7 +517,11 @@ impl Inbox {
                 )
                 .with_cause(error)
             })?;
-            self.membership.apply(&memberships);
+            for (ops, outcome) in memberships.iter().zip(&outcomes) {
+                if let AppendOutcome::Appended { seq } = outcome {
+                    self.membership.apply(*seq, ops);
+                }
+            }
             for (id, outcome) in ids.iter().zip(&outcomes) {
                 let result = match outcome {
                     AppendOutcome::Appended { seq } => {
