@@ -126,6 +126,16 @@ impl Actor for Channel {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(CHANNEL_MAILBOX);
+        // A gap on a channel that then goes quiet is reported without waiting for its next
+        // event.
+        ctx.run_interval(std::time::Duration::from_millis(500), |actor, ctx| {
+            if actor.lagged.swap(false, Ordering::AcqRel) {
+                let gap = Delivered::Gap {
+                    channel: actor.name.clone(),
+                };
+                actor.send_all(&gap, ctx);
+            }
+        });
     }
 }
 
@@ -208,18 +218,32 @@ impl Channels {
     }
 
     /// Subscribes `recipient` (under `id`) to `channel`'s events from now on.
-    pub fn subscribe(&self, channel: &str, id: u64, recipient: Recipient<Delivered>) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = running
-            .entry(channel.to_owned())
-            .and_modify(|r| {
-                if !r.addr.connected() {
-                    *r = start(channel);
+    pub async fn subscribe(&self, channel: &str, id: u64, recipient: Recipient<Delivered>) {
+        // An actor stopping (its last subscriber left) refuses the message: start another.
+        for _ in 0..3 {
+            let addr = {
+                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = running
+                    .entry(channel.to_owned())
+                    .or_insert_with(|| start(channel));
+                if !entry.addr.connected() {
+                    *entry = start(channel);
                 }
-            })
-            .or_insert_with(|| start(channel));
-        // Subscriptions are rare and must not be lost: wait for room rather than drop.
-        entry.addr.do_send(Subscribe { id, recipient });
+                entry.addr.clone()
+            };
+            let subscribe = Subscribe {
+                id,
+                recipient: recipient.clone(),
+            };
+            if addr.send(subscribe).await.is_ok() {
+                return;
+            }
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if running.get(channel).is_some_and(|r| r.addr == addr) {
+                running.remove(channel);
+            }
+        }
+        tracing::error!(%channel, "cannot subscribe to the channel actor");
     }
 
     pub fn unsubscribe(&self, channel: &str, id: u64) {
