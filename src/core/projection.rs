@@ -115,6 +115,36 @@ pub enum ProjectionOp {
     },
 }
 
+/// The membership changes of a committed log entry (`channel.new`, `channel.invite`,
+/// `channel.join`, `channel.leave`); nothing for any other entry.
+pub fn membership_ops(entry: &super::event::LogEntry) -> Vec<ProjectionOp> {
+    let Ok(kind) = entry.event_type.parse::<EventType>() else {
+        return Vec::new();
+    };
+    if !matches!(
+        kind,
+        EventType::ChannelNew
+            | EventType::ChannelInvite
+            | EventType::ChannelJoin
+            | EventType::ChannelLeave
+    ) {
+        return Vec::new();
+    }
+    let Ok(content) = serde_json::from_str::<Value>(entry.content.get()) else {
+        return Vec::new();
+    };
+    derive(
+        kind,
+        entry.sender.as_deref(),
+        entry.channel.as_deref(),
+        entry.origin_ts,
+        &content,
+    )
+    .into_iter()
+    .filter(|op| matches!(op, ProjectionOp::SetMembership { .. }))
+    .collect()
+}
+
 fn text(content: &Value, key: &str) -> Option<String> {
     content.get(key).and_then(Value::as_str).map(str::to_owned)
 }

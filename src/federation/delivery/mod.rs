@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 
 use crate::clock::now_ms;
 use crate::config::FederationConfig;
-use crate::core::event::{EventType, LogEntry};
+use crate::core::event::LogEntry;
 use crate::core::projection;
 use crate::federation::client::{OutboundClient, Resolver};
 use crate::federation::inbox::INBOX_PATH;
@@ -571,28 +571,10 @@ impl Delivery {
     }
 
     fn track_membership(&self, entry: &LogEntry) {
-        let Ok(kind) = entry.event_type.parse::<EventType>() else {
-            return;
-        };
-        if !matches!(
-            kind,
-            EventType::ChannelNew
-                | EventType::ChannelInvite
-                | EventType::ChannelJoin
-                | EventType::ChannelLeave
-        ) {
+        let ops = projection::membership_ops(entry);
+        if ops.is_empty() {
             return;
         }
-        let Ok(content) = serde_json::from_str::<Value>(entry.content.get()) else {
-            return;
-        };
-        let ops = projection::derive(
-            kind,
-            entry.sender.as_deref(),
-            entry.channel.as_deref(),
-            entry.origin_ts,
-            &content,
-        );
         let ours: Vec<_> = ops
             .into_iter()
             .filter(|op| match op {

@@ -8,7 +8,6 @@
 
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::core::event::EventType;
 use crate::core::projection::{self, Membership, ProjectionOp};
 use crate::store::{EventLogHandle, Store, StoreError};
 
@@ -38,31 +37,7 @@ impl MembershipView {
                 match committed.recv().await {
                     Ok(batch) => {
                         for entry in &batch.entries {
-                            let Ok(kind) = entry.event_type.parse::<EventType>() else {
-                                continue;
-                            };
-                            if !matches!(
-                                kind,
-                                EventType::ChannelNew
-                                    | EventType::ChannelInvite
-                                    | EventType::ChannelJoin
-                                    | EventType::ChannelLeave
-                            ) {
-                                continue;
-                            }
-                            let Ok(content) = serde_json::from_str(entry.content.get()) else {
-                                continue;
-                            };
-                            updater.apply(
-                                entry.seq,
-                                &projection::derive(
-                                    kind,
-                                    entry.sender.as_deref(),
-                                    entry.channel.as_deref(),
-                                    entry.origin_ts,
-                                    &content,
-                                ),
-                            );
+                            updater.apply(entry.seq, &projection::membership_ops(entry));
                         }
                     }
                     Err(RecvError::Lagged(_)) => updater.cache.invalidate_all(),
