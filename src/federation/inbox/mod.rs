@@ -60,6 +60,8 @@ use self::verifier::{SignatureVerifier, VerifyError};
 pub const INBOX_PATH: &str = "/federation/inbox";
 /// Most events in one request.
 pub const MAX_EVENTS: usize = 100;
+/// An origin without a policy and without requests for this long is forgotten.
+const ORIGIN_IDLE_MS: u64 = 24 * 3600 * 1000;
 
 /// The four signature headers of a federation request, as sent.
 #[derive(Debug, Clone)]
@@ -230,6 +232,15 @@ impl Inbox {
                 let Some(inbox) = weak.upgrade() else { break };
                 inbox.preverify.retain_recent();
                 inbox.preverify.shrink_to_fit();
+                let now = u64::try_from(now_ms()).unwrap_or(0);
+                for origin in inbox.origins.evict_idle(ORIGIN_IDLE_MS, now) {
+                    for result in ["accepted", "duplicate", "rejected", "limited"] {
+                        let _ = inbox
+                            .metrics
+                            .inbox_events
+                            .remove_label_values(&[origin.as_str(), result]);
+                    }
+                }
             }
         });
         Ok(inbox)

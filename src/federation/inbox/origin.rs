@@ -338,6 +338,40 @@ impl Origins {
         addr
     }
 
+    /// Forgets origins without an operator policy, a running actor or a request for `idle_ms`
+    /// (their counters go with them), so that a stream of new server names cannot grow the
+    /// registry without bound. Answers the names forgotten.
+    pub fn evict_idle(&self, idle_ms: u64, now_ms: u64) -> Vec<String> {
+        let mut evicted = Vec::new();
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, entry| {
+                let admin = entry
+                    .policy
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .source
+                    == PolicySource::Admin;
+                let running = entry
+                    .actor
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                    .is_some_and(Addr::connected);
+                let last = entry.counters.last_request_ms.load(Ordering::Relaxed);
+                let keep = admin
+                    || running
+                    || self.configured.contains_key(name)
+                    || now_ms.saturating_sub(last) < idle_ms;
+                if !keep {
+                    evicted.push(name.clone());
+                }
+                keep
+            });
+        evicted
+    }
+
     /// Every origin with a policy or traffic since start, sorted by name.
     pub fn views(&self) -> Vec<OriginView> {
         let mut names: Vec<String> = self.configured.keys().cloned().collect();
@@ -448,6 +482,28 @@ mod tests {
             .await
             .expect("sent");
         assert_eq!(seen, Ok(vec![true, false]));
+    }
+
+    #[test]
+    fn idle_origins_without_a_policy_are_forgotten() {
+        let origins = Origins::new(&FederationConfig::default(), vec![]);
+        origins.counters("quiet.example");
+        origins
+            .counters("busy.example")
+            .last_request_ms
+            .store(10_000, Ordering::Relaxed);
+        origins.set_policy(
+            "kept.example",
+            Policy {
+                rate_per_minute: 1,
+                burst: 1,
+                blocked: true,
+                source: PolicySource::Admin,
+            },
+        );
+        assert_eq!(origins.evict_idle(5_000, 12_000), ["quiet.example"]);
+        let names: Vec<_> = origins.views().into_iter().map(|v| v.origin).collect();
+        assert_eq!(names, ["busy.example", "kept.example"]);
     }
 
     #[test]
