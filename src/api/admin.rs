@@ -94,7 +94,8 @@ fn origin_name(path: &str) -> Result<&str, ApiError> {
 }
 
 /// `GET /admin/v1/origins` → `{"origins": [<origin view>]}`: every origin with a configured
-/// or recorded policy or with traffic since start, with its quota and counters.
+/// or recorded policy, a running actor or a request in the last day, with its quota and
+/// counters.
 pub async fn list_origins(
     req: HttpRequest,
     state: web::Data<AppState>,
