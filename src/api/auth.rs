@@ -1,7 +1,10 @@
 //! `POST /api/v1/auth/register` and `POST /api/v1/auth/login` (DESIGN §5): each answers
 //! `{fid, token, session_id}` (201 for a registration, 200 for a login).
+//! `DELETE /.p2/core/v1/session` `{session_id}` (bearer): ends one of the caller's sessions.
+//! [`authenticate`] resolves a bearer token to its session for every client route.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -71,4 +74,66 @@ pub async fn login(
     .await
     .map_err(answer)?;
     Ok(HttpResponse::Ok().json(session(opened)))
+}
+
+/// The session of the request's `Authorization: Bearer <token>`: 401 `SY_MISSING_TOKEN`
+/// without one, 401 `SY_UNKNOWN_TOKEN` for a token of no live session.
+pub async fn authenticate(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<entities::sessions::Model, ApiError> {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::MissingToken,
+                "this route needs Authorization: Bearer <session token>",
+            )
+        })?;
+    state
+        .store
+        .session_by_token_hash(&accounts::token_hash(token))
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::UnknownToken,
+                "the token belongs to no live session",
+            )
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRef {
+    session_id: String,
+}
+
+pub async fn delete_session(
+    req: HttpRequest,
+    body: web::Json<SessionRef>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = authenticate(&req, &state).await?;
+    let target = state
+        .store
+        .session(&body.session_id)
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|s| s.fid == caller.fid)
+        .ok_or_else(|| {
+            ApiError::new(ErrorKind::NotFound, "no live session of yours has this id")
+        })?;
+    accounts::end_session(
+        &state.log,
+        &state.config.server.name,
+        &target.fid,
+        &target.session_id,
+    )
+    .await
+    .map_err(answer)?;
+    Ok(HttpResponse::NoContent().finish())
 }

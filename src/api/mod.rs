@@ -66,6 +66,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/api/v1/auth/register", web::post().to(auth::register))
     .route("/api/v1/auth/login", web::post().to(auth::login))
+    .route(
+        "/.p2/core/v1/session",
+        web::delete().to(auth::delete_session),
+    )
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(
         "/admin/v1/destinations",

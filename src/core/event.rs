@@ -32,10 +32,11 @@ pub enum EventType {
     ServerIdCertIssued,
     AccountRegistered,
     SessionCreated,
+    SessionDeleted,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::ChannelNew,
         EventType::ChannelInvite,
         EventType::ChannelJoin,
@@ -50,6 +51,7 @@ impl EventType {
         EventType::ServerIdCertIssued,
         EventType::AccountRegistered,
         EventType::SessionCreated,
+        EventType::SessionDeleted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +70,7 @@ impl EventType {
             EventType::ServerIdCertIssued => "server.idcert_issued",
             EventType::AccountRegistered => "account.registered",
             EventType::SessionCreated => "session.created",
+            EventType::SessionDeleted => "session.deleted",
         }
     }
 
@@ -82,6 +85,7 @@ impl EventType {
                 | EventType::ServerIdCertIssued
                 | EventType::AccountRegistered
                 | EventType::SessionCreated
+                | EventType::SessionDeleted
         )
     }
 }
@@ -248,6 +252,15 @@ fn key_id_field(content: &Map<String, Value>, key: &str) -> Result<(), String> {
     Ok(())
 }
 
+fn session_id_field(content: &Map<String, Value>) -> Result<(), String> {
+    let session = str_field(content, "session_id")?;
+    if (1..=32).contains(&session.len()) && session.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err("\"session_id\" must be 1..32 ASCII letters and digits".into())
+    }
+}
+
 fn non_negative(content: &Map<String, Value>, key: &str) -> Result<(), String> {
     content
         .get(key)
@@ -336,13 +349,9 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
             }
             Ok(())
         }
+        EventType::SessionDeleted => session_id_field(content),
         EventType::SessionCreated => {
-            let session = str_field(content, "session_id")?;
-            if !(1..=32).contains(&session.len())
-                || !session.bytes().all(|b| b.is_ascii_alphanumeric())
-            {
-                return Err("\"session_id\" must be 1..32 ASCII letters and digits".into());
-            }
+            session_id_field(content)?;
             let hash = str_field(content, "token_hash")?;
             if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 return Err("\"token_hash\" must be a lowercase hex SHA-256".into());

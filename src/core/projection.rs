@@ -15,7 +15,8 @@
 //! - `server.keys_fetched`: another server's verified key response, last one wins;
 //! - `server.idcert_issued`: one of our own root ID-Certs, kept by serial;
 //! - `account.registered`: a local account (first one wins); `session.created`: a session
-//!   of the sender, with the hash of its bearer token.
+//!   of the sender, with the hash of its bearer token; `session.deleted`: the session's row
+//!   goes (its token stops working).
 
 use serde_json::Value;
 
@@ -104,6 +105,10 @@ pub enum ProjectionOp {
         session_id: String,
         fid: String,
         token_hash: String,
+    },
+    /// The session ends: its token stops working.
+    DeleteSession {
+        session_id: String,
     },
     /// A root ID-Cert we issued for one of our keys.
     StoreServerIdCert {
@@ -276,6 +281,8 @@ pub fn derive(
                     token_hash: text(content, "token_hash")?,
                 })
             })(),
+            EventType::SessionDeleted => text(content, "session_id")
+                .map(|session_id| ProjectionOp::DeleteSession { session_id }),
             EventType::SenderKeyDistribute => None,
         };
     op.into_iter().collect()

@@ -143,6 +143,26 @@ async fn open_session(
     })
 }
 
+/// Ends `session_id` of `fid`: its token stops working.
+pub async fn end_session(
+    log: &EventLogHandle,
+    server_name: &str,
+    fid: &str,
+    session_id: &str,
+) -> Result<(), AccountError> {
+    log.append(vec![NewEvent {
+        event_id: format!("session-end:{session_id}"),
+        origin: server_name.to_owned(),
+        event_type: "session.deleted".into(),
+        sender: Some(fid.to_owned()),
+        channel: None,
+        origin_ts: now_ms(),
+        content: json!({"session_id": session_id}),
+    }])
+    .await?;
+    Ok(())
+}
+
 /// Registers `username` and opens its first session.
 pub async fn register(
     hashers: &Hashers,

@@ -368,6 +368,18 @@ impl Store {
         )
     }
 
+    /// The session `session_id`, if it exists (deleted sessions do not).
+    pub async fn session(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<entities::sessions::Model>, StoreError> {
+        Ok(
+            entities::sessions::Entity::find_by_id(session_id.to_owned())
+                .one(&self.readers)
+                .await?,
+        )
+    }
+
     /// The local account `username`, if it exists.
     pub async fn account(
         &self,

@@ -240,6 +240,11 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
             .exec_without_returning(db)
             .await?;
         }
+        ProjectionOp::DeleteSession { session_id } => {
+            sessions::Entity::delete_by_id(session_id.clone())
+                .exec(db)
+                .await?;
+        }
         ProjectionOp::StoreServerIdCert {
             serial,
             key_id,

@@ -150,3 +150,74 @@ async fn bad_registrations_and_logins_are_refused_and_write_nothing() {
     );
     assert_eq!(closed.store.head().await.expect("head").0, head);
 }
+
+async fn delete_session(app: &TestApp, token: Option<&str>, session_id: &str) -> (u16, Value) {
+    let mut request = awc::Client::default().delete(format!("{}/.p2/core/v1/session", app.address));
+    if let Some(token) = token {
+        request = request.insert_header(("Authorization", format!("Bearer {token}")));
+    }
+    let mut res = request
+        .send_json(&json!({"session_id": session_id}))
+        .await
+        .expect("request");
+    (
+        res.status().as_u16(),
+        res.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[actix_web::test]
+async fn a_deleted_session_token_stops_working_and_others_are_refused() {
+    let app = spawn_app().await;
+    let creds = json!({"username": "erin", "password": "long enough"});
+    let (_, first) = post(&app, "/api/v1/auth/register", &creds).await;
+    let (_, second) = post(&app, "/api/v1/auth/login", &creds).await;
+    let (_, other) = post(
+        &app,
+        "/api/v1/auth/register",
+        &json!({"username": "frank", "password": "long enough"}),
+    )
+    .await;
+    let token = |v: &Value| v["token"].as_str().expect("token").to_owned();
+    let session = |v: &Value| v["session_id"].as_str().expect("session").to_owned();
+    let head = app.store.head().await.expect("head").0;
+
+    // Refusals write nothing: no token, an unknown token, someone else's session.
+    for (bearer, target, want, code) in [
+        (None, session(&first), 401, "SY_MISSING_TOKEN"),
+        (
+            Some("sy_nonsense".to_owned()),
+            session(&first),
+            401,
+            "SY_UNKNOWN_TOKEN",
+        ),
+        (Some(token(&other)), session(&first), 404, "SY_NOT_FOUND"),
+        (
+            Some(token(&second)),
+            "nosuchsession".to_owned(),
+            404,
+            "SY_NOT_FOUND",
+        ),
+    ] {
+        let (status, body) = delete_session(&app, bearer.as_deref(), &target).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (want, Some(code)),
+            "{body}"
+        );
+    }
+    assert_eq!(app.store.head().await.expect("head").0, head);
+
+    // The second session ends the first: its token stops working, the second's does not.
+    let (status, _) = delete_session(&app, Some(&token(&second)), &session(&first)).await;
+    assert_eq!(status, 204);
+    let (status, body) = delete_session(&app, Some(&token(&first)), &session(&second)).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_UNKNOWN_TOKEN"))
+    );
+    let (status, _) = delete_session(&app, Some(&token(&second)), &session(&second)).await;
+    assert_eq!(status, 204, "a session can end itself");
+    let (status, _) = delete_session(&app, Some(&token(&second)), &session(&second)).await;
+    assert_eq!(status, 401);
+}

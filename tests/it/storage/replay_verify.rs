@@ -109,8 +109,19 @@ async fn seed(app: &crate::helpers::TestLog) {
         json!({"session_id": "s1", "token_hash": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}),
     );
     session.channel = None;
+    let mut second = session.clone();
+    second.event_id = "session:s2".into();
+    second.content = json!({"session_id": "s2", "token_hash": "ca7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"});
+    let mut ended = event(
+        o,
+        "session-end:s2",
+        "session.deleted",
+        "alice@a.example",
+        json!({"session_id": "s2"}),
+    );
+    ended.channel = None;
     app.log
-        .append(vec![account, session])
+        .append(vec![account, session, second, ended])
         .await
         .expect("append");
 }
@@ -125,7 +136,7 @@ async fn replay_reproduces_identical_projections() {
         .replay_into(&target.store().await)
         .await
         .expect("replay");
-    assert_eq!(report.events, 31);
+    assert_eq!(report.events, 33);
     assert!(report.identical(), "{report:?}");
     for table in &report.tables {
         assert!(
@@ -136,7 +147,7 @@ async fn replay_reproduces_identical_projections() {
     }
     // The copied log verifies on its own.
     let copy = target.store().await;
-    assert_eq!(copy.verify_chain().await.expect("verify").verified, 31);
+    assert_eq!(copy.verify_chain().await.expect("verify").verified, 33);
     // Replaying into a non-empty database is refused.
     assert!(app.store.replay_into(&copy).await.is_err());
 }
