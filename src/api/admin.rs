@@ -5,7 +5,6 @@
 //! `SY_FORBIDDEN`. Tokens are compared through their SHA-256 digests, so the comparison
 //! takes the same time wherever they differ.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -25,17 +24,7 @@ pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError
             "the admin API is off (server.admin_token is empty)",
         ));
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::MissingToken,
-                "this route needs Authorization: Bearer <admin token>",
-            )
-        })?;
+    let given = super::bearer(req, "admin token")?;
     if Sha256::digest(given.as_bytes()) != Sha256::digest(configured.as_bytes()) {
         return Err(ApiError::new(
             ErrorKind::Forbidden,

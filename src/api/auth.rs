@@ -3,7 +3,6 @@
 //! `DELETE /.p2/core/v1/session` `{session_id}` (bearer): ends one of the caller's sessions.
 //! [`authenticate`] resolves a bearer token to its session for every client route.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -82,17 +81,7 @@ pub async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<entities::sessions::Model, ApiError> {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::MissingToken,
-                "this route needs Authorization: Bearer <session token>",
-            )
-        })?;
+    let token = super::bearer(req, "session token")?;
     state
         .store
         .session_by_token_hash(&accounts::token_hash(token))

@@ -63,9 +63,7 @@ pub async fn inbox(
     let body = read_capped(&req, payload, state.config.federation.max_body_bytes)
         .await
         .map_err(count)?;
-    let peer = req
-        .peer_addr()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let peer = super::peer_ip(&req);
     let answer = state.inbox.receive(&client, &headers, peer, &body).await?;
     Ok(HttpResponse::Ok().json(answer))
 }
@@ -88,9 +86,7 @@ pub async fn user_lookup(
         .uri()
         .path_and_query()
         .map_or_else(|| req.path().to_owned(), |p| p.as_str().to_owned());
-    let peer = req
-        .peer_addr()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let peer = super::peer_ip(&req);
     state
         .inbox
         .check_signed_request(&client, &headers, peer, "GET", &path, b"")

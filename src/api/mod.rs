@@ -85,6 +85,27 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+/// The token of `Authorization: Bearer <token>`, or 401 `SY_MISSING_TOKEN` naming `what`
+/// token the route needs.
+pub(crate) fn bearer<'a>(req: &'a HttpRequest, what: &str) -> Result<&'a str, ApiError> {
+    req.headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::MissingToken,
+                format!("this route needs Authorization: Bearer <{what}>"),
+            )
+        })
+}
+
+/// The address the request came from (unspecified when the transport has none).
+pub(crate) fn peer_ip(req: &HttpRequest) -> std::net::IpAddr {
+    req.peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+}
+
 /// Answers routes that do not exist, in the one error format.
 pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::new(

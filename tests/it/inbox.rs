@@ -673,6 +673,14 @@ async fn user_lookup_is_signed_like_the_inbox() {
         (401, Some("SY_BAD_SIGNATURE")),
         "{body}"
     );
+    // Signed, but without the query the route needs.
+    let bare = "/federation/user-lookup".to_string();
+    let (status, body) = lookup(&p, &bare, &bare, Some(&p.b_key)).await;
+    assert_eq!(
+        (status, errcode(&body)),
+        (400, Some("SY_INVALID_PARAM")),
+        "{body}"
+    );
 }
 
 /// A `GET` of `path` on A, signed by `key` (as B) over `signed_path`, or unsigned.

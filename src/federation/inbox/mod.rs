@@ -414,6 +414,7 @@ impl Inbox {
         peer: IpAddr,
         body: &[u8],
     ) -> Result<Value, ApiError> {
+        // The in-flight slot is held for the whole pipeline, not only the signature check.
         let _in_flight = self.admit_request(headers, peer)?;
         self.authenticate(client, headers, "POST", INBOX_PATH, body)
             .await?;
