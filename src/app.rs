@@ -41,6 +41,10 @@ pub struct AppState {
     pub channels: Arc<Channels>,
     /// Password hashes allowed at once.
     pub hashers: crate::identity::accounts::Hashers,
+    /// Single-use WebSocket tickets.
+    pub tickets: crate::gateway::tickets::Tickets,
+    /// Client sessions' cursors (socket and REST catch-up).
+    pub cursors: Arc<crate::gateway::cursors::Cursors>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +74,7 @@ pub struct Application {
     inbox: Arc<Inbox>,
     delivery: Arc<Delivery>,
     channels: Arc<Channels>,
+    cursors: Arc<crate::gateway::cursors::Cursors>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
 
@@ -152,7 +157,8 @@ impl Application {
             metrics.clone(),
         )
         .await?;
-        let channels = Channels::start(&log);
+        let channels = Channels::start(&log, metrics.gateway_fanout_seconds.clone());
+        let cursors = crate::gateway::cursors::Cursors::start(store.clone());
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -168,6 +174,8 @@ impl Application {
             hashers: crate::identity::accounts::Hashers::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            tickets: crate::gateway::tickets::Tickets::default(),
+            cursors: cursors.clone(),
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {
@@ -202,6 +210,7 @@ impl Application {
             inbox,
             delivery,
             channels,
+            cursors,
             renew_certs,
         })
     }
@@ -238,6 +247,7 @@ impl Application {
         self.delivery.stop();
         self.log.drain().await;
         tracing::info!("event log drained");
+        self.cursors.flush(&self.store).await;
         drop(self.log);
         self.store.close().await?;
         served.map_err(|source| StartError::Bind {

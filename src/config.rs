@@ -22,6 +22,7 @@ pub struct Config {
     pub federation: FederationConfig,
     pub log: LogConfig,
     pub branding: BrandingConfig,
+    pub gateway: GatewayConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -238,6 +239,41 @@ pub enum LogFormat {
     Json,
 }
 
+/// The client WebSocket gateway (DESIGN §5).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Sent in Hello: how often a client heartbeats.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// After a missed heartbeat the server sends a Heartbeat Request and waits this long
+    /// before closing with 4009.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_grace: Duration,
+    /// Frames a session may have queued for its socket before it is closed (4000, resumable).
+    pub outbound_max_frames: usize,
+    /// Bytes a session may have queued for its socket before it is closed (4000, resumable).
+    pub outbound_max_bytes: usize,
+    /// The most events a connect or Resume replays from the log; more closes with 4010 and the
+    /// client pages through `GET /.p2/core/v1/events` instead.
+    pub max_replay_events: usize,
+    /// Client frames per connection per 10 s before it is closed with 4008.
+    pub max_client_frames: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_grace: Duration::from_secs(10),
+            outbound_max_frames: 1024,
+            outbound_max_bytes: 1 << 20,
+            max_replay_events: 10_000,
+            max_client_frames: 120,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -358,6 +394,30 @@ impl Config {
                 "keys.idcert_lifetime",
                 "must be between 1h and 10 years",
             ));
+        }
+        let gateway = &self.gateway;
+        if gateway.heartbeat_interval < Duration::from_millis(100)
+            || gateway.heartbeat_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "gateway.heartbeat_interval",
+                "must be between 100ms and 1h",
+            ));
+        }
+        if gateway.heartbeat_grace.is_zero() {
+            return Err(invalid("gateway.heartbeat_grace", "must be above zero"));
+        }
+        if gateway.outbound_max_frames == 0 {
+            return Err(invalid("gateway.outbound_max_frames", "must be at least 1"));
+        }
+        if gateway.outbound_max_bytes < 64 * 1024 {
+            return Err(invalid("gateway.outbound_max_bytes", "must be at least 65536"));
+        }
+        if gateway.max_replay_events == 0 {
+            return Err(invalid("gateway.max_replay_events", "must be at least 1"));
+        }
+        if gateway.max_client_frames == 0 {
+            return Err(invalid("gateway.max_client_frames", "must be at least 1"));
         }
         if self.keys.path.as_os_str().is_empty() {
             return Err(invalid("keys.path", "must name a file"));

@@ -57,6 +57,14 @@ pub struct Metrics {
     pub inbox_request_seconds: Histogram,
     /// Signatures per batch verification.
     pub verify_batch_size: Histogram,
+    /// Open gateway WebSockets.
+    pub gateway_sockets: IntGauge,
+    /// Gateway closes by close code.
+    pub gateway_closes: IntCounterVec,
+    /// Events handed to gateway sockets (live and replayed).
+    pub gateway_deliveries: IntCounter,
+    /// Time a Channel actor takes to hand one event to all its subscribers.
+    pub gateway_fanout_seconds: Histogram,
 }
 
 impl Metrics {
@@ -164,6 +172,28 @@ impl Metrics {
             )
             .buckets(prometheus::exponential_buckets(1.0, 2.0, 8)?),
         )?;
+        let gateway_sockets = IntGauge::new("gateway_sockets", "Open gateway WebSockets")?;
+        let gateway_closes = IntCounterVec::new(
+            Opts::new("gateway_closes_total", "Gateway WebSocket closes by close code"),
+            &["code"],
+        )?;
+        let gateway_deliveries = IntCounter::new(
+            "gateway_deliveries_total",
+            "Events handed to gateway sockets, live and replayed",
+        )?;
+        let gateway_fanout_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "gateway_fanout_seconds",
+                "Time a Channel actor takes to hand one event to all its local subscribers",
+            )
+            .buckets(vec![
+                0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )?;
+        registry.register(Box::new(gateway_sockets.clone()))?;
+        registry.register(Box::new(gateway_closes.clone()))?;
+        registry.register(Box::new(gateway_deliveries.clone()))?;
+        registry.register(Box::new(gateway_fanout_seconds.clone()))?;
         registry.register(Box::new(inbox_requests.clone()))?;
         registry.register(Box::new(inbox_events.clone()))?;
         registry.register(Box::new(inbox_request_seconds.clone()))?;
@@ -194,6 +224,10 @@ impl Metrics {
             inbox_request_seconds,
             verify_batch_size,
             notary_fetches,
+            gateway_sockets,
+            gateway_closes,
+            gateway_deliveries,
+            gateway_fanout_seconds,
         })
     }
 

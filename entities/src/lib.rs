@@ -15,4 +15,5 @@ pub mod origin_policies;
 pub mod remote_server_keys;
 pub mod retired_server_keys;
 pub mod server_idcerts;
+pub mod session_cursors;
 pub mod sessions;

@@ -9,6 +9,7 @@ mod m20261122_000004_create_remote_server_keys;
 mod m20261123_000005_create_server_idcerts;
 mod m20261123_000006_create_delivery;
 mod m20261123_000007_create_accounts;
+mod m20261123_000008_create_session_cursors;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_create_server_idcerts::Migration),
             Box::new(m20261123_000006_create_delivery::Migration),
             Box::new(m20261123_000007_create_accounts::Migration),
+            Box::new(m20261123_000008_create_session_cursors::Migration),
         ]
     }
 }

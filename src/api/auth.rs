@@ -124,5 +124,14 @@ pub async fn delete_session(
     )
     .await
     .map_err(answer)?;
+    // Its sockets close once the session is gone from the log's point of view.
+    state.channels.close_session(
+        &target.fid,
+        &target.session_id,
+        crate::gateway::channel::CloseSocket {
+            code: crate::gateway::frames::close::NOT_AUTHENTICATED,
+            reason: "the session was ended",
+        },
+    );
     Ok(HttpResponse::NoContent().finish())
 }

@@ -11,7 +11,9 @@
 
 mod admin;
 mod auth;
+mod channels;
 mod federation;
+mod gateway;
 mod notary;
 mod polyproto;
 
@@ -69,6 +71,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/.p2/core/v1/session",
         web::delete().to(auth::delete_session),
+    )
+    .route("/api/v1/auth/ws-ticket", web::post().to(gateway::ws_ticket))
+    .route("/ws", web::get().to(gateway::ws))
+    .route("/.p2/core/v1/events", web::get().to(gateway::events))
+    .route("/api/v1/channels", web::post().to(channels::create))
+    .route(
+        "/api/v1/channels/{id}/invite",
+        web::post().to(channels::invite),
+    )
+    .route("/api/v1/channels/{id}/join", web::post().to(channels::join))
+    .route("/api/v1/channels/{id}/leave", web::post().to(channels::leave))
+    .route(
+        "/api/v1/channels/{id}/messages",
+        web::post().to(channels::post_message),
+    )
+    .route(
+        "/api/v1/channels/{id}/messages",
+        web::get().to(channels::history),
+    )
+    .route(
+        "/api/v1/channels/{id}/messages/{message_id}",
+        web::patch().to(channels::edit_message),
+    )
+    .route(
+        "/api/v1/channels/{id}/messages/{message_id}",
+        web::delete().to(channels::delete_message),
     )
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(

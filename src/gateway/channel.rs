@@ -1,25 +1,34 @@
-//! `Channel` actors: the local fan-out point of each channel's committed events.
+//! `Channel` actors and the router that feeds them: the local fan-out of committed events.
 //!
 //! ```text
-//!  EventLog ── committed batch ──▶ router task (one per instance)
-//!                                   for each entry of a client-visible type with a channel
-//!                                   whose Channel actor is running (someone subscribed):
-//!                                   serialise the event ONCE: {type, seq, channel, sender,
-//!                                   ts, content} (DESIGN §5), try_send Publish
+//!  EventLog ── committed batch ──▶ router task (one per instance), in seq order:
+//!                                   1. a membership change of a local user with live sockets
+//!                                      (invite, create, join) subscribes those sockets first;
+//!                                   2. the event, serialised ONCE ({type, seq, channel, sender,
+//!                                      ts, content}, DESIGN §5), is sent to its Channel actor
+//!                                      and the router waits until it was handed on;
+//!                                   3. a leave unsubscribes the leaver's sockets after it.
 //!                                         │
-//!  Channel actor (one per channel) ◀──────┘
-//!    subscribers: id → Recipient<Delivered>  (sessions, from the gateway)
-//!    Publish → Delivered::Event(shared bytes) to each subscriber, try_send:
-//!      a subscriber whose mailbox is full is dropped with Delivered::Gap when possible,
-//!      and catches up from the log by seq (never buffered without bound)
+//!  Channel actors (one per channel with subscribers, all on the fan-out arbiter)
+//!    subscribers: id → Recipient<Delivered>  (Session actors)
+//!    Publish → Delivered::Event(shared bytes) to each subscriber with try_send; a subscriber
+//!      whose mailbox is full is dropped and told Gap (it closes with a resumable code and
+//!      the client resumes from the log): never buffered without bound
+//!    typing.start / typing.stop / presence.update: ephemeral, never logged; a typing.start
+//!      that is not renewed ends with a typing.stop after 10 s
 //!    no subscribers → stops; the router then skips its channel
 //! ```
+//! Because the router waits for each publication to be handed on before the next, every
+//! session receives its events in `seq` order whatever channels they come from. That is what
+//! makes one number — the last `seq` a client saw — enough to resume without a gap.
+//!
 //! Whatever appended the event (the inbox, a local client, the home server's relay), its
 //! publication is the same: the log's committed batches.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
 use actix_web::web::Bytes;
@@ -27,23 +36,18 @@ use serde_json::value::RawValue;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::core::event::LogEntry;
-use crate::store::{CommittedBatch, EventLogHandle};
+use crate::core::projection::{membership_ops, Membership, ProjectionOp};
+use crate::store::{CommittedBatch, EventLogHandle, CLIENT_TYPES};
 
-/// Publications a Channel actor's mailbox holds before the router reports a gap instead.
+/// Publications a Channel actor's mailbox holds before the router waits.
 const CHANNEL_MAILBOX: usize = 1024;
+
+/// How long a `typing.start` lasts unless renewed (DESIGN §5).
+pub const TYPING_TTL: Duration = Duration::from_secs(10);
 
 /// The types clients see in a channel (DESIGN §5), as logged.
 pub fn client_visible(event_type: &str) -> bool {
-    matches!(
-        event_type,
-        "message.new"
-            | "message.edit"
-            | "message.delete"
-            | "channel.new"
-            | "channel.invite"
-            | "channel.join"
-            | "channel.leave"
-    )
+    CLIENT_TYPES.contains(&event_type)
 }
 
 /// One committed event of a channel, serialised once for every subscriber.
@@ -51,38 +55,67 @@ pub fn client_visible(event_type: &str) -> bool {
 pub struct ChannelEvent {
     pub seq: u64,
     pub channel: String,
+    pub event_type: String,
+    pub sender: Option<String>,
+    /// The membership change it makes, if any: `(fid, state)`.
+    pub membership: Option<(String, Membership)>,
     /// `{"type", "seq", "channel", "sender", "ts", "content"}`.
     pub json: Bytes,
 }
 
+#[derive(serde::Serialize)]
+struct Wire<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    channel: &'a str,
+    sender: Option<&'a str>,
+    ts: i64,
+    content: &'a RawValue,
+}
+
 impl ChannelEvent {
     pub fn from_entry(entry: &LogEntry) -> Option<ChannelEvent> {
-        #[derive(serde::Serialize)]
-        struct Wire<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            seq: u64,
-            channel: &'a str,
-            sender: Option<&'a str>,
-            ts: i64,
-            content: &'a RawValue,
-        }
         let channel = entry.channel.as_deref()?;
         let json = serde_json::to_vec(&Wire {
             kind: &entry.event_type,
-            seq: entry.seq,
+            seq: Some(entry.seq),
             channel,
             sender: entry.sender.as_deref(),
             ts: entry.origin_ts,
             content: &entry.content,
         })
         .ok()?;
+        let membership = membership_ops(entry).into_iter().find_map(|op| match op {
+            ProjectionOp::SetMembership { fid, state, .. } => Some((fid, state)),
+            _ => None,
+        });
         Some(ChannelEvent {
             seq: entry.seq,
             channel: channel.to_owned(),
+            event_type: entry.event_type.clone(),
+            sender: entry.sender.clone(),
+            membership,
             json: Bytes::from(json),
         })
     }
+}
+
+/// An ephemeral signal's `d` (typing, presence): the event shape without `seq`.
+pub fn ephemeral_json(kind: &str, channel: &str, sender: &str, content: &serde_json::Value) -> Bytes {
+    let content = RawValue::from_string(content.to_string())
+        .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{} is JSON"));
+    let json = serde_json::to_vec(&Wire {
+        kind,
+        seq: None,
+        channel,
+        sender: Some(sender),
+        ts: crate::clock::now_ms(),
+        content: &content,
+    })
+    .unwrap_or_default();
+    Bytes::from(json)
 }
 
 /// What a subscriber receives.
@@ -90,11 +123,11 @@ impl ChannelEvent {
 #[rtype(result = "()")]
 pub enum Delivered {
     Event(Arc<ChannelEvent>),
-    /// Events of this channel were lost on the way (a full mailbox): re-read the log after
-    /// the last `seq` received.
-    Gap {
-        channel: String,
-    },
+    /// A typing or presence signal of a channel: `d` of a chat event without `seq`.
+    Ephemeral(Bytes),
+    /// Events of this channel were lost on the way (a full mailbox): the subscriber was
+    /// dropped and must re-read the log after the last `seq` it received.
+    Gap { channel: String },
 }
 
 #[derive(Message)]
@@ -114,11 +147,29 @@ pub struct Unsubscribe {
     pub id: u64,
 }
 
+/// A typing or presence signal from a member of the channel.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Signal {
+    pub sender: String,
+    pub kind: SignalKind,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum SignalKind {
+    TypingStart,
+    TypingStop,
+    Presence(serde_json::Value),
+}
+
 pub struct Channel {
     name: String,
     subscribers: HashMap<u64, Recipient<Delivered>>,
+    /// Who is typing, with the timer that ends it.
+    typing: HashMap<String, SpawnHandle>,
     /// Set by the router when a publication could not be queued.
     lagged: Arc<AtomicBool>,
+    fanout_seconds: prometheus::Histogram,
 }
 
 impl Actor for Channel {
@@ -126,16 +177,6 @@ impl Actor for Channel {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(CHANNEL_MAILBOX);
-        // A gap on a channel that then goes quiet is reported without waiting for its next
-        // event.
-        ctx.run_interval(std::time::Duration::from_millis(500), |actor, ctx| {
-            if actor.lagged.swap(false, Ordering::AcqRel) {
-                let gap = Delivered::Gap {
-                    channel: actor.name.clone(),
-                };
-                actor.send_all(&gap, ctx);
-            }
-        });
     }
 }
 
@@ -145,19 +186,30 @@ impl Channel {
         self.subscribers
             .retain(|id, recipient| match recipient.try_send(message.clone()) {
                 Ok(()) => true,
-                Err(_) => {
-                    tracing::debug!(
-                        subscriber = id,
-                        "channel subscriber cannot keep up; dropped"
-                    );
-                    // It learns of the gap if it can take one more message; either way it must
-                    // catch up from the log.
-                    let _ = recipient.try_send(Delivered::Gap {
+                Err(SendError::Full(_)) => {
+                    tracing::debug!(subscriber = id, "channel subscriber cannot keep up; dropped");
+                    // One message past the bound, once: the session closes on it.
+                    recipient.do_send(Delivered::Gap {
                         channel: name.clone(),
                     });
                     false
                 }
+                Err(SendError::Closed(_)) => false,
             });
+        if self.subscribers.is_empty() {
+            ctx.stop();
+        }
+    }
+
+    fn signal(&mut self, kind: &str, sender: &str, content: serde_json::Value, ctx: &mut Context<Self>) {
+        let json = ephemeral_json(kind, &self.name, sender, &content);
+        // Ephemeral: a full mailbox just misses it.
+        self.subscribers.retain(|_, recipient| {
+            !matches!(
+                recipient.try_send(Delivered::Ephemeral(json.clone())),
+                Err(SendError::Closed(_))
+            )
+        });
         if self.subscribers.is_empty() {
             ctx.stop();
         }
@@ -174,7 +226,10 @@ impl Handler<Publish> for Channel {
             };
             self.send_all(&gap, ctx);
         }
+        let started = std::time::Instant::now();
         self.send_all(&Delivered::Event(msg.0), ctx);
+        self.fanout_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -197,40 +252,117 @@ impl Handler<Unsubscribe> for Channel {
     }
 }
 
+impl Handler<Signal> for Channel {
+    type Result = ();
+
+    fn handle(&mut self, msg: Signal, ctx: &mut Self::Context) {
+        let empty = serde_json::json!({});
+        match msg.kind {
+            SignalKind::TypingStart => {
+                if let Some(timer) = self.typing.remove(&msg.sender) {
+                    ctx.cancel_future(timer);
+                }
+                let sender = msg.sender.clone();
+                let timer = ctx.run_later(TYPING_TTL, move |actor, ctx| {
+                    actor.typing.remove(&sender);
+                    actor.signal("typing.stop", &sender, serde_json::json!({}), ctx);
+                });
+                self.typing.insert(msg.sender.clone(), timer);
+                self.signal("typing.start", &msg.sender, empty, ctx);
+            }
+            SignalKind::TypingStop => {
+                if let Some(timer) = self.typing.remove(&msg.sender) {
+                    ctx.cancel_future(timer);
+                    self.signal("typing.stop", &msg.sender, empty, ctx);
+                }
+            }
+            SignalKind::Presence(content) => self.signal("presence.update", &msg.sender, content, ctx),
+        }
+    }
+}
+
 struct Running {
     addr: Addr<Channel>,
     lagged: Arc<AtomicBool>,
 }
 
-/// The running Channel actors, and the router that publishes committed events to them.
+/// A live socket of a local user, as the router needs it.
+#[derive(Clone)]
+pub struct SessionLink {
+    pub session_id: String,
+    pub recipient: Recipient<Delivered>,
+    pub close: Recipient<CloseSocket>,
+}
+
+/// Asks a socket to close (its session was ended).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct CloseSocket {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+/// The running Channel actors, the live sockets of local users, and the router that
+/// publishes committed events to them.
 pub struct Channels {
     running: Mutex<HashMap<String, Running>>,
+    /// fid → socket id → link.
+    sockets: Mutex<HashMap<String, HashMap<u64, SessionLink>>>,
+    /// Where Channel actors run: fan-out work stays off the HTTP workers.
+    arbiter: ArbiterHandle,
+    fanout_seconds: prometheus::Histogram,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Channels {
-    /// Starts the router on the log's committed batches.
-    pub fn start(log: &EventLogHandle) -> Arc<Channels> {
+    /// Starts the fan-out arbiter and the router on the log's committed batches.
+    pub fn start(log: &EventLogHandle, fanout_seconds: prometheus::Histogram) -> Arc<Channels> {
+        let arbiter = Arbiter::new();
         let channels = Arc::new(Channels {
             running: Mutex::new(HashMap::new()),
+            sockets: Mutex::new(HashMap::new()),
+            arbiter: arbiter.handle(),
+            fanout_seconds,
         });
+        // The arbiter thread lives as long as the process; dropping the handle keeps it.
+        drop(arbiter);
         actix_web::rt::spawn(channels.clone().route(log.subscribe()));
         channels
+    }
+
+    /// The channel's actor, started if it is not running.
+    fn actor(&self, channel: &str) -> Addr<Channel> {
+        let mut running = lock(&self.running);
+        let entry = running
+            .entry(channel.to_owned())
+            .or_insert_with(|| self.spawn(channel));
+        if !entry.addr.connected() {
+            *entry = self.spawn(channel);
+        }
+        entry.addr.clone()
+    }
+
+    fn spawn(&self, channel: &str) -> Running {
+        let lagged = Arc::new(AtomicBool::new(false));
+        let actor = Channel {
+            name: channel.to_owned(),
+            subscribers: HashMap::new(),
+            typing: HashMap::new(),
+            lagged: lagged.clone(),
+            fanout_seconds: self.fanout_seconds.clone(),
+        };
+        let addr = Channel::start_in_arbiter(&self.arbiter, |_| actor);
+        Running { addr, lagged }
     }
 
     /// Subscribes `recipient` (under `id`) to `channel`'s events from now on.
     pub async fn subscribe(&self, channel: &str, id: u64, recipient: Recipient<Delivered>) {
         // An actor stopping (its last subscriber left) refuses the message: start another.
         for _ in 0..3 {
-            let addr = {
-                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-                let entry = running
-                    .entry(channel.to_owned())
-                    .or_insert_with(|| start(channel));
-                if !entry.addr.connected() {
-                    *entry = start(channel);
-                }
-                entry.addr.clone()
-            };
+            let addr = self.actor(channel);
             let subscribe = Subscribe {
                 id,
                 recipient: recipient.clone(),
@@ -238,7 +370,7 @@ impl Channels {
             if addr.send(subscribe).await.is_ok() {
                 return;
             }
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let mut running = lock(&self.running);
             if running.get(channel).is_some_and(|r| r.addr == addr) {
                 running.remove(channel);
             }
@@ -247,10 +379,59 @@ impl Channels {
     }
 
     pub fn unsubscribe(&self, channel: &str, id: u64) {
-        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let running = lock(&self.running);
         if let Some(r) = running.get(channel) {
             r.addr.do_send(Unsubscribe { id });
         }
+    }
+
+    /// Hands a typing or presence signal to the channel's actor (dropped when it is busy:
+    /// ephemeral signals are best effort). Only channels with subscribers have an actor.
+    pub fn signal(&self, channel: &str, signal: Signal) {
+        let running = lock(&self.running);
+        if let Some(r) = running.get(channel) {
+            let _ = r.addr.try_send(signal);
+        }
+    }
+
+    /// Registers a live socket of `fid`.
+    pub fn register(&self, fid: &str, id: u64, link: SessionLink) {
+        lock(&self.sockets)
+            .entry(fid.to_owned())
+            .or_default()
+            .insert(id, link);
+    }
+
+    pub fn unregister(&self, fid: &str, id: u64) {
+        let mut sockets = lock(&self.sockets);
+        if let Some(links) = sockets.get_mut(fid) {
+            links.remove(&id);
+            if links.is_empty() {
+                sockets.remove(fid);
+            }
+        }
+    }
+
+    /// Closes every socket of `session_id` (its session was ended).
+    pub fn close_session(&self, fid: &str, session_id: &str, close: CloseSocket) {
+        let sockets = lock(&self.sockets);
+        for link in sockets.get(fid).into_iter().flat_map(|l| l.values()) {
+            if link.session_id == session_id {
+                link.close.do_send(close.clone());
+            }
+        }
+    }
+
+    /// Live sockets, for metrics.
+    pub fn socket_count(&self) -> usize {
+        lock(&self.sockets).values().map(HashMap::len).sum()
+    }
+
+    fn sockets_of(&self, fid: &str) -> Vec<(u64, SessionLink)> {
+        lock(&self.sockets)
+            .get(fid)
+            .map(|links| links.iter().map(|(id, l)| (*id, l.clone())).collect())
+            .unwrap_or_default()
     }
 
     async fn route(
@@ -262,44 +443,53 @@ impl Channels {
                 Ok(batch) => batch,
                 Err(RecvError::Lagged(missed)) => {
                     tracing::warn!(missed, "channel router lagged; every channel reports a gap");
-                    let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-                    for r in running.values() {
+                    for r in lock(&self.running).values() {
                         r.lagged.store(true, Ordering::Release);
                     }
                     continue;
                 }
                 Err(RecvError::Closed) => break,
             };
-            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running.retain(|_, r| r.addr.connected());
-            if running.is_empty() {
-                continue;
-            }
             for entry in &batch.entries {
-                if !client_visible(&entry.event_type) {
-                    continue;
-                }
-                let Some(r) = entry.channel.as_deref().and_then(|c| running.get(c)) else {
-                    continue;
-                };
-                let Some(event) = ChannelEvent::from_entry(entry) else {
-                    continue;
-                };
-                if r.addr.try_send(Publish(Arc::new(event))).is_err() {
-                    r.lagged.store(true, Ordering::Release);
+                if client_visible(&entry.event_type) {
+                    self.route_entry(entry).await;
                 }
             }
         }
     }
-}
 
-fn start(channel: &str) -> Running {
-    let lagged = Arc::new(AtomicBool::new(false));
-    let addr = Channel {
-        name: channel.to_owned(),
-        subscribers: HashMap::new(),
-        lagged: lagged.clone(),
+    async fn route_entry(&self, entry: &LogEntry) {
+        let Some(event) = ChannelEvent::from_entry(entry).map(Arc::new) else {
+            return;
+        };
+        let mover = event
+            .membership
+            .as_ref()
+            .map(|(fid, state)| (self.sockets_of(fid), *state))
+            .filter(|(sockets, _)| !sockets.is_empty());
+        if let Some((sockets, Membership::Invited | Membership::Joined)) = &mover {
+            for (id, link) in sockets {
+                self.subscribe(&event.channel, *id, link.recipient.clone())
+                    .await;
+            }
+        }
+        let target = {
+            let mut running = lock(&self.running);
+            running.retain(|_, r| r.addr.connected());
+            running
+                .get(&event.channel)
+                .map(|r| (r.addr.clone(), r.lagged.clone()))
+        };
+        if let Some((addr, lagged)) = target {
+            // Waiting for the hand-on keeps every session's events in seq order.
+            if addr.send(Publish(event.clone())).await.is_err() {
+                lagged.store(true, Ordering::Release);
+            }
+        }
+        if let Some((sockets, Membership::Left)) = &mover {
+            for (id, _) in sockets {
+                self.unsubscribe(&event.channel, *id);
+            }
+        }
     }
-    .start();
-    Running { addr, lagged }
 }

@@ -11,6 +11,7 @@
 //! for a pooled connection and SQLite never sees two writers.
 
 pub mod bulk;
+mod clients;
 pub mod log;
 pub mod projections;
 pub mod replay;
@@ -34,6 +35,7 @@ use crate::core::event::LogEntry;
 use entities::events;
 use migrations::{Migrator, MigratorTrait};
 
+pub use self::clients::{CLIENT_TYPES, INVITED_TYPES};
 pub use self::log::{AppendError, AppendOutcome, CommittedBatch, EventLog, EventLogHandle};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,190 @@
+//! Channels and messages over REST (DESIGN §5), all with a bearer token; `{id}` is a channel
+//! of ours by id, or any channel by its ref `id@server`:
+//! - `POST /api/v1/channels {name}` → 201 `{id, ref, name}`;
+//! - `POST /api/v1/channels/{id}/invite {fid}` (local or remote fid) → 200 `{seq}`;
+//! - `POST …/join`, `POST …/leave` → 200 `{seq}`;
+//! - `POST /api/v1/channels/{id}/messages {body}` → 201 `{message_id, seq}`;
+//! - `PATCH …/messages/{message_id} {body}`, `DELETE …/messages/{message_id}` → 200 `{seq}`;
+//! - `GET /api/v1/channels/{id}/messages?before=<seq>&limit=<1..100>` → 200 `{messages}`,
+//!   newest first; deleted messages stay as `{deleted: true}` without a body.
+//!
+//! Every answer is given after the event is committed.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::authenticate;
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorKind};
+use crate::gateway::actions::{channel_ref, ActionError, Caller};
+use crate::store::AppendError;
+
+fn answer(error: ActionError) -> ApiError {
+    let kind = match &error {
+        ActionError::Invalid(_) => ErrorKind::InvalidParam,
+        ActionError::NotFound(_) => ErrorKind::NotFound,
+        ActionError::Forbidden(_) => ErrorKind::Forbidden,
+        ActionError::AlreadyMember(_) => ErrorKind::AlreadyMember,
+        ActionError::Append(AppendError::Invalid { error, .. }) => {
+            return ApiError::new(ErrorKind::InvalidParam, error.to_string())
+        }
+        ActionError::Append(AppendError::Storage(_) | AppendError::Stopped) => {
+            return ApiError::new(ErrorKind::Unavailable, "the event log could not commit; retry")
+        }
+        ActionError::Store(_) => return ApiError::internal(error),
+    };
+    ApiError::new(kind, error.to_string())
+}
+
+/// Runs `action` as the request's user.
+async fn as_caller<T, F>(req: &HttpRequest, state: &AppState, action: F) -> Result<T, ApiError>
+where
+    F: for<'a> AsyncFnOnce(Caller<'a>) -> Result<T, ActionError>,
+{
+    let session = authenticate(req, state).await?;
+    let caller = Caller {
+        store: &state.store,
+        log: &state.log,
+        us: &state.config.server.name,
+        fid: &session.fid,
+    };
+    action(caller).await.map_err(answer)
+}
+
+fn channel_of(path: &str, state: &AppState) -> Result<String, ApiError> {
+    channel_ref(path, &state.config.server.name).map_err(answer)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewChannel {
+    name: String,
+}
+
+pub async fn create(
+    req: HttpRequest,
+    body: web::Json<NewChannel>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (id, channel, _) =
+        as_caller(&req, &state, async |c| c.create_channel(&body.name).await).await?;
+    Ok(HttpResponse::Created().json(json!({"id": id, "ref": channel, "name": body.name})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invitee {
+    fid: String,
+}
+
+pub async fn invite(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Invitee>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path, &state)?;
+    let seq = as_caller(&req, &state, async |c| c.invite(&channel, &body.fid).await).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": seq})))
+}
+
+pub async fn join(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path, &state)?;
+    let seq = as_caller(&req, &state, async |c| c.join(&channel).await).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": seq})))
+}
+
+pub async fn leave(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path, &state)?;
+    let seq = as_caller(&req, &state, async |c| c.leave(&channel).await).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": seq})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    body: String,
+}
+
+pub async fn post_message(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Json<Body>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path, &state)?;
+    let (message_id, seq) =
+        as_caller(&req, &state, async |c| c.post(&channel, &body.body).await).await?;
+    Ok(HttpResponse::Created().json(json!({"message_id": message_id, "seq": seq})))
+}
+
+pub async fn edit_message(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Json<Body>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path.0, &state)?;
+    let seq = as_caller(&req, &state, async |c| {
+        c.edit(&channel, &path.1, &body.body).await
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": seq})))
+}
+
+pub async fn delete_message(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let channel = channel_of(&path.0, &state)?;
+    let seq = as_caller(&req, &state, async |c| c.delete(&channel, &path.1).await).await?;
+    Ok(HttpResponse::Ok().json(json!({"seq": seq})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    before: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub async fn history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<HistoryQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}")))?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::new(ErrorKind::InvalidParam, "limit must be 1..100"));
+    }
+    let channel = channel_of(&path, &state)?;
+    let messages =
+        as_caller(&req, &state, async |c| c.history(&channel, query.before, limit).await).await?;
+    let messages: Vec<_> = messages
+        .into_iter()
+        .map(|m| {
+            json!({
+                "message_id": m.message_id,
+                "sender": m.sender,
+                "body": m.body,
+                "ts": m.origin_ts,
+                "seq": m.created_seq,
+                "edited_seq": m.edited_seq,
+                "deleted": m.deleted_seq.is_some(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"messages": messages})))
+}

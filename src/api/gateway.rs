@@ -1,0 +1,143 @@
+//! The client gateway's HTTP side (DESIGN §5):
+//! - `POST /api/v1/auth/ws-ticket` (bearer) → `{ticket, expires_in}`: single use, 30 s;
+//! - `GET /ws?ticket=<ticket>[&resume=<seq>]` upgrades to the WebSocket gateway; without a
+//!   ticket the client identifies with Identify or Resume (see `gateway::session`). An
+//!   invalid, expired or reused ticket is closed with 4001 before any frame;
+//! - `GET /.p2/core/v1/events?since=&limit=` (bearer): what this session missed since its
+//!   cursor, oldest first; 204 when there is nothing.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::auth::authenticate;
+use crate::app::AppState;
+use crate::error::{ApiError, ErrorKind};
+use crate::gateway::channel::ChannelEvent;
+use crate::gateway::frames::close;
+use crate::gateway::session::{Identity, Session, Start};
+use crate::gateway::tickets::TICKET_TTL;
+
+/// The largest client frame the gateway reads.
+const MAX_CLIENT_FRAME: usize = 64 * 1024;
+
+pub async fn ws_ticket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let session = authenticate(&req, &state).await?;
+    let ticket = state.tickets.issue(&session.fid, &session.session_id);
+    Ok(HttpResponse::Ok().json(json!({"ticket": ticket, "expires_in": TICKET_TTL.as_secs()})))
+}
+
+#[derive(Deserialize)]
+pub struct WsQuery {
+    ticket: Option<String>,
+    resume: Option<u64>,
+}
+
+pub async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    // A malformed query is treated like a bad ticket, after the upgrade, as the contract says.
+    let query = web::Query::<WsQuery>::from_query(req.query_string()).ok();
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
+    let start = match query.as_ref().map(|q| (q.ticket.as_deref(), q.resume)) {
+        Some((None, None)) => Some(Start::AwaitIdentify),
+        Some((Some(ticket), resume)) => match state.tickets.redeem(ticket) {
+            Some(grant) => match state.store.session(&grant.session_id).await {
+                Ok(Some(session)) => Some(Start::Ticket {
+                    identity: Identity {
+                        fid: session.fid,
+                        session_id: session.session_id,
+                        created_seq: u64::try_from(session.created_seq).unwrap_or(0),
+                    },
+                    resume,
+                }),
+                // The session ended after the ticket was issued.
+                Ok(None) => None,
+                Err(error) => return Err(ApiError::internal(error).into()),
+            },
+            None => None,
+        },
+        _ => None,
+    };
+    match start {
+        Some(start) => Session::launch(state, ws, stream, start),
+        None => {
+            state
+                .metrics
+                .gateway_closes
+                .with_label_values(&[&close::BAD_TICKET.to_string()])
+                .inc();
+            actix_web::rt::spawn(async move {
+                let ws = ws;
+                let reason = actix_ws::CloseReason {
+                    code: actix_ws::CloseCode::Other(close::BAD_TICKET),
+                    description: Some("invalid, expired or used ticket".into()),
+                };
+                drop(stream);
+                let _ = ws.close(Some(reason)).await;
+            });
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    since: Option<u64>,
+    limit: Option<u64>,
+}
+
+pub async fn events(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let session = authenticate(&req, &state).await?;
+    let query = web::Query::<EventsQuery>::from_query(req.query_string()).map_err(|e| {
+        ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}"))
+    })?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::new(ErrorKind::InvalidParam, "limit must be 1..1000"));
+    }
+    let since = match query.since {
+        Some(since) => since,
+        None => {
+            let stored = state
+                .store
+                .session_cursor(&session.session_id)
+                .await
+                .map_err(ApiError::internal)?;
+            let live = state.cursors.live(&session.session_id);
+            let created = u64::try_from(session.created_seq).unwrap_or(0);
+            stored.unwrap_or(0).max(live.unwrap_or(0)).max(created)
+        }
+    };
+    let missed = state
+        .store
+        .events_visible_to(&session.fid, since, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let Some(last) = missed.last().map(|e| e.seq) else {
+        return Ok(HttpResponse::NoContent().finish());
+    };
+    // The cursor is stored before the answer: what is answered counts as delivered.
+    state
+        .store
+        .advance_session_cursors(&[(session.session_id.clone(), last)])
+        .await
+        .map_err(ApiError::internal)?;
+    state.cursors.advance_live(&session.session_id, last);
+    let events: Vec<_> = missed
+        .iter()
+        .filter_map(ChannelEvent::from_entry)
+        .map(|event| event.json)
+        .collect();
+    let body = [b"[".as_slice(), &events.join(b",".as_slice()), b"]"].concat();
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}

@@ -1,0 +1,244 @@
+//! What a local user may do to channels and messages (DESIGN §5), each a log event.
+//!
+//! Every action checks the caller's standing first and changes nothing when it fails:
+//! - creating a channel makes its creator a joined member of a channel homed here;
+//! - only a joined member invites, posts, or reads history; only an invited user joins; an
+//!   invited or joined member leaves;
+//! - only a message's author edits or deletes it.
+//!
+//! Membership is read from the projection, which holds remote channels too (their invites and
+//! joins reach us through the inbox). Events in a channel homed elsewhere travel to its home
+//! server through outbound delivery, which relays them to the other members; an invite of a
+//! remote user reaches that user's server the same way.
+
+use rand::Rng;
+use serde_json::json;
+
+use crate::clock::now_ms;
+use crate::core::event::NewEvent;
+use crate::core::ids;
+use crate::core::projection::Membership;
+use crate::store::{AppendError, EventLogHandle, Store, StoreError};
+
+const MAX_NAME_CHARS: usize = 100;
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    AlreadyMember(String),
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A local user acting, with what the action needs.
+pub struct Caller<'a> {
+    pub store: &'a Store,
+    pub log: &'a EventLogHandle,
+    /// Our server name.
+    pub us: &'a str,
+    pub fid: &'a str,
+}
+
+fn random_id(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::thread_rng().fill(raw.as_mut_slice());
+    hex::encode(raw)
+}
+
+/// The channel ref a path names: a bare id is one of our channels.
+pub fn channel_ref(path: &str, us: &str) -> Result<String, ActionError> {
+    let full = if path.contains('@') {
+        path.to_owned()
+    } else {
+        format!("{path}@{us}")
+    };
+    ids::parse_channel_ref(&full)
+        .map(|_| full.clone())
+        .ok_or_else(|| ActionError::Invalid(format!("{path:?} is not a channel id or ref (id@server)")))
+}
+
+fn check_body(body: &str) -> Result<(), ActionError> {
+    if body.is_empty() || body.len() > MAX_BODY_BYTES {
+        return Err(ActionError::Invalid(format!(
+            "\"body\" must be 1..{MAX_BODY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_message_id(message_id: &str) -> Result<(), ActionError> {
+    if ids::is_opaque_id(message_id) {
+        Ok(())
+    } else {
+        Err(ActionError::Invalid(format!("{message_id:?} is not a message id")))
+    }
+}
+
+impl Caller<'_> {
+    fn event(&self, kind: &str, channel: &str, content: serde_json::Value) -> NewEvent {
+        NewEvent {
+            event_id: format!("c{}", random_id(12)),
+            origin: self.us.to_owned(),
+            event_type: kind.to_owned(),
+            sender: Some(self.fid.to_owned()),
+            channel: Some(channel.to_owned()),
+            origin_ts: now_ms(),
+            content,
+        }
+    }
+
+    async fn append(&self, event: NewEvent) -> Result<u64, ActionError> {
+        let outcome = self.log.append(vec![event]).await?;
+        Ok(outcome.first().map_or(0, |o| o.seq()))
+    }
+
+    /// The caller's membership of `channel`; 404 when the channel is unknown to them.
+    async fn standing(&self, channel: &str) -> Result<Option<Membership>, ActionError> {
+        let membership = self.store.membership(channel, self.fid).await?;
+        if membership.is_none() && self.store.channel(channel).await?.is_none() {
+            return Err(ActionError::NotFound(format!("no channel {channel}")));
+        }
+        Ok(membership)
+    }
+
+    async fn require_joined(&self, channel: &str) -> Result<(), ActionError> {
+        match self.standing(channel).await? {
+            Some(Membership::Joined) => Ok(()),
+            _ => Err(ActionError::Forbidden(format!(
+                "you are not a member of {channel}"
+            ))),
+        }
+    }
+
+    /// Creates a channel homed here: `(id, ref, seq)`.
+    pub async fn create_channel(&self, name: &str) -> Result<(String, String, u64), ActionError> {
+        let chars = name.trim().chars().count();
+        if chars == 0 || name.chars().count() > MAX_NAME_CHARS {
+            return Err(ActionError::Invalid(format!(
+                "\"name\" must be 1..{MAX_NAME_CHARS} characters, not only spaces"
+            )));
+        }
+        let id = random_id(8);
+        let channel = format!("{id}@{}", self.us);
+        let seq = self
+            .append(self.event("channel.new", &channel, json!({"name": name})))
+            .await?;
+        Ok((id, channel, seq))
+    }
+
+    pub async fn invite(&self, channel: &str, invitee: &str) -> Result<u64, ActionError> {
+        let Some((local, server)) = ids::parse_fid(invitee) else {
+            return Err(ActionError::Invalid(format!(
+                "{invitee:?} is not a federation id (local@server)"
+            )));
+        };
+        self.require_joined(channel).await?;
+        if server == self.us && self.store.account(local).await?.is_none() {
+            return Err(ActionError::NotFound(format!("no user {invitee}")));
+        }
+        if let Some(state @ (Membership::Invited | Membership::Joined)) =
+            self.store.membership(channel, invitee).await?
+        {
+            return Err(ActionError::AlreadyMember(format!(
+                "{invitee} is already {} in {channel}",
+                state.as_str()
+            )));
+        }
+        self.append(self.event("channel.invite", channel, json!({"invitee": invitee})))
+            .await
+    }
+
+    pub async fn join(&self, channel: &str) -> Result<u64, ActionError> {
+        match self.standing(channel).await? {
+            Some(Membership::Invited) => self.append(self.event("channel.join", channel, json!({}))).await,
+            Some(Membership::Joined) => Err(ActionError::AlreadyMember(format!(
+                "you are already a member of {channel}"
+            ))),
+            _ => Err(ActionError::Forbidden(format!(
+                "{channel} needs an invite to join"
+            ))),
+        }
+    }
+
+    pub async fn leave(&self, channel: &str) -> Result<u64, ActionError> {
+        match self.standing(channel).await? {
+            Some(Membership::Invited | Membership::Joined) => {
+                self.append(self.event("channel.leave", channel, json!({}))).await
+            }
+            _ => Err(ActionError::Forbidden(format!(
+                "you are not a member of {channel}"
+            ))),
+        }
+    }
+
+    /// Posts a message: `(message_id, seq)`.
+    pub async fn post(&self, channel: &str, body: &str) -> Result<(String, u64), ActionError> {
+        check_body(body)?;
+        self.require_joined(channel).await?;
+        let message_id = random_id(12);
+        let seq = self
+            .append(self.event(
+                "message.new",
+                channel,
+                json!({"message_id": message_id, "body": body}),
+            ))
+            .await?;
+        Ok((message_id, seq))
+    }
+
+    /// Checks that the caller may change `message_id` of `channel`.
+    async fn require_author(&self, channel: &str, message_id: &str) -> Result<(), ActionError> {
+        check_message_id(message_id)?;
+        self.require_joined(channel).await?;
+        match self.store.message_sender(channel, message_id).await? {
+            None => Err(ActionError::NotFound(format!(
+                "no message {message_id} in {channel}"
+            ))),
+            Some(sender) if sender.as_deref() == Some(self.fid) => Ok(()),
+            Some(_) => Err(ActionError::Forbidden(
+                "only the author changes a message".into(),
+            )),
+        }
+    }
+
+    pub async fn edit(&self, channel: &str, message_id: &str, body: &str) -> Result<u64, ActionError> {
+        check_body(body)?;
+        self.require_author(channel, message_id).await?;
+        self.append(self.event(
+            "message.edit",
+            channel,
+            json!({"message_id": message_id, "body": body}),
+        ))
+        .await
+    }
+
+    pub async fn delete(&self, channel: &str, message_id: &str) -> Result<u64, ActionError> {
+        self.require_author(channel, message_id).await?;
+        self.append(self.event(
+            "message.delete",
+            channel,
+            json!({"message_id": message_id}),
+        ))
+        .await
+    }
+
+    /// Up to `limit` messages created before `before`, newest first.
+    pub async fn history(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: u64,
+    ) -> Result<Vec<entities::messages::Model>, ActionError> {
+        self.require_joined(channel).await?;
+        Ok(self.store.messages_before(channel, before, limit).await?)
+    }
+}

@@ -1,0 +1,661 @@
+//! The `Session` actor: one per WebSocket connection (DESIGN §5).
+//!
+//! ```text
+//!  client ──frames──▶ MessageStream ─▶ Session actor ◀── Delivered (Channel actors)
+//!                                       │  heartbeats, commands, membership view,
+//!                                       │  per-connection `s`, dedup by log seq
+//!                                       ▼
+//!                     outbound queue, bounded in frames and bytes (gateway.outbound_max_*)
+//!                                       │
+//!                     writer task ──▶ actix-ws ──▶ socket; moves the session's cursor
+//! ```
+//! - **Start.** A ticket authenticates at the upgrade; without one the client sends Identify
+//!   `{token}` or Resume `{s, token}` after Hello. The actor then registers with the router (so
+//!   membership changes reach it), subscribes to every channel its user is invited to or has
+//!   joined, and replays from the log what it missed: after the session's cursor, or after
+//!   Resume's `s` (or the ticket URL's `resume`). Live events that arrive meanwhile are held
+//!   and sent after the replay when their `seq` is newer. Then Ready (`chat` op 2) or Resumed
+//!   (`core` op 10). More than `gateway.max_replay_events` to replay closes with 4010.
+//! - **Order.** The router hands events on in `seq` order, so `d.seq` only grows on a socket
+//!   and the last one a client saw is enough to resume.
+//! - **Backpressure.** A session whose queue is full, or that a Channel actor dropped, is
+//!   closed with 4000 (resume). What was queued is dropped, never buffered without bound.
+//! - **Cursor.** The writer advances the session's cursor as frames are handed to the socket.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::web;
+use actix_ws::{CloseCode, CloseReason, Message as WsMessage, ProtocolError};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::channel::{ChannelEvent, CloseSocket, Delivered, SessionLink, Signal, SignalKind};
+use super::cursors::Cursor;
+use super::frames::{self, close, op, ClientFrame, CHAT, CORE};
+use crate::app::AppState;
+use crate::core::projection::Membership;
+use crate::store::INVITED_TYPES;
+
+/// Session actors' mailbox: deliveries from Channel actors before one is dropped as too slow.
+const MAILBOX: usize = 256;
+/// How long a close may wait for the socket to take the close frame.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The window of `gateway.max_client_frames`.
+const FRAME_WINDOW: Duration = Duration::from_secs(10);
+/// Presence states a client may announce.
+const PRESENCE: [&str; 4] = ["online", "idle", "dnd", "offline"];
+
+/// Who the socket belongs to, once authenticated.
+pub struct Identity {
+    pub fid: String,
+    pub session_id: String,
+    /// The session's `seq` at creation: its cursor until something is delivered.
+    pub created_seq: u64,
+}
+
+/// How the connection starts.
+pub enum Start {
+    /// A ticket was redeemed at the upgrade; `resume` is the URL's `resume=<seq>`.
+    Ticket {
+        identity: Identity,
+        resume: Option<u64>,
+    },
+    /// Wait for Identify or Resume.
+    AwaitIdentify,
+}
+
+enum Outgoing {
+    Text(String, Option<u64>),
+    Pong(web::Bytes),
+}
+
+/// The actor side of the outbound queue.
+struct Outbound {
+    tx: mpsc::Sender<Outgoing>,
+    queued_bytes: Rc<Cell<usize>>,
+    max_bytes: usize,
+    abort: Option<oneshot::Sender<CloseReason>>,
+}
+
+impl Outbound {
+    /// Queues a frame; false when the queue is full (the caller closes the socket).
+    fn push(&mut self, text: String, seq: Option<u64>) -> bool {
+        let len = text.len();
+        if self.queued_bytes.get() + len > self.max_bytes {
+            return false;
+        }
+        match self.tx.try_send(Outgoing::Text(text, seq)) {
+            Ok(()) => {
+                self.queued_bytes.set(self.queued_bytes.get() + len);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+struct Authed {
+    fid: String,
+    session_id: String,
+    cursor: Option<Arc<Cursor>>,
+}
+
+pub struct Session {
+    id: u64,
+    state: web::Data<AppState>,
+    start: Option<Start>,
+    auth: Option<Authed>,
+    out: Outbound,
+    /// Shared with the writer: the cursor to advance, once known.
+    cursor_slot: Rc<std::cell::RefCell<Option<Arc<Cursor>>>>,
+    /// The next `s`.
+    s: u64,
+    /// The channels the user is invited to or has joined, as this socket has seen.
+    channels: HashMap<String, Membership>,
+    /// The newest log `seq` sent; live events at or below it were replayed.
+    sent_upto: u64,
+    /// Live events held while the start-up replay runs.
+    held: Option<Vec<Arc<ChannelEvent>>>,
+    connected: Instant,
+    last_heartbeat: Instant,
+    requested_at: Option<Instant>,
+    window: (Instant, u32),
+    closing: bool,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Session {
+    /// Starts the actor and its writer for an upgraded connection.
+    pub fn launch(
+        state: web::Data<AppState>,
+        ws: actix_ws::Session,
+        stream: actix_ws::MessageStream,
+        start: Start,
+    ) {
+        let gateway = &state.config.gateway;
+        let (tx, rx) = mpsc::channel(gateway.outbound_max_frames);
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let queued_bytes = Rc::new(Cell::new(0));
+        let cursor_slot = Rc::new(std::cell::RefCell::new(None));
+        actix_web::rt::spawn(write(
+            ws,
+            rx,
+            abort_rx,
+            queued_bytes.clone(),
+            cursor_slot.clone(),
+        ));
+        let max_bytes = gateway.outbound_max_bytes;
+        let now = Instant::now();
+        Session::create(move |ctx| {
+            ctx.add_stream(stream);
+            Session {
+                id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                state,
+                start: Some(start),
+                auth: None,
+                out: Outbound {
+                    tx,
+                    queued_bytes,
+                    max_bytes,
+                    abort: Some(abort_tx),
+                },
+                cursor_slot,
+                s: 0,
+                channels: HashMap::new(),
+                sent_upto: 0,
+                held: None,
+                connected: now,
+                last_heartbeat: now,
+                requested_at: None,
+                window: (now, 0),
+                closing: false,
+            }
+        });
+    }
+
+    fn send(&mut self, n: &str, op: u16, d: &[u8], seq: Option<u64>, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        let text = frames::frame(n, op, self.s, d);
+        self.s += 1;
+        if !self.out.push(text, seq) {
+            self.close(close::RESUME, "outbound buffer full; resume from your last seq", ctx);
+        }
+    }
+
+    fn send_value(&mut self, n: &str, op: u16, d: &Value, ctx: &mut Context<Self>) {
+        self.send(n, op, d.to_string().as_bytes(), None, ctx);
+    }
+
+    /// Closes now: what is queued is dropped, the close frame goes out after what the socket
+    /// already took.
+    fn close(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        if self.closing {
+            return;
+        }
+        self.closing = true;
+        self.state
+            .metrics
+            .gateway_closes
+            .with_label_values(&[&code.to_string()])
+            .inc();
+        tracing::debug!(socket = self.id, code, reason, "closing gateway socket");
+        if let Some(abort) = self.out.abort.take() {
+            let _ = abort.send(CloseReason {
+                code: CloseCode::Other(code),
+                description: Some(reason.to_owned()),
+            });
+        }
+        ctx.stop();
+    }
+
+    fn refuse(&mut self, command: &str, errcode: &str, error: &str, ctx: &mut Context<Self>) {
+        let d = json!({"type": command, "errcode": errcode, "error": error});
+        self.send_value(CHAT, op::CHAT_REFUSED, &d, ctx);
+    }
+
+    /// An event for this socket: filtered by the user's standing in its channel, sent once.
+    fn deliver(&mut self, event: &ChannelEvent, ctx: &mut Context<Self>) {
+        if event.seq <= self.sent_upto {
+            return;
+        }
+        let Some(auth) = &self.auth else { return };
+        let mine = event
+            .membership
+            .as_ref()
+            .filter(|(fid, _)| *fid == auth.fid)
+            .map(|(_, state)| *state);
+        if let Some(state @ (Membership::Invited | Membership::Joined)) = mine {
+            self.channels.insert(event.channel.clone(), state);
+        }
+        let visible = match self.channels.get(&event.channel) {
+            Some(Membership::Joined) => true,
+            Some(Membership::Invited) => INVITED_TYPES.contains(&event.event_type.as_str()),
+            _ => false,
+        } || (event.event_type == "channel.leave"
+            && event.sender.as_deref() == Some(auth.fid.as_str()));
+        if mine == Some(Membership::Left) {
+            self.channels.remove(&event.channel);
+        }
+        self.sent_upto = event.seq;
+        if visible {
+            self.state.metrics.gateway_deliveries.inc();
+            self.send(CHAT, op::CHAT_EVENT, &event.json, Some(event.seq), ctx);
+        }
+    }
+
+    fn begin(&mut self, identity: Identity, resume: Option<u64>, ctx: &mut Context<Self>) {
+        self.held = Some(Vec::new());
+        let link = SessionLink {
+            session_id: identity.session_id.clone(),
+            recipient: ctx.address().recipient(),
+            close: ctx.address().recipient(),
+        };
+        self.state
+            .channels
+            .register(&identity.fid, self.id, link.clone());
+        self.auth = Some(Authed {
+            fid: identity.fid.clone(),
+            session_id: identity.session_id.clone(),
+            cursor: None,
+        });
+        let state = self.state.clone();
+        let id = self.id;
+        let max_replay = state.config.gateway.max_replay_events;
+        let work = async move {
+            let store = &state.store;
+            let first = store.channels_of(&identity.fid).await?;
+            for (channel, _) in &first {
+                state
+                    .channels
+                    .subscribe(channel, id, link.recipient.clone())
+                    .await;
+            }
+            let stored = store.session_cursor(&identity.session_id).await?;
+            let cursor = state.cursors.acquire(
+                &identity.session_id,
+                stored.unwrap_or(0).max(identity.created_seq),
+            );
+            let (head, _) = store.head().await?;
+            // Membership as of `head`: changes after it arrive live, in order.
+            let channels = store.channels_of(&identity.fid).await?;
+            for (channel, _) in &channels {
+                if !first.iter().any(|(c, _)| c == channel) {
+                    state
+                        .channels
+                        .subscribe(channel, id, link.recipient.clone())
+                        .await;
+                }
+            }
+            let from = resume.unwrap_or_else(|| cursor.get());
+            let mut missed = store
+                .events_visible_to(&identity.fid, from, max_replay as u64 + 1)
+                .await?;
+            missed.retain(|e| e.seq <= head);
+            Ok::<_, crate::store::StoreError>((cursor, head, channels, missed))
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
+            let (cursor, head, channels, missed) = match result {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "gateway start-up read failed");
+                    actor.close(close::RESUME, "the server could not read the log; retry", ctx);
+                    return;
+                }
+            };
+            *actor.cursor_slot.borrow_mut() = Some(cursor.clone());
+            if let Some(auth) = actor.auth.as_mut() {
+                auth.cursor = Some(cursor);
+            }
+            if missed.len() > max_replay {
+                actor.close(
+                    close::UNRESUMABLE,
+                    "too many missed events to replay; catch up over REST",
+                    ctx,
+                );
+                return;
+            }
+            actor.channels = channels.into_iter().collect();
+            let replayed = missed.len();
+            for entry in &missed {
+                if let Some(event) = ChannelEvent::from_entry(entry) {
+                    actor.state.metrics.gateway_deliveries.inc();
+                    actor.send(CHAT, op::CHAT_EVENT, &event.json, Some(event.seq), ctx);
+                }
+            }
+            actor.sent_upto = head;
+            for event in actor.held.take().unwrap_or_default() {
+                actor.deliver(&event, ctx);
+            }
+            let Some(auth) = actor.auth.as_ref() else { return };
+            if resume.is_some() {
+                let d = json!({"replayed": replayed, "seq": head});
+                actor.send_value(CORE, op::RESUMED, &d, ctx);
+            } else {
+                let mut joined = Vec::new();
+                let mut invited = Vec::new();
+                for (channel, state) in &actor.channels {
+                    match state {
+                        Membership::Joined => joined.push(channel.clone()),
+                        _ => invited.push(channel.clone()),
+                    }
+                }
+                joined.sort();
+                invited.sort();
+                let d = json!({
+                    "fid": auth.fid,
+                    "session_id": auth.session_id,
+                    "channels": joined,
+                    "invited": invited,
+                    "seq": head,
+                });
+                actor.send_value(CHAT, op::CHAT_READY, &d, ctx);
+            }
+        }));
+    }
+
+    /// Identify or Resume: resolves the token, then starts.
+    fn identify(&mut self, d: &Value, resume: Option<u64>, ctx: &mut Context<Self>) {
+        let Some(token) = d.get("token").and_then(Value::as_str) else {
+            self.close(close::INVALID_PAYLOAD, "Identify and Resume need d.token", ctx);
+            return;
+        };
+        // Nothing else is read until the token is checked.
+        let hash = crate::identity::accounts::token_hash(token);
+        let state = self.state.clone();
+        ctx.wait(
+            async move { state.store.session_by_token_hash(&hash).await }
+                .into_actor(self)
+                .map(move |found, actor, ctx| match found {
+                    Ok(Some(session)) => {
+                        let identity = Identity {
+                            fid: session.fid,
+                            session_id: session.session_id,
+                            created_seq: u64::try_from(session.created_seq).unwrap_or(0),
+                        };
+                        actor.begin(identity, resume, ctx);
+                    }
+                    Ok(None) => actor.close(close::BAD_TOKEN, "the token belongs to no live session", ctx),
+                    Err(error) => {
+                        tracing::warn!(%error, "gateway token lookup failed");
+                        actor.close(close::RESUME, "the server could not check the token; retry", ctx);
+                    }
+                }),
+        );
+    }
+
+    fn on_frame(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let limit = self.state.config.gateway.max_client_frames;
+        if self.window.0.elapsed() > FRAME_WINDOW {
+            self.window = (Instant::now(), 0);
+        }
+        self.window.1 += 1;
+        if self.window.1 > limit {
+            self.close(close::RATE_LIMITED, "too many frames", ctx);
+            return;
+        }
+        let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
+            self.close(close::INVALID_PAYLOAD, "frames are JSON {n, op, d}", ctx);
+            return;
+        };
+        match (frame.n.as_str(), frame.op) {
+            (CORE, op::HEARTBEAT) => {
+                self.last_heartbeat = Instant::now();
+                self.requested_at = None;
+                self.send(CORE, op::HEARTBEAT_ACK, b"[]", None, ctx);
+            }
+            (CORE, op::IDENTIFY | op::RESUME) if self.auth.is_some() => {
+                self.close(close::ALREADY_AUTHENTICATED, "already authenticated", ctx);
+            }
+            (CORE, op::IDENTIFY) => self.identify(&frame.d, None, ctx),
+            (CORE, op::RESUME) => match frame.d.get("s").and_then(Value::as_u64) {
+                Some(seq) => self.identify(&frame.d, Some(seq), ctx),
+                None => self.close(close::INVALID_PAYLOAD, "Resume needs d.s, a log seq", ctx),
+            },
+            (CHAT, op::CHAT_COMMAND) if self.auth.is_some() => self.command(&frame.d, ctx),
+            (CORE | CHAT, _) if self.auth.is_none() => {
+                self.close(close::NOT_AUTHENTICATED, "Identify first", ctx);
+            }
+            _ => self.close(close::UNKNOWN_OPCODE, "unknown namespace or opcode", ctx),
+        }
+    }
+
+    fn command(&mut self, d: &Value, ctx: &mut Context<Self>) {
+        let Some(auth) = &self.auth else { return };
+        let fid = auth.fid.clone();
+        let kind = d.get("type").and_then(Value::as_str).unwrap_or("");
+        let channel = d.get("channel").and_then(Value::as_str).map(|c| {
+            super::actions::channel_ref(c, &self.state.config.server.name).unwrap_or_default()
+        });
+        let joined = |c: &String| self.channels.get(c) == Some(&Membership::Joined);
+        match kind {
+            "typing.start" | "typing.stop" => {
+                let Some(channel) = channel.filter(joined) else {
+                    self.refuse(kind, "SY_FORBIDDEN", "typing needs a channel you have joined", ctx);
+                    return;
+                };
+                let kind = if kind == "typing.start" {
+                    SignalKind::TypingStart
+                } else {
+                    SignalKind::TypingStop
+                };
+                self.state.channels.signal(&channel, Signal { sender: fid, kind });
+            }
+            "presence.update" => {
+                let status = d.get("status").and_then(Value::as_str).unwrap_or("");
+                if !PRESENCE.contains(&status) {
+                    self.refuse(kind, "SY_INVALID_PARAM", "status is online, idle, dnd or offline", ctx);
+                    return;
+                }
+                for (channel, state) in &self.channels {
+                    if *state == Membership::Joined {
+                        let kind = SignalKind::Presence(json!({"status": status}));
+                        let signal = Signal { sender: fid.clone(), kind };
+                        self.state.channels.signal(channel, signal);
+                    }
+                }
+            }
+            "subscribe" => {
+                let Some(channel) = channel.filter(|c| !c.is_empty()) else {
+                    self.refuse(kind, "SY_INVALID_PARAM", "subscribe needs a channel", ctx);
+                    return;
+                };
+                if self.channels.contains_key(&channel) {
+                    return;
+                }
+                let state = self.state.clone();
+                let recipient = ctx.address().recipient();
+                let id = self.id;
+                ctx.spawn(
+                    async move {
+                        let membership = state.store.membership(&channel, &fid).await;
+                        if let Ok(Some(m @ (Membership::Invited | Membership::Joined))) = membership {
+                            state.channels.subscribe(&channel, id, recipient).await;
+                            Some((channel, m))
+                        } else {
+                            None
+                        }
+                    }
+                    .into_actor(self)
+                    .map(|subscribed, actor, ctx| match subscribed {
+                        Some((channel, m)) => {
+                            actor.channels.insert(channel, m);
+                        }
+                        None => actor.refuse(
+                            "subscribe",
+                            "SY_FORBIDDEN",
+                            "you are not a member of that channel",
+                            ctx,
+                        ),
+                    }),
+                );
+            }
+            _ => self.refuse(
+                kind,
+                "SY_INVALID_PARAM",
+                "commands are subscribe, typing.start, typing.stop and presence.update",
+                ctx,
+            ),
+        }
+    }
+
+    fn check_heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let gateway = &self.state.config.gateway;
+        let (interval, grace) = (gateway.heartbeat_interval, gateway.heartbeat_grace);
+        if self.auth.is_none() && self.start.is_none() && self.connected.elapsed() > interval + grace {
+            self.close(close::NOT_AUTHENTICATED, "no Identify in time", ctx);
+            return;
+        }
+        match self.requested_at {
+            Some(at) if at.elapsed() > grace => {
+                self.close(close::TIMEOUT, "no heartbeat in time", ctx);
+            }
+            None if self.last_heartbeat.elapsed() > interval + interval / 2 => {
+                self.requested_at = Some(Instant::now());
+                self.send(CORE, op::HEARTBEAT_REQUEST, b"{}", None, ctx);
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(MAILBOX);
+        self.state.metrics.gateway_sockets.inc();
+        let interval = self.state.config.gateway.heartbeat_interval;
+        let grace = self.state.config.gateway.heartbeat_grace;
+        let d = json!({"heartbeat_interval": interval.as_millis() as u64});
+        self.send_value(CORE, op::HELLO, &d, ctx);
+        let tick = (interval.min(grace) / 2).max(Duration::from_millis(50));
+        ctx.run_interval(tick, |actor, ctx| actor.check_heartbeat(ctx));
+        if let Some(Start::Ticket { identity, resume }) = self.start.take() {
+            self.begin(identity, resume, ctx);
+        }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.state.metrics.gateway_sockets.dec();
+        if let Some(auth) = &self.auth {
+            self.state.channels.unregister(&auth.fid, self.id);
+            for channel in self.channels.keys() {
+                self.state.channels.unsubscribe(channel, self.id);
+            }
+            if let Some(cursor) = &auth.cursor {
+                self.state.cursors.release(cursor);
+            }
+        }
+        if let Some(abort) = self.out.abort.take() {
+            // The client went away: let the writer end.
+            let _ = abort.send(CloseReason {
+                code: CloseCode::Normal,
+                description: None,
+            });
+        }
+    }
+}
+
+impl Handler<Delivered> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Delivered, ctx: &mut Self::Context) {
+        match msg {
+            Delivered::Event(event) => match self.held.as_mut() {
+                Some(held) if held.len() < self.state.config.gateway.outbound_max_frames => {
+                    held.push(event);
+                }
+                Some(_) => self.close(close::RESUME, "too many events during start-up; resume", ctx),
+                None => self.deliver(&event, ctx),
+            },
+            Delivered::Ephemeral(json) => {
+                if self.held.is_none() {
+                    self.send(CHAT, op::CHAT_EVENT, &json, None, ctx);
+                }
+            }
+            Delivered::Gap { .. } => {
+                self.close(close::RESUME, "this socket fell behind; resume from your last seq", ctx);
+            }
+        }
+    }
+}
+
+impl Handler<CloseSocket> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSocket, ctx: &mut Self::Context) {
+        self.close(msg.code, msg.reason, ctx);
+    }
+}
+
+impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
+    fn handle(&mut self, msg: Result<WsMessage, ProtocolError>, ctx: &mut Self::Context) {
+        match msg {
+            Ok(WsMessage::Text(text)) => self.on_frame(&text, ctx),
+            Ok(WsMessage::Ping(bytes)) => {
+                let _ = self.out.tx.try_send(Outgoing::Pong(bytes));
+            }
+            Ok(WsMessage::Pong(_)) => {}
+            Ok(WsMessage::Binary(_) | WsMessage::Continuation(_)) => {
+                self.close(close::INVALID_PAYLOAD, "frames are JSON text", ctx);
+            }
+            Ok(WsMessage::Close(_)) | Err(_) => ctx.stop(),
+            Ok(WsMessage::Nop) => {}
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Hands queued frames to the socket, advancing the session's cursor; on abort, drops what is
+/// queued and sends the close frame.
+async fn write(
+    mut ws: actix_ws::Session,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut abort: oneshot::Receiver<CloseReason>,
+    queued_bytes: Rc<Cell<usize>>,
+    cursor: Rc<std::cell::RefCell<Option<Arc<Cursor>>>>,
+) {
+    let reason = loop {
+        let item = tokio::select! {
+            biased;
+            reason = &mut abort => break reason.ok(),
+            item = rx.recv() => item,
+        };
+        let sent = match item {
+            None => break None,
+            Some(Outgoing::Text(text, seq)) => {
+                queued_bytes.set(queued_bytes.get().saturating_sub(text.len()));
+                let sent = tokio::select! {
+                    biased;
+                    reason = &mut abort => break reason.ok(),
+                    sent = ws.text(text) => sent,
+                };
+                if sent.is_ok() {
+                    if let (Some(seq), Some(cursor)) = (seq, cursor.borrow().as_ref()) {
+                        cursor.advance(seq);
+                    }
+                }
+                sent
+            }
+            Some(Outgoing::Pong(bytes)) => ws.pong(&bytes).await,
+        };
+        if sent.is_err() {
+            return;
+        }
+    };
+    drop(rx);
+    if let Some(reason) = reason {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+    }
+}

@@ -1,0 +1,169 @@
+//! Reads and cursors for the client API (DESIGN §5): channels and members, message history,
+//! the events a user may see, and each session's cursor.
+
+use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
+
+use super::{entry_from_row, Store, StoreError};
+use crate::core::event::LogEntry;
+use crate::core::projection::Membership;
+use entities::{channels, events, members, messages, session_cursors};
+
+/// Event types a client sees (DESIGN §5), as logged.
+pub const CLIENT_TYPES: [&str; 7] = [
+    "message.new",
+    "message.edit",
+    "message.delete",
+    "channel.new",
+    "channel.invite",
+    "channel.join",
+    "channel.leave",
+];
+
+/// What a member who is only invited sees of a channel: its membership changes.
+pub const INVITED_TYPES: [&str; 3] = ["channel.invite", "channel.join", "channel.leave"];
+
+fn as_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// The channel `channel_ref`, if this server knows it.
+    pub async fn channel(&self, channel_ref: &str) -> Result<Option<channels::Model>, StoreError> {
+        Ok(channels::Entity::find_by_id(channel_ref.to_owned())
+            .one(self.readers())
+            .await?)
+    }
+
+    /// The channels where `fid` is invited or joined, with that state.
+    pub async fn channels_of(&self, fid: &str) -> Result<Vec<(String, Membership)>, StoreError> {
+        let rows = members::Entity::find()
+            .select_only()
+            .column(members::Column::ChannelRef)
+            .column(members::Column::State)
+            .filter(members::Column::Fid.eq(fid))
+            .filter(members::Column::State.is_in(["invited", "joined"]))
+            .into_tuple::<(String, String)>()
+            .all(self.readers())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(channel, state)| Some((channel, Membership::parse(&state)?)))
+            .collect())
+    }
+
+    /// A message of `channel` (deleted ones too: their body is `None`).
+    pub async fn message(
+        &self,
+        channel: &str,
+        message_id: &str,
+    ) -> Result<Option<messages::Model>, StoreError> {
+        Ok(
+            messages::Entity::find_by_id((channel.to_owned(), message_id.to_owned()))
+                .one(self.readers())
+                .await?,
+        )
+    }
+
+    /// Up to `limit` messages of `channel` created before `seq` (all when `None`), newest first.
+    pub async fn messages_before(
+        &self,
+        channel: &str,
+        before: Option<u64>,
+        limit: u64,
+    ) -> Result<Vec<messages::Model>, StoreError> {
+        let mut query = messages::Entity::find().filter(messages::Column::ChannelRef.eq(channel));
+        if let Some(before) = before {
+            query = query.filter(messages::Column::CreatedSeq.lt(as_i64(before)));
+        }
+        Ok(query
+            .order_by_desc(messages::Column::CreatedSeq)
+            .limit(limit)
+            .all(self.readers())
+            .await?)
+    }
+
+    /// Up to `limit` events after `after` that `fid` sees, oldest first: every client type of
+    /// the channels it has joined, the membership changes of those it is invited to, and its
+    /// own leaves. Membership is taken as it is now.
+    pub async fn events_visible_to(
+        &self,
+        fid: &str,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<LogEntry>, StoreError> {
+        let channels_in = |state: &str| {
+            Query::select()
+                .column(members::Column::ChannelRef)
+                .from(members::Entity)
+                .and_where(members::Column::Fid.eq(fid))
+                .and_where(members::Column::State.eq(state))
+                .to_owned()
+        };
+        let visible = Condition::any()
+            .add(events::Column::Channel.in_subquery(channels_in(Membership::Joined.as_str())))
+            .add(
+                Condition::all()
+                    .add(events::Column::EventType.is_in(INVITED_TYPES))
+                    .add(
+                        events::Column::Channel
+                            .in_subquery(channels_in(Membership::Invited.as_str())),
+                    ),
+            )
+            .add(
+                Condition::all()
+                    .add(events::Column::EventType.eq("channel.leave"))
+                    .add(events::Column::Sender.eq(fid)),
+            );
+        let rows = events::Entity::find()
+            .filter(events::Column::Seq.gt(as_i64(after)))
+            .filter(events::Column::EventType.is_in(CLIENT_TYPES))
+            .filter(visible)
+            .order_by_asc(events::Column::Seq)
+            .limit(limit)
+            .all(self.readers())
+            .await?;
+        rows.into_iter().map(entry_from_row).collect()
+    }
+
+    /// The stored cursor of `session_id`.
+    pub async fn session_cursor(&self, session_id: &str) -> Result<Option<u64>, StoreError> {
+        let cursor = session_cursors::Entity::find_by_id(session_id.to_owned())
+            .select_only()
+            .column(session_cursors::Column::CursorSeq)
+            .into_tuple::<i64>()
+            .one(self.readers())
+            .await?;
+        Ok(cursor.map(|c| u64::try_from(c).unwrap_or(0)))
+    }
+
+    /// Moves each session's stored cursor forward to `seq` (never back).
+    pub async fn advance_session_cursors(
+        &self,
+        cursors: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        if cursors.is_empty() {
+            return Ok(());
+        }
+        let now = crate::clock::now_ms();
+        let rows = cursors.iter().map(|(session_id, seq)| session_cursors::ActiveModel {
+            session_id: Set(session_id.clone()),
+            cursor_seq: Set(as_i64(*seq)),
+            updated_ts: Set(now),
+        });
+        let forward = Expr::cust(
+            "CASE WHEN excluded.cursor_seq > session_cursors.cursor_seq \
+             THEN excluded.cursor_seq ELSE session_cursors.cursor_seq END",
+        );
+        session_cursors::Entity::insert_many(rows)
+            .on_conflict(
+                OnConflict::column(session_cursors::Column::SessionId)
+                    .value(session_cursors::Column::CursorSeq, forward)
+                    .update_column(session_cursors::Column::UpdatedTs)
+                    .to_owned(),
+            )
+            .exec_without_returning(self.readers())
+            .await?;
+        Ok(())
+    }
+}
