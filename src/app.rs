@@ -157,7 +157,11 @@ impl Application {
             metrics.clone(),
         )
         .await?;
-        let channels = Channels::start(&log, metrics.gateway_fanout_seconds.clone());
+        let channels = Channels::start(
+            &log,
+            metrics.gateway_fanout_seconds.clone(),
+            config.gateway.typing_ttl,
+        );
         let cursors = crate::gateway::cursors::Cursors::start(store.clone());
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
@@ -174,7 +178,7 @@ impl Application {
             hashers: crate::identity::accounts::Hashers::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
-            tickets: crate::gateway::tickets::Tickets::default(),
+            tickets: crate::gateway::tickets::Tickets::new(config.gateway.ticket_lifetime),
             cursors: cursors.clone(),
         });
         let federation = config.federation.clone();

@@ -259,6 +259,12 @@ pub struct GatewayConfig {
     pub max_replay_events: usize,
     /// Client frames per connection per 10 s before it is closed with 4008.
     pub max_client_frames: u32,
+    /// How long a WebSocket ticket stays valid (DESIGN §5: 30 s).
+    #[serde(with = "humantime_serde")]
+    pub ticket_lifetime: Duration,
+    /// How long a `typing.start` lasts unless renewed (DESIGN §5: 10 s).
+    #[serde(with = "humantime_serde")]
+    pub typing_ttl: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -270,6 +276,8 @@ impl Default for GatewayConfig {
             outbound_max_bytes: 1 << 20,
             max_replay_events: 10_000,
             max_client_frames: 120,
+            ticket_lifetime: Duration::from_secs(30),
+            typing_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -415,6 +423,12 @@ impl Config {
         }
         if gateway.max_replay_events == 0 {
             return Err(invalid("gateway.max_replay_events", "must be at least 1"));
+        }
+        if gateway.ticket_lifetime.is_zero() || gateway.typing_ttl.is_zero() {
+            return Err(invalid(
+                "gateway.ticket_lifetime",
+                "ticket_lifetime and typing_ttl must be above zero",
+            ));
         }
         if gateway.max_client_frames == 0 {
             return Err(invalid("gateway.max_client_frames", "must be at least 1"));

@@ -16,7 +16,6 @@ use crate::error::{ApiError, ErrorKind};
 use crate::gateway::channel::ChannelEvent;
 use crate::gateway::frames::close;
 use crate::gateway::session::{Identity, Session, Start};
-use crate::gateway::tickets::TICKET_TTL;
 
 /// The largest client frame the gateway reads.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
@@ -24,7 +23,7 @@ const MAX_CLIENT_FRAME: usize = 64 * 1024;
 pub async fn ws_ticket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let session = authenticate(&req, &state).await?;
     let ticket = state.tickets.issue(&session.fid, &session.session_id);
-    Ok(HttpResponse::Ok().json(json!({"ticket": ticket, "expires_in": TICKET_TTL.as_secs()})))
+    Ok(HttpResponse::Ok().json(json!({"ticket": ticket, "expires_in": state.tickets.lifetime().as_secs()})))
 }
 
 #[derive(Deserialize)]

@@ -15,7 +15,7 @@
 //!      whose mailbox is full is dropped and told Gap (it closes with a resumable code and
 //!      the client resumes from the log): never buffered without bound
 //!    typing.start / typing.stop / presence.update: ephemeral, never logged; a typing.start
-//!      that is not renewed ends with a typing.stop after 10 s
+//!      that is not renewed ends with a typing.stop after `gateway.typing_ttl` (10 s)
 //!    no subscribers → stops; the router then skips its channel
 //! ```
 //! Because the router waits for each publication to be handed on before the next, every
@@ -42,8 +42,6 @@ use crate::store::{CommittedBatch, EventLogHandle, CLIENT_TYPES};
 /// Publications a Channel actor's mailbox holds before the router waits.
 const CHANNEL_MAILBOX: usize = 1024;
 
-/// How long a `typing.start` lasts unless renewed (DESIGN §5).
-pub const TYPING_TTL: Duration = Duration::from_secs(10);
 
 /// The types clients see in a channel (DESIGN §5), as logged.
 pub fn client_visible(event_type: &str) -> bool {
@@ -170,6 +168,8 @@ pub struct Channel {
     /// Set by the router when a publication could not be queued.
     lagged: Arc<AtomicBool>,
     fanout_seconds: prometheus::Histogram,
+    /// How long a `typing.start` lasts unless renewed (DESIGN §5: 10 s).
+    typing_ttl: Duration,
 }
 
 impl Actor for Channel {
@@ -263,7 +263,7 @@ impl Handler<Signal> for Channel {
                     ctx.cancel_future(timer);
                 }
                 let sender = msg.sender.clone();
-                let timer = ctx.run_later(TYPING_TTL, move |actor, ctx| {
+                let timer = ctx.run_later(self.typing_ttl, move |actor, ctx| {
                     actor.typing.remove(&sender);
                     actor.signal("typing.stop", &sender, serde_json::json!({}), ctx);
                 });
@@ -311,6 +311,7 @@ pub struct Channels {
     /// Where Channel actors run: fan-out work stays off the HTTP workers.
     arbiter: ArbiterHandle,
     fanout_seconds: prometheus::Histogram,
+    typing_ttl: Duration,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -319,13 +320,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Channels {
     /// Starts the fan-out arbiter and the router on the log's committed batches.
-    pub fn start(log: &EventLogHandle, fanout_seconds: prometheus::Histogram) -> Arc<Channels> {
+    pub fn start(
+        log: &EventLogHandle,
+        fanout_seconds: prometheus::Histogram,
+        typing_ttl: Duration,
+    ) -> Arc<Channels> {
         let arbiter = Arbiter::new();
         let channels = Arc::new(Channels {
             running: Mutex::new(HashMap::new()),
             sockets: Mutex::new(HashMap::new()),
             arbiter: arbiter.handle(),
             fanout_seconds,
+            typing_ttl,
         });
         // The arbiter thread lives as long as the process; dropping the handle keeps it.
         drop(arbiter);
@@ -353,6 +359,7 @@ impl Channels {
             typing: HashMap::new(),
             lagged: lagged.clone(),
             fanout_seconds: self.fanout_seconds.clone(),
+            typing_ttl: self.typing_ttl,
         };
         let addr = Channel::start_in_arbiter(&self.arbiter, |_| actor);
         Running { addr, lagged }

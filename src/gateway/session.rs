@@ -23,7 +23,7 @@
 //! - **Cursor.** The writer advances the session's cursor as frames are handed to the socket.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +47,10 @@ const MAILBOX: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The window of `gateway.max_client_frames`.
 const FRAME_WINDOW: Duration = Duration::from_secs(10);
+/// Events a replay reads at once.
+const REPLAY_PAGE: usize = 200;
+/// How soon a stalled replay looks for room again.
+const PUMP_RETRY: Duration = Duration::from_millis(5);
 /// Presence states a client may announce.
 const PRESENCE: [&str; 4] = ["online", "idle", "dnd", "offline"];
 
@@ -83,6 +87,10 @@ struct Outbound {
 }
 
 impl Outbound {
+    fn has_room(&self, len: usize) -> bool {
+        self.tx.capacity() > 0 && self.queued_bytes.get() + len <= self.max_bytes
+    }
+
     /// Queues a frame; false when the queue is full (the caller closes the socket).
     fn push(&mut self, text: String, seq: Option<u64>) -> bool {
         let len = text.len();
@@ -97,6 +105,22 @@ impl Outbound {
             Err(_) => false,
         }
     }
+}
+
+/// What a start-up replay still has to read: visible events in `(after, upto]`.
+struct Replay {
+    after: u64,
+    upto: u64,
+    /// How many it holds in all.
+    count: usize,
+    /// Resume (answer Resumed) rather than a plain start (answer Ready).
+    resume: bool,
+}
+
+enum Backlog {
+    Replayed(Arc<ChannelEvent>),
+    Live(Arc<ChannelEvent>),
+    Frame(&'static str, u16, Value),
 }
 
 struct Authed {
@@ -119,8 +143,14 @@ pub struct Session {
     channels: HashMap<String, Membership>,
     /// The newest log `seq` sent; live events at or below it were replayed.
     sent_upto: u64,
-    /// Live events held while the start-up replay runs.
+    /// Live events held while the start-up replay is read.
     held: Option<Vec<Arc<ChannelEvent>>>,
+    /// Frames waiting for room in the outbound queue: the replay, then the held live events.
+    backlog: VecDeque<Backlog>,
+    /// The replay still to read.
+    replay: Option<Replay>,
+    fetching: bool,
+    pump_scheduled: bool,
     connected: Instant,
     last_heartbeat: Instant,
     requested_at: Option<Instant>,
@@ -170,6 +200,10 @@ impl Session {
                 channels: HashMap::new(),
                 sent_upto: 0,
                 held: None,
+                backlog: VecDeque::new(),
+                replay: None,
+                fetching: false,
+                pump_scheduled: false,
                 connected: now,
                 last_heartbeat: now,
                 requested_at: None,
@@ -296,13 +330,13 @@ impl Session {
             }
             let from = resume.unwrap_or_else(|| cursor.get());
             let mut missed = store
-                .events_visible_to(&identity.fid, from, max_replay as u64 + 1)
+                .seqs_visible_to(&identity.fid, from, max_replay as u64 + 1)
                 .await?;
-            missed.retain(|e| e.seq <= head);
-            Ok::<_, crate::store::StoreError>((cursor, head, channels, missed))
+            missed.retain(|seq| *seq <= head);
+            Ok::<_, crate::store::StoreError>((cursor, from, head, channels, missed.len()))
         };
         ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
-            let (cursor, head, channels, missed) = match result {
+            let (cursor, from, head, channels, missed) = match result {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "gateway start-up read failed");
@@ -314,7 +348,7 @@ impl Session {
             if let Some(auth) = actor.auth.as_mut() {
                 auth.cursor = Some(cursor);
             }
-            if missed.len() > max_replay {
+            if missed > max_replay {
                 actor.close(
                     close::UNRESUMABLE,
                     "too many missed events to replay; catch up over REST",
@@ -323,42 +357,131 @@ impl Session {
                 return;
             }
             actor.channels = channels.into_iter().collect();
-            let replayed = missed.len();
-            for entry in &missed {
-                if let Some(event) = ChannelEvent::from_entry(entry) {
-                    actor.state.metrics.gateway_deliveries.inc();
-                    actor.send(CHAT, op::CHAT_EVENT, &event.json, Some(event.seq), ctx);
-                }
-            }
             actor.sent_upto = head;
-            for event in actor.held.take().unwrap_or_default() {
-                actor.deliver(&event, ctx);
-            }
-            let Some(auth) = actor.auth.as_ref() else { return };
-            if resume.is_some() {
-                let d = json!({"replayed": replayed, "seq": head});
-                actor.send_value(CORE, op::RESUMED, &d, ctx);
-            } else {
-                let mut joined = Vec::new();
-                let mut invited = Vec::new();
-                for (channel, state) in &actor.channels {
-                    match state {
-                        Membership::Joined => joined.push(channel.clone()),
-                        _ => invited.push(channel.clone()),
-                    }
+            actor.replay = Some(Replay {
+                after: from,
+                upto: head,
+                count: missed,
+                resume: resume.is_some(),
+            });
+            actor.fetch_page(ctx);
+        }));
+    }
+
+    /// Reads the next page of the replay; at its end, queues Ready or Resumed and the live
+    /// events held meanwhile.
+    fn fetch_page(&mut self, ctx: &mut Context<Self>) {
+        let (Some(replay), Some(auth)) = (&self.replay, &self.auth) else {
+            return;
+        };
+        if self.fetching {
+            return;
+        }
+        if replay.after >= replay.upto {
+            self.finish_replay(ctx);
+            return;
+        }
+        self.fetching = true;
+        let (state, fid, after, upto) = (self.state.clone(), auth.fid.clone(), replay.after, replay.upto);
+        let read = async move { state.store.events_visible_to(&fid, after, REPLAY_PAGE as u64).await };
+        ctx.spawn(read.into_actor(self).map(move |page, actor, ctx| {
+            actor.fetching = false;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, "gateway replay read failed");
+                    actor.close(close::RESUME, "the server could not read the log; retry", ctx);
+                    return;
                 }
-                joined.sort();
-                invited.sort();
-                let d = json!({
+            };
+            let Some(replay) = actor.replay.as_mut() else { return };
+            let full = page.len() == REPLAY_PAGE;
+            replay.after = page.last().map_or(upto, |e| e.seq);
+            if !full {
+                replay.after = upto;
+            }
+            for entry in page.iter().filter(|e| e.seq <= upto) {
+                if let Some(event) = ChannelEvent::from_entry(entry) {
+                    actor.backlog.push_back(Backlog::Replayed(Arc::new(event)));
+                }
+            }
+            if replay.after >= upto {
+                actor.finish_replay(ctx);
+            }
+            actor.pump(ctx);
+        }));
+    }
+
+    fn finish_replay(&mut self, ctx: &mut Context<Self>) {
+        let (Some(replay), Some(auth)) = (self.replay.take(), self.auth.as_ref()) else {
+            return;
+        };
+        let marker = if replay.resume {
+            Backlog::Frame(CORE, op::RESUMED, json!({"replayed": replay.count, "seq": replay.upto}))
+        } else {
+            let mut joined = Vec::new();
+            let mut invited = Vec::new();
+            for (channel, state) in &self.channels {
+                match state {
+                    Membership::Joined => joined.push(channel.clone()),
+                    _ => invited.push(channel.clone()),
+                }
+            }
+            joined.sort();
+            invited.sort();
+            Backlog::Frame(
+                CHAT,
+                op::CHAT_READY,
+                json!({
                     "fid": auth.fid,
                     "session_id": auth.session_id,
                     "channels": joined,
                     "invited": invited,
-                    "seq": head,
-                });
-                actor.send_value(CHAT, op::CHAT_READY, &d, ctx);
+                    "seq": replay.upto,
+                }),
+            )
+        };
+        self.backlog.push_back(marker);
+        for event in self.held.take().unwrap_or_default() {
+            self.backlog.push_back(Backlog::Live(event));
+        }
+        self.pump(ctx);
+    }
+
+    /// Moves the backlog into the outbound queue as far as it has room; tries again shortly
+    /// while the socket drains, and reads the next replay page when the backlog runs low.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        while let Some(next) = self.backlog.front() {
+            if self.closing {
+                return;
             }
-        }));
+            let size = match next {
+                Backlog::Replayed(event) | Backlog::Live(event) => event.json.len() + 64,
+                Backlog::Frame(..) => 256,
+            };
+            if !self.out.has_room(size) {
+                if !self.pump_scheduled {
+                    self.pump_scheduled = true;
+                    ctx.run_later(PUMP_RETRY, |actor, ctx| {
+                        actor.pump_scheduled = false;
+                        actor.pump(ctx);
+                    });
+                }
+                return;
+            }
+            match self.backlog.pop_front() {
+                Some(Backlog::Replayed(event)) => {
+                    self.state.metrics.gateway_deliveries.inc();
+                    self.send(CHAT, op::CHAT_EVENT, &event.json, Some(event.seq), ctx);
+                }
+                Some(Backlog::Live(event)) => self.deliver(&event, ctx),
+                Some(Backlog::Frame(n, op, d)) => self.send_value(n, op, &d, ctx),
+                None => {}
+            }
+        }
+        if self.replay.is_some() && self.backlog.len() < REPLAY_PAGE / 2 {
+            self.fetch_page(ctx);
+        }
     }
 
     /// Identify or Resume: resolves the token, then starts.
@@ -569,15 +692,27 @@ impl Handler<Delivered> for Session {
 
     fn handle(&mut self, msg: Delivered, ctx: &mut Self::Context) {
         match msg {
-            Delivered::Event(event) => match self.held.as_mut() {
-                Some(held) if held.len() < self.state.config.gateway.outbound_max_frames => {
-                    held.push(event);
+            Delivered::Event(event) => {
+                let bound = self.state.config.gateway.outbound_max_frames;
+                if let Some(held) = self.held.as_mut() {
+                    if held.len() < bound {
+                        held.push(event);
+                    } else {
+                        self.close(close::RESUME, "too many events during start-up; resume", ctx);
+                    }
+                } else if !self.backlog.is_empty() {
+                    if self.backlog.len() < bound + REPLAY_PAGE {
+                        self.backlog.push_back(Backlog::Live(event));
+                        self.pump(ctx);
+                    } else {
+                        self.close(close::RESUME, "this socket fell behind; resume", ctx);
+                    }
+                } else {
+                    self.deliver(&event, ctx);
                 }
-                Some(_) => self.close(close::RESUME, "too many events during start-up; resume", ctx),
-                None => self.deliver(&event, ctx),
-            },
+            }
             Delivered::Ephemeral(json) => {
-                if self.held.is_none() {
+                if self.held.is_none() && self.backlog.is_empty() {
                     self.send(CHAT, op::CHAT_EVENT, &json, None, ctx);
                 }
             }

@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// How long a ticket is valid (contract).
-pub const TICKET_TTL: Duration = Duration::from_secs(30);
 
 /// The session a ticket was issued for.
 #[derive(Clone, Debug)]
@@ -21,20 +19,25 @@ pub struct Grant {
 
 pub struct Tickets {
     live: moka::sync::Cache<String, Grant>,
-}
-
-impl Default for Tickets {
-    fn default() -> Self {
-        Tickets {
-            live: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(TICKET_TTL)
-                .build(),
-        }
-    }
+    lifetime: Duration,
 }
 
 impl Tickets {
+    /// Tickets valid for `lifetime` (`gateway.ticket_lifetime`, 30 s by contract).
+    pub fn new(lifetime: Duration) -> Tickets {
+        Tickets {
+            live: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(lifetime)
+                .build(),
+            lifetime,
+        }
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
     /// A new ticket for the session.
     pub fn issue(&self, fid: &str, session_id: &str) -> String {
         let ticket = format!("syt_{}", hex::encode(rand::thread_rng().gen::<[u8; 24]>()));
@@ -53,7 +56,7 @@ impl Tickets {
     pub fn redeem(&self, ticket: &str) -> Option<Grant> {
         self.live
             .remove(ticket)
-            .filter(|grant| grant.issued.elapsed() <= TICKET_TTL)
+            .filter(|grant| grant.issued.elapsed() <= self.lifetime)
     }
 }
 
@@ -63,7 +66,7 @@ mod tests {
 
     #[test]
     fn a_ticket_is_redeemed_once() {
-        let tickets = Tickets::default();
+        let tickets = Tickets::new(Duration::from_secs(30));
         let ticket = tickets.issue("alice@a.test", "s1");
         let grant = tickets.redeem(&ticket).expect("first use");
         assert_eq!((grant.fid.as_str(), grant.session_id.as_str()), ("alice@a.test", "s1"));

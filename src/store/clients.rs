@@ -27,6 +27,34 @@ fn as_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
+/// The events after `after` that `fid` sees (see [`Store::events_visible_to`]).
+fn visible_to(fid: &str, after: u64) -> Condition {
+    let channels_in = |state: Membership| {
+        Query::select()
+            .column(members::Column::ChannelRef)
+            .from(members::Entity)
+            .and_where(members::Column::Fid.eq(fid))
+            .and_where(members::Column::State.eq(state.as_str()))
+            .to_owned()
+    };
+    let visible = Condition::any()
+        .add(events::Column::Channel.in_subquery(channels_in(Membership::Joined)))
+        .add(
+            Condition::all()
+                .add(events::Column::EventType.is_in(INVITED_TYPES))
+                .add(events::Column::Channel.in_subquery(channels_in(Membership::Invited))),
+        )
+        .add(
+            Condition::all()
+                .add(events::Column::EventType.eq("channel.leave"))
+                .add(events::Column::Sender.eq(fid)),
+        );
+    Condition::all()
+        .add(events::Column::Seq.gt(as_i64(after)))
+        .add(events::Column::EventType.is_in(CLIENT_TYPES))
+        .add(visible)
+}
+
 impl Store {
     /// The channel `channel_ref`, if this server knows it.
     pub async fn channel(&self, channel_ref: &str) -> Result<Option<channels::Model>, StoreError> {
@@ -92,38 +120,33 @@ impl Store {
         after: u64,
         limit: u64,
     ) -> Result<Vec<LogEntry>, StoreError> {
-        let channels_in = |state: &str| {
-            Query::select()
-                .column(members::Column::ChannelRef)
-                .from(members::Entity)
-                .and_where(members::Column::Fid.eq(fid))
-                .and_where(members::Column::State.eq(state))
-                .to_owned()
-        };
-        let visible = Condition::any()
-            .add(events::Column::Channel.in_subquery(channels_in(Membership::Joined.as_str())))
-            .add(
-                Condition::all()
-                    .add(events::Column::EventType.is_in(INVITED_TYPES))
-                    .add(
-                        events::Column::Channel
-                            .in_subquery(channels_in(Membership::Invited.as_str())),
-                    ),
-            )
-            .add(
-                Condition::all()
-                    .add(events::Column::EventType.eq("channel.leave"))
-                    .add(events::Column::Sender.eq(fid)),
-            );
         let rows = events::Entity::find()
-            .filter(events::Column::Seq.gt(as_i64(after)))
-            .filter(events::Column::EventType.is_in(CLIENT_TYPES))
-            .filter(visible)
+            .filter(visible_to(fid, after))
             .order_by_asc(events::Column::Seq)
             .limit(limit)
             .all(self.readers())
             .await?;
         rows.into_iter().map(entry_from_row).collect()
+    }
+
+    /// The `seq`s of [`Store::events_visible_to`], up to `limit` of them: what a replay
+    /// would send, without reading the events.
+    pub async fn seqs_visible_to(
+        &self,
+        fid: &str,
+        after: u64,
+        limit: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        let seqs = events::Entity::find()
+            .select_only()
+            .column(events::Column::Seq)
+            .filter(visible_to(fid, after))
+            .order_by_asc(events::Column::Seq)
+            .limit(limit)
+            .into_tuple::<i64>()
+            .all(self.readers())
+            .await?;
+        Ok(seqs.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
     }
 
     /// The stored cursor of `session_id`.

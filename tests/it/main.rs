@@ -7,6 +7,7 @@
 mod accounts;
 mod cli;
 mod federation;
+mod gateway;
 mod helpers;
 mod http;
 mod idcert;

@@ -1,0 +1,715 @@
+//! The client gateway (DESIGN §5) with real WebSocket clients against the real application:
+//! tickets and Identify, heartbeats, fan-out to members only, resume, REST catch-up sharing
+//! the socket's cursor, a slow reader, typing and presence, ended sessions, and the REST
+//! routes' refusals.
+
+use std::time::Duration;
+
+use awc::ws::{self, Frame};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_app_with, TestApp, TestDb};
+
+/// A registered local user.
+#[derive(Clone)]
+pub struct User {
+    pub fid: String,
+    pub token: String,
+    pub session_id: String,
+}
+
+pub async fn call(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = awc::Client::default();
+    let url = format!("{}{path}", app.address);
+    let mut request = client.request(method.parse().expect("method"), url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let mut res = match body {
+        Some(body) => request.send_json(&body).await,
+        None => request.send().await,
+    }
+    .expect("request");
+    let bytes = res.body().limit(16 << 20).await.expect("body");
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+pub async fn register(app: &TestApp, username: &str) -> User {
+    let (status, body) = call(
+        app,
+        "POST",
+        "/api/v1/auth/register",
+        None,
+        Some(json!({"username": username, "password": "correct horse"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    User {
+        fid: body["fid"].as_str().expect("fid").into(),
+        token: body["token"].as_str().expect("token").into(),
+        session_id: body["session_id"].as_str().expect("session").into(),
+    }
+}
+
+/// `alice` creates a channel, invites each of `members` and each joins: its ref.
+pub async fn channel_with(app: &TestApp, alice: &User, members: &[&User]) -> String {
+    let (status, created) = call(
+        app,
+        "POST",
+        "/api/v1/channels",
+        Some(&alice.token),
+        Some(json!({"name": "General"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    for member in members {
+        let path = format!("/api/v1/channels/{id}/invite");
+        let (status, body) = call(app, "POST", &path, Some(&alice.token), Some(json!({"fid": member.fid}))).await;
+        assert_eq!(status, 200, "{body}");
+        let path = format!("/api/v1/channels/{id}/join");
+        let (status, body) = call(app, "POST", &path, Some(&member.token), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    created["ref"].as_str().expect("ref").to_owned()
+}
+
+pub async fn post(app: &TestApp, user: &User, channel: &str, body: &str) -> (String, u64) {
+    let path = format!("/api/v1/channels/{channel}/messages");
+    let (status, answer) = call(app, "POST", &path, Some(&user.token), Some(json!({"body": body}))).await;
+    assert_eq!(status, 201, "{answer}");
+    (
+        answer["message_id"].as_str().expect("id").into(),
+        answer["seq"].as_u64().expect("seq"),
+    )
+}
+
+pub async fn ticket(app: &TestApp, user: &User) -> String {
+    let (status, body) = call(app, "POST", "/api/v1/auth/ws-ticket", Some(&user.token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 30);
+    body["ticket"].as_str().expect("ticket").into()
+}
+
+/// What a test client reads.
+#[derive(Debug)]
+pub enum Got {
+    Frame(Value),
+    Close(Option<u16>),
+}
+
+pub struct Ws {
+    conn: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+}
+
+impl Ws {
+    pub async fn connect(app: &TestApp, query: &str) -> Ws {
+        let url = format!("{}/ws{query}", app.address);
+        let (_, conn) = awc::Client::builder()
+            .max_http_version(awc::http::Version::HTTP_11)
+            .finish()
+            .ws(url)
+            .max_frame_size(1 << 20)
+            .connect()
+            .await
+            .expect("websocket upgrade");
+        Ws { conn }
+    }
+
+    /// Connects with a fresh ticket and waits for Ready: the socket is live.
+    pub async fn open(app: &TestApp, user: &User) -> (Ws, Value) {
+        let ticket = ticket(app, user).await;
+        let mut ws = Ws::connect(app, &format!("?ticket={ticket}")).await;
+        let hello = ws.frame().await;
+        assert_eq!((hello["n"].as_str(), hello["op"].as_u64()), (Some("core"), Some(1)), "{hello}");
+        assert_eq!(hello["s"], 0);
+        let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
+        (ws, ready["d"].clone())
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.conn
+            .send(ws::Message::Text(frame.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next frame or close, within 10 s.
+    pub async fn next(&mut self) -> Got {
+        loop {
+            let item = tokio::time::timeout(Duration::from_secs(10), self.conn.next())
+                .await
+                .expect("a frame within 10 s");
+            match item {
+                Some(Ok(Frame::Text(text))) => {
+                    return Got::Frame(serde_json::from_slice(&text).expect("JSON frame"))
+                }
+                Some(Ok(Frame::Close(reason))) => {
+                    return Got::Close(reason.map(|r| u16::from(r.code)))
+                }
+                Some(Ok(Frame::Ping(p))) => {
+                    let _ = self.conn.send(ws::Message::Pong(p)).await;
+                }
+                Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+                Some(Err(_)) | None => return Got::Close(None),
+            }
+        }
+    }
+
+    pub async fn frame(&mut self) -> Value {
+        match self.next().await {
+            Got::Frame(frame) => frame,
+            closed => panic!("expected a frame, got {closed:?}"),
+        }
+    }
+
+    /// Skips frames until one matches.
+    pub async fn until(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.frame().await;
+            if want(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// The next chat event's `d` (heartbeat ACKs and ephemeral signals skipped).
+    pub async fn event(&mut self) -> Value {
+        self.until(|f| f["n"] == "chat" && f["op"] == 0 && f["d"]["seq"].is_u64())
+            .await["d"]
+            .clone()
+    }
+
+    /// The close code, skipping frames before it.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let Got::Close(code) = self.next().await {
+                return code;
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.conn.send(ws::Message::Close(None)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.conn.next().await {}
+        })
+        .await;
+    }
+}
+
+async fn app() -> TestApp {
+    spawn_app_with(TestDb::new().await, |_| {}).await
+}
+
+async fn head(app: &TestApp) -> u64 {
+    app.store.head().await.expect("head").0
+}
+
+#[actix_web::test]
+async fn bad_reused_or_expired_tickets_close_with_4001_before_any_frame() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.gateway.ticket_lifetime = Duration::from_millis(300);
+    })
+    .await;
+    let alice = register(&app, "alice").await;
+
+    let mut garbage = Ws::connect(&app, "?ticket=syt_garbage").await;
+    assert!(matches!(garbage.next().await, Got::Close(Some(4001))));
+
+    let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some(&alice.token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let once = body["ticket"].as_str().expect("ticket").to_owned();
+    let mut first = Ws::connect(&app, &format!("?ticket={once}")).await;
+    assert_eq!(first.frame().await["op"], 1, "Hello");
+    let mut reused = Ws::connect(&app, &format!("?ticket={once}")).await;
+    assert!(matches!(reused.next().await, Got::Close(Some(4001))));
+
+    let (_, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some(&alice.token), None).await;
+    let late = body["ticket"].as_str().expect("ticket").to_owned();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut expired = Ws::connect(&app, &format!("?ticket={late}")).await;
+    assert!(matches!(expired.next().await, Got::Close(Some(4001))));
+
+    // A ticket needs a live session token.
+    let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", None, None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_MISSING_TOKEN")));
+    let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some("sy_nope"), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_UNKNOWN_TOKEN")));
+}
+
+#[actix_web::test]
+async fn identify_with_a_token_and_4004_for_a_bad_one() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+
+    let mut ws = Ws::connect(&app, "").await;
+    assert_eq!(ws.frame().await["op"], 1);
+    ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}})).await;
+    let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
+    assert_eq!(ready["d"]["fid"], alice.fid.as_str());
+    assert_eq!(ready["d"]["session_id"], alice.session_id.as_str());
+    // Identify twice is refused.
+    ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}})).await;
+    assert_eq!(ws.closed().await, Some(4005));
+
+    let mut bad = Ws::connect(&app, "").await;
+    assert_eq!(bad.frame().await["op"], 1);
+    bad.send(json!({"n": "core", "op": 2, "d": {"token": "sy_0000"}})).await;
+    assert_eq!(bad.closed().await, Some(4004));
+
+    // Anything but Identify, Resume or a heartbeat before authentication.
+    let mut early = Ws::connect(&app, "").await;
+    assert_eq!(early.frame().await["op"], 1);
+    early.send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe"}})).await;
+    assert_eq!(early.closed().await, Some(4003));
+
+    let mut garbage = Ws::connect(&app, "").await;
+    assert_eq!(garbage.frame().await["op"], 1);
+    garbage
+        .conn
+        .send(ws::Message::Text("not json".into()))
+        .await
+        .expect("send");
+    assert_eq!(garbage.closed().await, Some(4002));
+}
+
+#[actix_web::test]
+async fn heartbeats_are_acknowledged_and_silence_closes_with_4009() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.gateway.heartbeat_interval = Duration::from_millis(200);
+        c.gateway.heartbeat_grace = Duration::from_millis(200);
+    })
+    .await;
+    let alice = register(&app, "alice").await;
+    let (mut ws, _) = Ws::open(&app, &alice).await;
+    ws.send(json!({"n": "core", "op": 0, "d": {}})).await;
+    let ack = ws.until(|f| f["n"] == "core" && f["op"] == 7).await;
+    assert_eq!(ack["d"], json!([]));
+    // Silence: a Heartbeat Request, then 4009.
+    let request = ws.until(|f| f["n"] == "core" && f["op"] == 11).await;
+    assert!(request["s"].as_u64().is_some());
+    assert_eq!(ws.closed().await, Some(4009));
+}
+
+#[actix_web::test]
+async fn members_see_messages_edits_and_deletes_in_order_and_others_see_nothing() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let carol = register(&app, "carol").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut a, ready) = Ws::open(&app, &alice).await;
+    assert_eq!(ready["channels"], json!([channel]));
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    let (mut c, ready) = Ws::open(&app, &carol).await;
+    assert_eq!(ready["channels"], json!([]));
+
+    let (m1, seq1) = post(&app, &alice, &channel, "hello bob").await;
+    let (m2, _) = post(&app, &bob, &channel, "hi alice").await;
+    let path = format!("/api/v1/channels/{channel}/messages/{m1}");
+    let (status, body) = call(&app, "PATCH", &path, Some(&alice.token), Some(json!({"body": "hello, bob"}))).await;
+    assert_eq!(status, 200, "{body}");
+    let path = format!("/api/v1/channels/{channel}/messages/{m2}");
+    let (status, body) = call(&app, "DELETE", &path, Some(&bob.token), None).await;
+    assert_eq!(status, 200, "{body}");
+
+    for ws in [&mut a, &mut b] {
+        let new = ws.event().await;
+        assert_eq!(new["type"], "message.new");
+        assert_eq!(new["seq"], seq1);
+        assert_eq!(new["channel"], channel.as_str());
+        assert_eq!(new["sender"], alice.fid.as_str());
+        assert_eq!(new["content"], json!({"message_id": m1, "body": "hello bob"}));
+        assert!(new["ts"].as_i64().is_some());
+        let reply = ws.event().await;
+        assert_eq!((reply["type"].as_str(), reply["sender"].as_str()), (Some("message.new"), Some(bob.fid.as_str())));
+        let edit = ws.event().await;
+        assert_eq!(edit["type"], "message.edit");
+        assert_eq!(edit["content"], json!({"message_id": m1, "body": "hello, bob"}));
+        let delete = ws.event().await;
+        assert_eq!(delete["type"], "message.delete");
+        assert_eq!(delete["content"], json!({"message_id": m2}));
+        assert!(delete["seq"].as_u64() > edit["seq"].as_u64());
+    }
+    // Carol's next event is her own channel: nothing of alice's came before it.
+    let (status, _) = call(&app, "POST", "/api/v1/channels", Some(&carol.token), Some(json!({"name": "Mine"}))).await;
+    assert_eq!(status, 201);
+    let own = c.event().await;
+    assert_eq!((own["type"].as_str(), own["sender"].as_str()), (Some("channel.new"), Some(carol.fid.as_str())));
+
+    // History, newest first, with the deletion kept as a tombstone.
+    let path = format!("/api/v1/channels/{channel}/messages?limit=10");
+    let (status, history) = call(&app, "GET", &path, Some(&bob.token), None).await;
+    assert_eq!(status, 200, "{history}");
+    let messages = history["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 2);
+    assert_eq!((messages[0]["message_id"].as_str(), messages[0]["deleted"].as_bool()), (Some(m2.as_str()), Some(true)));
+    assert_eq!(messages[0]["body"], Value::Null);
+    assert_eq!(messages[1]["body"], "hello, bob");
+    let path = format!("/api/v1/channels/{channel}/messages?before={seq1}");
+    let (_, older) = call(&app, "GET", &path, Some(&bob.token), None).await;
+    assert_eq!(older["messages"], json!([]));
+}
+
+#[actix_web::test]
+async fn rest_catch_up_returns_exactly_what_the_socket_missed_and_shares_its_cursor() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    let (_, seen) = post(&app, &alice, &channel, "seen live").await;
+    assert_eq!(b.event().await["seq"], seen);
+    b.close().await;
+
+    let mut missed = Vec::new();
+    for n in 0..3 {
+        missed.push(post(&app, &alice, &channel, &format!("missed {n}")).await.1);
+    }
+    // The cursor is the last event the socket was given.
+    let (status, events) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
+    assert_eq!(status, 200, "{events}");
+    let seqs: Vec<u64> = events.as_array().expect("array").iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    assert_eq!(seqs, missed);
+    assert_eq!(events[0]["content"]["body"], "missed 0");
+    assert_eq!(events[0]["type"], "message.new");
+    let (status, _) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
+    assert_eq!(status, 204);
+
+    // The socket goes on from the shared cursor: nothing replayed, the next one live.
+    let (mut b, ready) = Ws::open(&app, &bob).await;
+    assert!(ready["seq"].as_u64() >= missed.last().copied());
+    let (_, next) = post(&app, &alice, &channel, "after").await;
+    let live = b.event().await;
+    assert_eq!(live["seq"], next, "no duplicate of the caught-up events");
+    b.close().await;
+
+    // Paging with since and limit; a bad limit changes nothing.
+    let path = format!("/.p2/core/v1/events?since={seen}&limit=2");
+    let (status, page) = call(&app, "GET", &path, Some(&bob.token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(page.as_array().map(Vec::len), Some(2));
+    assert_eq!(page[0]["seq"], missed[0]);
+    for bad in ["limit=0", "limit=1001", "since=x"] {
+        let (status, body) = call(&app, "GET", &format!("/.p2/core/v1/events?{bad}"), Some(&bob.token), None).await;
+        assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_INVALID_PARAM")), "{bad}");
+    }
+    let (status, body) = call(&app, "GET", "/.p2/core/v1/events", None, None).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_MISSING_TOKEN")));
+}
+
+#[actix_web::test]
+async fn a_new_socket_replays_what_the_session_missed_and_resume_takes_a_seq() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    let (_, first) = post(&app, &alice, &channel, "one").await;
+    assert_eq!(b.event().await["seq"], first);
+    b.close().await;
+    let (_, second) = post(&app, &alice, &channel, "two").await;
+    let (_, third) = post(&app, &alice, &channel, "three").await;
+
+    // Resume with the last seq the client has: exactly the missed ones, then Resumed.
+    let mut r = Ws::connect(&app, "").await;
+    assert_eq!(r.frame().await["op"], 1);
+    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}})).await;
+    assert_eq!(r.event().await["seq"], second);
+    assert_eq!(r.event().await["seq"], third);
+    let resumed = r.until(|f| f["n"] == "core").await;
+    assert_eq!(resumed["op"], 10, "{resumed}");
+    assert_eq!(resumed["d"]["replayed"], 2);
+    let (_, fourth) = post(&app, &alice, &channel, "four").await;
+    assert_eq!(r.event().await["seq"], fourth);
+    r.close().await;
+
+    // A ticket URL may resume too; an older seq replays from there.
+    let resume_ticket = ticket(&app, &bob).await;
+    let mut t = Ws::connect(&app, &format!("?ticket={resume_ticket}&resume={second}")).await;
+    assert_eq!(t.frame().await["op"], 1);
+    assert_eq!(t.event().await["seq"], third);
+    assert_eq!(t.event().await["seq"], fourth);
+    assert_eq!(t.until(|f| f["n"] == "core").await["op"], 10);
+    t.close().await;
+
+    let (_, fifth) = post(&app, &alice, &channel, "five").await;
+    // fifth was committed after the last socket closed: a new socket replays it from the
+    // session's cursor, then says Ready.
+    let ticket = ticket(&app, &bob).await;
+    let mut n = Ws::connect(&app, &format!("?ticket={ticket}")).await;
+    assert_eq!(n.frame().await["op"], 1);
+    assert_eq!(n.event().await["seq"], fifth);
+    let ready = n.until(|f| f["n"] == "chat").await;
+    assert_eq!(ready["op"], 2, "{ready}");
+    assert_eq!(ready["d"]["seq"], fifth);
+}
+
+#[actix_web::test]
+async fn too_much_to_replay_is_4010() {
+    let app = spawn_app_with(TestDb::new().await, |c| c.gateway.max_replay_events = 3).await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (_, first) = post(&app, &alice, &channel, "one").await;
+    for n in 0..4 {
+        post(&app, &alice, &channel, &format!("more {n}")).await;
+    }
+    let mut r = Ws::connect(&app, "").await;
+    assert_eq!(r.frame().await["op"], 1);
+    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}})).await;
+    assert_eq!(r.closed().await, Some(4010));
+}
+
+#[actix_web::test]
+async fn a_reader_that_stops_is_closed_resumable_and_resumes_without_a_gap() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.gateway.outbound_max_frames = 16;
+        c.gateway.outbound_max_bytes = 256 * 1024;
+    })
+    .await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    // Bob stops reading; alice posts far more than the socket and the queue hold.
+    let body = "x".repeat(60 * 1024);
+    let mut posted = Vec::new();
+    for _ in 0..250 {
+        posted.push(post(&app, &alice, &channel, &body).await.1);
+    }
+    // Now bob reads: some events, then 4000.
+    let mut got = Vec::new();
+    let code = loop {
+        match b.next().await {
+            Got::Frame(f) if f["n"] == "chat" && f["op"] == 0 => got.push(f["d"]["seq"].as_u64().expect("seq")),
+            Got::Frame(_) => {}
+            Got::Close(code) => break code,
+        }
+    };
+    assert_eq!(code, Some(4000), "a resumable close");
+    assert!(got.len() < posted.len(), "closed before everything was sent");
+    let last = got.last().copied().unwrap_or(0);
+    let mut r = Ws::connect(&app, "").await;
+    assert_eq!(r.frame().await["op"], 1);
+    r.send(json!({"n": "core", "op": 5, "d": {"s": last, "token": bob.token}})).await;
+    loop {
+        let f = r.frame().await;
+        if f["n"] == "core" && f["op"] == 10 {
+            break;
+        }
+        if f["n"] == "chat" && f["op"] == 0 {
+            got.push(f["d"]["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(got, posted, "every event once, in order");
+    let (_, metrics) = {
+        let mut res = awc::Client::default()
+            .get(format!("{}/metrics", app.address))
+            .send()
+            .await
+            .expect("metrics");
+        (res.status(), String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8"))
+    };
+    assert!(metrics.contains("gateway_closes_total{code=\"4000\"} 1"), "{metrics}");
+}
+
+#[actix_web::test]
+async fn typing_and_presence_are_ephemeral_and_typing_expires() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.gateway.typing_ttl = Duration::from_millis(300);
+    })
+    .await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let carol = register(&app, "carol").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut a, _) = Ws::open(&app, &alice).await;
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    let before = head(&app).await;
+
+    a.send(json!({"n": "chat", "op": 1, "d": {"type": "typing.start", "channel": channel}})).await;
+    let start = b.until(|f| f["n"] == "chat" && f["op"] == 0).await["d"].clone();
+    assert_eq!((start["type"].as_str(), start["sender"].as_str()), (Some("typing.start"), Some(alice.fid.as_str())));
+    assert_eq!(start["channel"], channel.as_str());
+    assert!(start.get("seq").is_none(), "ephemeral: no seq");
+    let stop = b.until(|f| f["n"] == "chat" && f["op"] == 0).await["d"].clone();
+    assert_eq!(stop["type"], "typing.stop", "expired without renewal");
+
+    a.send(json!({"n": "chat", "op": 1, "d": {"type": "presence.update", "status": "idle"}})).await;
+    let presence = b.until(|f| f["n"] == "chat" && f["op"] == 0).await["d"].clone();
+    assert_eq!(presence["type"], "presence.update");
+    assert_eq!(presence["content"], json!({"status": "idle"}));
+    assert_eq!(head(&app).await, before, "nothing ephemeral is logged");
+
+    // Refusals do not close the socket.
+    a.send(json!({"n": "chat", "op": 1, "d": {"type": "presence.update", "status": "asleep"}})).await;
+    let refused = a.until(|f| f["n"] == "chat" && f["op"] == 3).await;
+    assert_eq!(refused["d"]["errcode"], "SY_INVALID_PARAM");
+    let (mut c, _) = Ws::open(&app, &carol).await;
+    c.send(json!({"n": "chat", "op": 1, "d": {"type": "typing.start", "channel": channel}})).await;
+    let refused = c.until(|f| f["n"] == "chat" && f["op"] == 3).await;
+    assert_eq!(refused["d"]["errcode"], "SY_FORBIDDEN");
+    c.send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe", "channel": channel}})).await;
+    let refused = c.until(|f| f["n"] == "chat" && f["op"] == 3).await;
+    assert_eq!(refused["d"]["type"], "subscribe");
+}
+
+#[actix_web::test]
+async fn an_invite_and_a_join_reach_live_sockets_and_leaving_stops_delivery() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    let (status, created) = call(&app, "POST", "/api/v1/channels", Some(&alice.token), Some(json!({"name": "Later"}))).await;
+    assert_eq!(status, 201);
+    let id = created["id"].as_str().expect("id");
+    let channel = created["ref"].as_str().expect("ref").to_owned();
+    call(&app, "POST", &format!("/api/v1/channels/{id}/invite"), Some(&alice.token), Some(json!({"fid": bob.fid}))).await;
+    let invite = b.event().await;
+    assert_eq!((invite["type"].as_str(), invite["content"]["invitee"].as_str()), (Some("channel.invite"), Some(bob.fid.as_str())));
+    // Invited only: messages are not visible yet.
+    let (_, hidden) = post(&app, &alice, &channel, "before bob joins").await;
+    let (status, _) = call(&app, "POST", &format!("/api/v1/channels/{id}/join"), Some(&bob.token), None).await;
+    assert_eq!(status, 200);
+    let join = b.event().await;
+    assert_eq!(join["type"], "channel.join");
+    assert!(join["seq"].as_u64() > Some(hidden));
+    let (_, seen) = post(&app, &alice, &channel, "after").await;
+    assert_eq!(b.event().await["seq"], seen);
+    let (status, _) = call(&app, "POST", &format!("/api/v1/channels/{id}/leave"), Some(&bob.token), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(b.event().await["type"], "channel.leave");
+    post(&app, &alice, &channel, "gone").await;
+    // Bob's next event is from a channel of his own.
+    call(&app, "POST", "/api/v1/channels", Some(&bob.token), Some(json!({"name": "Bob's"}))).await;
+    let own = b.event().await;
+    assert_eq!((own["type"].as_str(), own["sender"].as_str()), (Some("channel.new"), Some(bob.fid.as_str())));
+}
+
+#[actix_web::test]
+async fn ending_a_session_closes_its_sockets() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let (mut ws, _) = Ws::open(&app, &alice).await;
+    let (status, _) = call(&app, "DELETE", "/.p2/core/v1/session", Some(&alice.token), Some(json!({"session_id": alice.session_id}))).await;
+    assert_eq!(status, 204);
+    assert_eq!(ws.closed().await, Some(4003));
+    let (status, _) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some(&alice.token), None).await;
+    assert_eq!(status, 401);
+}
+
+#[actix_web::test]
+async fn channel_routes_refuse_bad_requests_and_write_nothing() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let carol = register(&app, "carol").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let id = channel.split('@').next().expect("id").to_owned();
+    let (message, _) = post(&app, &alice, &channel, "alice's").await;
+    let before = head(&app).await;
+
+    let cases: Vec<(&str, String, Option<&User>, Option<Value>, u16, &str)> = vec![
+        ("POST", "/api/v1/channels".into(), None, Some(json!({"name": "x"})), 401, "SY_MISSING_TOKEN"),
+        ("POST", "/api/v1/channels".into(), Some(&alice), Some(json!({"name": "  "})), 400, "SY_INVALID_PARAM"),
+        ("POST", "/api/v1/channels".into(), Some(&alice), Some(json!({"name": "x".repeat(101)})), 400, "SY_INVALID_PARAM"),
+        ("POST", "/api/v1/channels".into(), Some(&alice), Some(json!({"title": "x"})), 400, "SY_BAD_JSON"),
+        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&carol), Some(json!({"fid": "dave@localhost:8008"})), 403, "SY_FORBIDDEN"),
+        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&alice), Some(json!({"fid": "nobody@localhost:8008"})), 404, "SY_NOT_FOUND"),
+        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&alice), Some(json!({"fid": "not a fid"})), 400, "SY_INVALID_PARAM"),
+        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&alice), Some(json!({"fid": bob.fid})), 409, "SY_ALREADY_MEMBER"),
+        ("POST", "/api/v1/channels/nope/invite".into(), Some(&alice), Some(json!({"fid": bob.fid})), 404, "SY_NOT_FOUND"),
+        ("POST", "/api/v1/channels/bad!id/join".into(), Some(&alice), None, 400, "SY_INVALID_PARAM"),
+        ("POST", format!("/api/v1/channels/{id}/join"), Some(&carol), None, 403, "SY_FORBIDDEN"),
+        ("POST", format!("/api/v1/channels/{id}/join"), Some(&bob), None, 409, "SY_ALREADY_MEMBER"),
+        ("POST", format!("/api/v1/channels/{id}/leave"), Some(&carol), None, 403, "SY_FORBIDDEN"),
+        ("POST", format!("/api/v1/channels/{id}/messages"), Some(&carol), Some(json!({"body": "hi"})), 403, "SY_FORBIDDEN"),
+        ("POST", format!("/api/v1/channels/{id}/messages"), Some(&bob), Some(json!({"body": ""})), 400, "SY_INVALID_PARAM"),
+        ("POST", format!("/api/v1/channels/{id}/messages"), Some(&bob), Some(json!({"body": "x".repeat(65 * 1024)})), 400, "SY_INVALID_PARAM"),
+        ("PATCH", format!("/api/v1/channels/{id}/messages/{message}"), Some(&bob), Some(json!({"body": "mine now"})), 403, "SY_FORBIDDEN"),
+        ("PATCH", format!("/api/v1/channels/{id}/messages/nosuch"), Some(&alice), Some(json!({"body": "x"})), 404, "SY_NOT_FOUND"),
+        ("DELETE", format!("/api/v1/channels/{id}/messages/{message}"), Some(&bob), None, 403, "SY_FORBIDDEN"),
+        ("DELETE", format!("/api/v1/channels/{id}/messages/{message}"), Some(&carol), None, 403, "SY_FORBIDDEN"),
+        ("GET", format!("/api/v1/channels/{id}/messages"), Some(&carol), None, 403, "SY_FORBIDDEN"),
+        ("GET", format!("/api/v1/channels/{id}/messages?limit=0"), Some(&alice), None, 400, "SY_INVALID_PARAM"),
+        ("GET", format!("/api/v1/channels/{id}/messages?limit=101"), Some(&alice), None, 400, "SY_INVALID_PARAM"),
+    ];
+    for (method, path, user, body, status, errcode) in cases {
+        let token = user.map(|u| u.token.as_str());
+        let (got, answer) = call(&app, method, &path, token, body).await;
+        assert_eq!((got, answer["errcode"].as_str()), (status, Some(errcode)), "{method} {path}: {answer}");
+        assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
+        assert_eq!(head(&app).await, before, "{method} {path} wrote nothing");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Two instances over loopback: a remote invite goes through federation, and a remote
+/// member's message arrives through the inbox and reaches local sockets.
+#[actix_web::test]
+async fn a_remote_members_message_reaches_local_sockets_through_the_inbox() {
+    let (port_a, port_b) = (free_port(), free_port());
+    let start = |name: &'static str, port: u16, peer: (&'static str, u16)| async move {
+        spawn_app_with(TestDb::new().await, move |c| {
+            c.server.name = name.into();
+            c.server.bind = format!("127.0.0.1:{port}");
+            c.federation
+                .resolve
+                .insert(peer.0.into(), format!("http://127.0.0.1:{}", peer.1));
+            c.federation.delivery_backoff_base = Duration::from_millis(100);
+            c.federation.delivery_max_backoff = Duration::from_millis(500);
+        })
+        .await
+    };
+    let a = start("a.test", port_a, ("b.test", port_b)).await;
+    let b = start("b.test", port_b, ("a.test", port_a)).await;
+    let alice = register(&a, "alice").await;
+    let bob = register(&b, "bob").await;
+    let (mut bob_ws, _) = Ws::open(&b, &bob).await;
+    let (status, created) = call(&a, "POST", "/api/v1/channels", Some(&alice.token), Some(json!({"name": "Across"}))).await;
+    assert_eq!(status, 201);
+    let channel = created["ref"].as_str().expect("ref").to_owned();
+    let path = format!("/api/v1/channels/{}/invite", created["id"].as_str().expect("id"));
+    let (status, body) = call(&a, "POST", &path, Some(&alice.token), Some(json!({"fid": bob.fid}))).await;
+    assert_eq!(status, 200, "{body}");
+
+    // The invite travels to b.test and reaches bob's socket there.
+    let invite = bob_ws.event().await;
+    assert_eq!((invite["type"].as_str(), invite["channel"].as_str()), (Some("channel.invite"), Some(channel.as_str())));
+    let (mut alice_ws, _) = Ws::open(&a, &alice).await;
+    let (status, body) = call(&b, "POST", &format!("/api/v1/channels/{channel}/join"), Some(&bob.token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let join = alice_ws.event().await;
+    assert_eq!((join["type"].as_str(), join["sender"].as_str()), (Some("channel.join"), Some(bob.fid.as_str())));
+
+    // Bob posts on his server; it reaches alice's socket through a.test's inbox.
+    let (message_id, _) = post(&b, &bob, &channel, "hello from b").await;
+    let arrived = alice_ws.event().await;
+    assert_eq!(arrived["type"], "message.new");
+    assert_eq!(arrived["sender"], bob.fid.as_str());
+    assert_eq!(arrived["content"], json!({"message_id": message_id, "body": "hello from b"}));
+    // And alice's answer reaches bob's socket on b.test.
+    let (reply, _) = post(&a, &alice, &channel, "welcome").await;
+    let back = bob_ws
+        .until(|f| f["n"] == "chat" && f["op"] == 0 && f["d"]["type"] == "message.new" && f["d"]["sender"] == alice.fid.as_str())
+        .await;
+    assert_eq!(back["d"]["content"]["message_id"], reply.as_str());
+}
