@@ -419,7 +419,10 @@ impl Config {
             return Err(invalid("gateway.outbound_max_frames", "must be at least 1"));
         }
         if gateway.outbound_max_bytes < 64 * 1024 {
-            return Err(invalid("gateway.outbound_max_bytes", "must be at least 65536"));
+            return Err(invalid(
+                "gateway.outbound_max_bytes",
+                "must be at least 65536",
+            ));
         }
         if gateway.max_replay_events == 0 {
             return Err(invalid("gateway.max_replay_events", "must be at least 1"));

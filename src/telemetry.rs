@@ -174,7 +174,10 @@ impl Metrics {
         )?;
         let gateway_sockets = IntGauge::new("gateway_sockets", "Open gateway WebSockets")?;
         let gateway_closes = IntCounterVec::new(
-            Opts::new("gateway_closes_total", "Gateway WebSocket closes by close code"),
+            Opts::new(
+                "gateway_closes_total",
+                "Gateway WebSocket closes by close code",
+            ),
             &["code"],
         )?;
         let gateway_deliveries = IntCounter::new(

@@ -30,7 +30,10 @@ fn answer(error: ActionError) -> ApiError {
             return ApiError::new(ErrorKind::InvalidParam, error.to_string())
         }
         ActionError::Append(AppendError::Storage(_) | AppendError::Stopped) => {
-            return ApiError::new(ErrorKind::Unavailable, "the event log could not commit; retry")
+            return ApiError::new(
+                ErrorKind::Unavailable,
+                "the event log could not commit; retry",
+            )
         }
         ActionError::Store(_) => return ApiError::internal(error),
     };
@@ -167,11 +170,16 @@ pub async fn history(
         .map_err(|e| ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}")))?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::new(ErrorKind::InvalidParam, "limit must be 1..100"));
+        return Err(ApiError::new(
+            ErrorKind::InvalidParam,
+            "limit must be 1..100",
+        ));
     }
     let channel = channel_of(&path, &state)?;
-    let messages =
-        as_caller(&req, &state, async |c| c.history(&channel, query.before, limit).await).await?;
+    let messages = as_caller(&req, &state, async |c| {
+        c.history(&channel, query.before, limit).await
+    })
+    .await?;
     let messages: Vec<_> = messages
         .into_iter()
         .map(|m| {

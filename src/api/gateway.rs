@@ -20,10 +20,14 @@ use crate::gateway::session::{Identity, Session, Start};
 /// The largest client frame the gateway reads.
 const MAX_CLIENT_FRAME: usize = 64 * 1024;
 
-pub async fn ws_ticket(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn ws_ticket(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let session = authenticate(&req, &state).await?;
     let ticket = state.tickets.issue(&session.fid, &session.session_id);
-    Ok(HttpResponse::Ok().json(json!({"ticket": ticket, "expires_in": state.tickets.lifetime().as_secs()})))
+    Ok(HttpResponse::Ok()
+        .json(json!({"ticket": ticket, "expires_in": state.tickets.lifetime().as_secs()})))
 }
 
 #[derive(Deserialize)]
@@ -95,12 +99,14 @@ pub async fn events(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let session = authenticate(&req, &state).await?;
-    let query = web::Query::<EventsQuery>::from_query(req.query_string()).map_err(|e| {
-        ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}"))
-    })?;
+    let query = web::Query::<EventsQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}")))?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::new(ErrorKind::InvalidParam, "limit must be 1..1000"));
+        return Err(ApiError::new(
+            ErrorKind::InvalidParam,
+            "limit must be 1..1000",
+        ));
     }
     let since = match query.since {
         Some(since) => since,

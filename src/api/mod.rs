@@ -81,7 +81,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::post().to(channels::invite),
     )
     .route("/api/v1/channels/{id}/join", web::post().to(channels::join))
-    .route("/api/v1/channels/{id}/leave", web::post().to(channels::leave))
+    .route(
+        "/api/v1/channels/{id}/leave",
+        web::post().to(channels::leave),
+    )
     .route(
         "/api/v1/channels/{id}/messages",
         web::post().to(channels::post_message),

@@ -63,7 +63,9 @@ pub fn channel_ref(path: &str, us: &str) -> Result<String, ActionError> {
     };
     ids::parse_channel_ref(&full)
         .map(|_| full.clone())
-        .ok_or_else(|| ActionError::Invalid(format!("{path:?} is not a channel id or ref (id@server)")))
+        .ok_or_else(|| {
+            ActionError::Invalid(format!("{path:?} is not a channel id or ref (id@server)"))
+        })
 }
 
 fn check_body(body: &str) -> Result<(), ActionError> {
@@ -79,7 +81,9 @@ fn check_message_id(message_id: &str) -> Result<(), ActionError> {
     if ids::is_opaque_id(message_id) {
         Ok(())
     } else {
-        Err(ActionError::Invalid(format!("{message_id:?} is not a message id")))
+        Err(ActionError::Invalid(format!(
+            "{message_id:?} is not a message id"
+        )))
     }
 }
 
@@ -159,7 +163,10 @@ impl Caller<'_> {
 
     pub async fn join(&self, channel: &str) -> Result<u64, ActionError> {
         match self.standing(channel).await? {
-            Some(Membership::Invited) => self.append(self.event("channel.join", channel, json!({}))).await,
+            Some(Membership::Invited) => {
+                self.append(self.event("channel.join", channel, json!({})))
+                    .await
+            }
             Some(Membership::Joined) => Err(ActionError::AlreadyMember(format!(
                 "you are already a member of {channel}"
             ))),
@@ -172,7 +179,8 @@ impl Caller<'_> {
     pub async fn leave(&self, channel: &str) -> Result<u64, ActionError> {
         match self.standing(channel).await? {
             Some(Membership::Invited | Membership::Joined) => {
-                self.append(self.event("channel.leave", channel, json!({}))).await
+                self.append(self.event("channel.leave", channel, json!({})))
+                    .await
             }
             _ => Err(ActionError::Forbidden(format!(
                 "you are not a member of {channel}"
@@ -210,7 +218,12 @@ impl Caller<'_> {
         }
     }
 
-    pub async fn edit(&self, channel: &str, message_id: &str, body: &str) -> Result<u64, ActionError> {
+    pub async fn edit(
+        &self,
+        channel: &str,
+        message_id: &str,
+        body: &str,
+    ) -> Result<u64, ActionError> {
         check_body(body)?;
         self.require_author(channel, message_id).await?;
         self.append(self.event(
@@ -223,12 +236,8 @@ impl Caller<'_> {
 
     pub async fn delete(&self, channel: &str, message_id: &str) -> Result<u64, ActionError> {
         self.require_author(channel, message_id).await?;
-        self.append(self.event(
-            "message.delete",
-            channel,
-            json!({"message_id": message_id}),
-        ))
-        .await
+        self.append(self.event("message.delete", channel, json!({"message_id": message_id})))
+            .await
     }
 
     /// Up to `limit` messages created before `before`, newest first.

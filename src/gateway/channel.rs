@@ -42,7 +42,6 @@ use crate::store::{CommittedBatch, EventLogHandle, CLIENT_TYPES};
 /// Publications a Channel actor's mailbox holds before the router waits.
 const CHANNEL_MAILBOX: usize = 1024;
 
-
 /// The types clients see in a channel (DESIGN §5), as logged.
 pub fn client_visible(event_type: &str) -> bool {
     CLIENT_TYPES.contains(&event_type)
@@ -101,7 +100,12 @@ impl ChannelEvent {
 }
 
 /// An ephemeral signal's `d` (typing, presence): the event shape without `seq`.
-pub fn ephemeral_json(kind: &str, channel: &str, sender: &str, content: &serde_json::Value) -> Bytes {
+pub fn ephemeral_json(
+    kind: &str,
+    channel: &str,
+    sender: &str,
+    content: &serde_json::Value,
+) -> Bytes {
     let content = RawValue::from_string(content.to_string())
         .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{} is JSON"));
     let json = serde_json::to_vec(&Wire {
@@ -125,7 +129,9 @@ pub enum Delivered {
     Ephemeral(Bytes),
     /// Events of this channel were lost on the way (a full mailbox): the subscriber was
     /// dropped and must re-read the log after the last `seq` it received.
-    Gap { channel: String },
+    Gap {
+        channel: String,
+    },
 }
 
 #[derive(Message)]
@@ -187,7 +193,10 @@ impl Channel {
             .retain(|id, recipient| match recipient.try_send(message.clone()) {
                 Ok(()) => true,
                 Err(SendError::Full(_)) => {
-                    tracing::debug!(subscriber = id, "channel subscriber cannot keep up; dropped");
+                    tracing::debug!(
+                        subscriber = id,
+                        "channel subscriber cannot keep up; dropped"
+                    );
                     // One message past the bound, once: the session closes on it.
                     recipient.do_send(Delivered::Gap {
                         channel: name.clone(),
@@ -201,7 +210,13 @@ impl Channel {
         }
     }
 
-    fn signal(&mut self, kind: &str, sender: &str, content: serde_json::Value, ctx: &mut Context<Self>) {
+    fn signal(
+        &mut self,
+        kind: &str,
+        sender: &str,
+        content: serde_json::Value,
+        ctx: &mut Context<Self>,
+    ) {
         let json = ephemeral_json(kind, &self.name, sender, &content);
         // Ephemeral: a full mailbox just misses it.
         self.subscribers.retain(|_, recipient| {
@@ -228,8 +243,7 @@ impl Handler<Publish> for Channel {
         }
         let started = std::time::Instant::now();
         self.send_all(&Delivered::Event(msg.0), ctx);
-        self.fanout_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.fanout_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
 
@@ -276,7 +290,9 @@ impl Handler<Signal> for Channel {
                     self.signal("typing.stop", &msg.sender, empty, ctx);
                 }
             }
-            SignalKind::Presence(content) => self.signal("presence.update", &msg.sender, content, ctx),
+            SignalKind::Presence(content) => {
+                self.signal("presence.update", &msg.sender, content, ctx)
+            }
         }
     }
 }

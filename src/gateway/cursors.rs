@@ -104,8 +104,10 @@ impl Cursors {
             })
             .collect();
         if !moved.is_empty() {
-            let rows: Vec<(String, u64)> =
-                moved.iter().map(|(id, seq, _)| (id.clone(), *seq)).collect();
+            let rows: Vec<(String, u64)> = moved
+                .iter()
+                .map(|(id, seq, _)| (id.clone(), *seq))
+                .collect();
             if let Err(error) = store.advance_session_cursors(&rows).await {
                 tracing::warn!(%error, "cannot store session cursors; retrying in a second");
                 return;
@@ -115,8 +117,7 @@ impl Cursors {
             }
         }
         lock(&self.live).retain(|_, c| {
-            c.sockets.load(Ordering::Acquire) > 0
-                || c.get() > c.flushed.load(Ordering::Acquire)
+            c.sockets.load(Ordering::Acquire) > 0 || c.get() > c.flushed.load(Ordering::Acquire)
         });
     }
 }

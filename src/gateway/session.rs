@@ -220,7 +220,11 @@ impl Session {
         let text = frames::frame(n, op, self.s, d);
         self.s += 1;
         if !self.out.push(text, seq) {
-            self.close(close::RESUME, "outbound buffer full; resume from your last seq", ctx);
+            self.close(
+                close::RESUME,
+                "outbound buffer full; resume from your last seq",
+                ctx,
+            );
         }
     }
 
@@ -340,7 +344,11 @@ impl Session {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "gateway start-up read failed");
-                    actor.close(close::RESUME, "the server could not read the log; retry", ctx);
+                    actor.close(
+                        close::RESUME,
+                        "the server could not read the log; retry",
+                        ctx,
+                    );
                     return;
                 }
             };
@@ -382,19 +390,35 @@ impl Session {
             return;
         }
         self.fetching = true;
-        let (state, fid, after, upto) = (self.state.clone(), auth.fid.clone(), replay.after, replay.upto);
-        let read = async move { state.store.events_visible_to(&fid, after, REPLAY_PAGE as u64).await };
+        let (state, fid, after, upto) = (
+            self.state.clone(),
+            auth.fid.clone(),
+            replay.after,
+            replay.upto,
+        );
+        let read = async move {
+            state
+                .store
+                .events_visible_to(&fid, after, REPLAY_PAGE as u64)
+                .await
+        };
         ctx.spawn(read.into_actor(self).map(move |page, actor, ctx| {
             actor.fetching = false;
             let page = match page {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::warn!(%error, "gateway replay read failed");
-                    actor.close(close::RESUME, "the server could not read the log; retry", ctx);
+                    actor.close(
+                        close::RESUME,
+                        "the server could not read the log; retry",
+                        ctx,
+                    );
                     return;
                 }
             };
-            let Some(replay) = actor.replay.as_mut() else { return };
+            let Some(replay) = actor.replay.as_mut() else {
+                return;
+            };
             let full = page.len() == REPLAY_PAGE;
             replay.after = page.last().map_or(upto, |e| e.seq);
             if !full {
@@ -417,7 +441,11 @@ impl Session {
             return;
         };
         let marker = if replay.resume {
-            Backlog::Frame(CORE, op::RESUMED, json!({"replayed": replay.count, "seq": replay.upto}))
+            Backlog::Frame(
+                CORE,
+                op::RESUMED,
+                json!({"replayed": replay.count, "seq": replay.upto}),
+            )
         } else {
             let mut joined = Vec::new();
             let mut invited = Vec::new();
@@ -487,7 +515,11 @@ impl Session {
     /// Identify or Resume: resolves the token, then starts.
     fn identify(&mut self, d: &Value, resume: Option<u64>, ctx: &mut Context<Self>) {
         let Some(token) = d.get("token").and_then(Value::as_str) else {
-            self.close(close::INVALID_PAYLOAD, "Identify and Resume need d.token", ctx);
+            self.close(
+                close::INVALID_PAYLOAD,
+                "Identify and Resume need d.token",
+                ctx,
+            );
             return;
         };
         // Nothing else is read until the token is checked.
@@ -505,10 +537,18 @@ impl Session {
                         };
                         actor.begin(identity, resume, ctx);
                     }
-                    Ok(None) => actor.close(close::BAD_TOKEN, "the token belongs to no live session", ctx),
+                    Ok(None) => actor.close(
+                        close::BAD_TOKEN,
+                        "the token belongs to no live session",
+                        ctx,
+                    ),
                     Err(error) => {
                         tracing::warn!(%error, "gateway token lookup failed");
-                        actor.close(close::RESUME, "the server could not check the token; retry", ctx);
+                        actor.close(
+                            close::RESUME,
+                            "the server could not check the token; retry",
+                            ctx,
+                        );
                     }
                 }),
         );
@@ -561,7 +601,12 @@ impl Session {
         match kind {
             "typing.start" | "typing.stop" => {
                 let Some(channel) = channel.filter(joined) else {
-                    self.refuse(kind, "SY_FORBIDDEN", "typing needs a channel you have joined", ctx);
+                    self.refuse(
+                        kind,
+                        "SY_FORBIDDEN",
+                        "typing needs a channel you have joined",
+                        ctx,
+                    );
                     return;
                 };
                 let kind = if kind == "typing.start" {
@@ -569,18 +614,28 @@ impl Session {
                 } else {
                     SignalKind::TypingStop
                 };
-                self.state.channels.signal(&channel, Signal { sender: fid, kind });
+                self.state
+                    .channels
+                    .signal(&channel, Signal { sender: fid, kind });
             }
             "presence.update" => {
                 let status = d.get("status").and_then(Value::as_str).unwrap_or("");
                 if !PRESENCE.contains(&status) {
-                    self.refuse(kind, "SY_INVALID_PARAM", "status is online, idle, dnd or offline", ctx);
+                    self.refuse(
+                        kind,
+                        "SY_INVALID_PARAM",
+                        "status is online, idle, dnd or offline",
+                        ctx,
+                    );
                     return;
                 }
                 for (channel, state) in &self.channels {
                     if *state == Membership::Joined {
                         let kind = SignalKind::Presence(json!({"status": status}));
-                        let signal = Signal { sender: fid.clone(), kind };
+                        let signal = Signal {
+                            sender: fid.clone(),
+                            kind,
+                        };
                         self.state.channels.signal(channel, signal);
                     }
                 }
@@ -599,7 +654,8 @@ impl Session {
                 ctx.spawn(
                     async move {
                         let membership = state.store.membership(&channel, &fid).await;
-                        if let Ok(Some(m @ (Membership::Invited | Membership::Joined))) = membership {
+                        if let Ok(Some(m @ (Membership::Invited | Membership::Joined))) = membership
+                        {
                             state.channels.subscribe(&channel, id, recipient).await;
                             Some((channel, m))
                         } else {
@@ -632,7 +688,10 @@ impl Session {
     fn check_heartbeat(&mut self, ctx: &mut Context<Self>) {
         let gateway = &self.state.config.gateway;
         let (interval, grace) = (gateway.heartbeat_interval, gateway.heartbeat_grace);
-        if self.auth.is_none() && self.start.is_none() && self.connected.elapsed() > interval + grace {
+        if self.auth.is_none()
+            && self.start.is_none()
+            && self.connected.elapsed() > interval + grace
+        {
             self.close(close::NOT_AUTHENTICATED, "no Identify in time", ctx);
             return;
         }
@@ -698,7 +757,11 @@ impl Handler<Delivered> for Session {
                     if held.len() < bound {
                         held.push(event);
                     } else {
-                        self.close(close::RESUME, "too many events during start-up; resume", ctx);
+                        self.close(
+                            close::RESUME,
+                            "too many events during start-up; resume",
+                            ctx,
+                        );
                     }
                 } else if !self.backlog.is_empty() {
                     if self.backlog.len() < bound + REPLAY_PAGE {
@@ -717,7 +780,11 @@ impl Handler<Delivered> for Session {
                 }
             }
             Delivered::Gap { .. } => {
-                self.close(close::RESUME, "this socket fell behind; resume from your last seq", ctx);
+                self.close(
+                    close::RESUME,
+                    "this socket fell behind; resume from your last seq",
+                    ctx,
+                );
             }
         }
     }

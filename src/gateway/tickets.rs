@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-
 /// The session a ticket was issued for.
 #[derive(Clone, Debug)]
 pub struct Grant {
@@ -69,7 +68,10 @@ mod tests {
         let tickets = Tickets::new(Duration::from_secs(30));
         let ticket = tickets.issue("alice@a.test", "s1");
         let grant = tickets.redeem(&ticket).expect("first use");
-        assert_eq!((grant.fid.as_str(), grant.session_id.as_str()), ("alice@a.test", "s1"));
+        assert_eq!(
+            (grant.fid.as_str(), grant.session_id.as_str()),
+            ("alice@a.test", "s1")
+        );
         assert!(tickets.redeem(&ticket).is_none());
         assert!(tickets.redeem("syt_garbage").is_none());
     }

@@ -146,7 +146,10 @@ impl Store {
             .into_tuple::<i64>()
             .all(self.readers())
             .await?;
-        Ok(seqs.into_iter().map(|s| u64::try_from(s).unwrap_or(0)).collect())
+        Ok(seqs
+            .into_iter()
+            .map(|s| u64::try_from(s).unwrap_or(0))
+            .collect())
     }
 
     /// The stored cursor of `session_id`.
@@ -169,11 +172,13 @@ impl Store {
             return Ok(());
         }
         let now = crate::clock::now_ms();
-        let rows = cursors.iter().map(|(session_id, seq)| session_cursors::ActiveModel {
-            session_id: Set(session_id.clone()),
-            cursor_seq: Set(as_i64(*seq)),
-            updated_ts: Set(now),
-        });
+        let rows = cursors
+            .iter()
+            .map(|(session_id, seq)| session_cursors::ActiveModel {
+                session_id: Set(session_id.clone()),
+                cursor_seq: Set(as_i64(*seq)),
+                updated_ts: Set(now),
+            });
         let forward = Expr::cust(
             "CASE WHEN excluded.cursor_seq > session_cursors.cursor_seq \
              THEN excluded.cursor_seq ELSE session_cursors.cursor_seq END",

@@ -75,7 +75,14 @@ pub async fn channel_with(app: &TestApp, alice: &User, members: &[&User]) -> Str
     let id = created["id"].as_str().expect("id").to_owned();
     for member in members {
         let path = format!("/api/v1/channels/{id}/invite");
-        let (status, body) = call(app, "POST", &path, Some(&alice.token), Some(json!({"fid": member.fid}))).await;
+        let (status, body) = call(
+            app,
+            "POST",
+            &path,
+            Some(&alice.token),
+            Some(json!({"fid": member.fid})),
+        )
+        .await;
         assert_eq!(status, 200, "{body}");
         let path = format!("/api/v1/channels/{id}/join");
         let (status, body) = call(app, "POST", &path, Some(&member.token), None).await;
@@ -86,7 +93,14 @@ pub async fn channel_with(app: &TestApp, alice: &User, members: &[&User]) -> Str
 
 pub async fn post(app: &TestApp, user: &User, channel: &str, body: &str) -> (String, u64) {
     let path = format!("/api/v1/channels/{channel}/messages");
-    let (status, answer) = call(app, "POST", &path, Some(&user.token), Some(json!({"body": body}))).await;
+    let (status, answer) = call(
+        app,
+        "POST",
+        &path,
+        Some(&user.token),
+        Some(json!({"body": body})),
+    )
+    .await;
     assert_eq!(status, 201, "{answer}");
     (
         answer["message_id"].as_str().expect("id").into(),
@@ -95,7 +109,14 @@ pub async fn post(app: &TestApp, user: &User, channel: &str, body: &str) -> (Str
 }
 
 pub async fn ticket(app: &TestApp, user: &User) -> String {
-    let (status, body) = call(app, "POST", "/api/v1/auth/ws-ticket", Some(&user.token), None).await;
+    let (status, body) = call(
+        app,
+        "POST",
+        "/api/v1/auth/ws-ticket",
+        Some(&user.token),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["expires_in"], 30);
     body["ticket"].as_str().expect("ticket").into()
@@ -131,7 +152,11 @@ impl Ws {
         let ticket = ticket(app, user).await;
         let mut ws = Ws::connect(app, &format!("?ticket={ticket}")).await;
         let hello = ws.frame().await;
-        assert_eq!((hello["n"].as_str(), hello["op"].as_u64()), (Some("core"), Some(1)), "{hello}");
+        assert_eq!(
+            (hello["n"].as_str(), hello["op"].as_u64()),
+            (Some("core"), Some(1)),
+            "{hello}"
+        );
         assert_eq!(hello["s"], 0);
         let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
         (ws, ready["d"].clone())
@@ -227,7 +252,14 @@ async fn bad_reused_or_expired_tickets_close_with_4001_before_any_frame() {
     let mut garbage = Ws::connect(&app, "?ticket=syt_garbage").await;
     assert!(matches!(garbage.next().await, Got::Close(Some(4001))));
 
-    let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some(&alice.token), None).await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/v1/auth/ws-ticket",
+        Some(&alice.token),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let once = body["ticket"].as_str().expect("ticket").to_owned();
     let mut first = Ws::connect(&app, &format!("?ticket={once}")).await;
@@ -235,7 +267,14 @@ async fn bad_reused_or_expired_tickets_close_with_4001_before_any_frame() {
     let mut reused = Ws::connect(&app, &format!("?ticket={once}")).await;
     assert!(matches!(reused.next().await, Got::Close(Some(4001))));
 
-    let (_, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some(&alice.token), None).await;
+    let (_, body) = call(
+        &app,
+        "POST",
+        "/api/v1/auth/ws-ticket",
+        Some(&alice.token),
+        None,
+    )
+    .await;
     let late = body["ticket"].as_str().expect("ticket").to_owned();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut expired = Ws::connect(&app, &format!("?ticket={late}")).await;
@@ -243,9 +282,22 @@ async fn bad_reused_or_expired_tickets_close_with_4001_before_any_frame() {
 
     // A ticket needs a live session token.
     let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", None, None).await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_MISSING_TOKEN")));
-    let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some("sy_nope"), None).await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_UNKNOWN_TOKEN")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_MISSING_TOKEN"))
+    );
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/api/v1/auth/ws-ticket",
+        Some("sy_nope"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_UNKNOWN_TOKEN"))
+    );
 }
 
 #[actix_web::test]
@@ -255,23 +307,28 @@ async fn identify_with_a_token_and_4004_for_a_bad_one() {
 
     let mut ws = Ws::connect(&app, "").await;
     assert_eq!(ws.frame().await["op"], 1);
-    ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}})).await;
+    ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}}))
+        .await;
     let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
     assert_eq!(ready["d"]["fid"], alice.fid.as_str());
     assert_eq!(ready["d"]["session_id"], alice.session_id.as_str());
     // Identify twice is refused.
-    ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}})).await;
+    ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}}))
+        .await;
     assert_eq!(ws.closed().await, Some(4005));
 
     let mut bad = Ws::connect(&app, "").await;
     assert_eq!(bad.frame().await["op"], 1);
-    bad.send(json!({"n": "core", "op": 2, "d": {"token": "sy_0000"}})).await;
+    bad.send(json!({"n": "core", "op": 2, "d": {"token": "sy_0000"}}))
+        .await;
     assert_eq!(bad.closed().await, Some(4004));
 
     // Anything but Identify, Resume or a heartbeat before authentication.
     let mut early = Ws::connect(&app, "").await;
     assert_eq!(early.frame().await["op"], 1);
-    early.send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe"}})).await;
+    early
+        .send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe"}}))
+        .await;
     assert_eq!(early.closed().await, Some(4003));
 
     let mut garbage = Ws::connect(&app, "").await;
@@ -318,7 +375,14 @@ async fn members_see_messages_edits_and_deletes_in_order_and_others_see_nothing(
     let (m1, seq1) = post(&app, &alice, &channel, "hello bob").await;
     let (m2, _) = post(&app, &bob, &channel, "hi alice").await;
     let path = format!("/api/v1/channels/{channel}/messages/{m1}");
-    let (status, body) = call(&app, "PATCH", &path, Some(&alice.token), Some(json!({"body": "hello, bob"}))).await;
+    let (status, body) = call(
+        &app,
+        "PATCH",
+        &path,
+        Some(&alice.token),
+        Some(json!({"body": "hello, bob"})),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let path = format!("/api/v1/channels/{channel}/messages/{m2}");
     let (status, body) = call(&app, "DELETE", &path, Some(&bob.token), None).await;
@@ -330,23 +394,42 @@ async fn members_see_messages_edits_and_deletes_in_order_and_others_see_nothing(
         assert_eq!(new["seq"], seq1);
         assert_eq!(new["channel"], channel.as_str());
         assert_eq!(new["sender"], alice.fid.as_str());
-        assert_eq!(new["content"], json!({"message_id": m1, "body": "hello bob"}));
+        assert_eq!(
+            new["content"],
+            json!({"message_id": m1, "body": "hello bob"})
+        );
         assert!(new["ts"].as_i64().is_some());
         let reply = ws.event().await;
-        assert_eq!((reply["type"].as_str(), reply["sender"].as_str()), (Some("message.new"), Some(bob.fid.as_str())));
+        assert_eq!(
+            (reply["type"].as_str(), reply["sender"].as_str()),
+            (Some("message.new"), Some(bob.fid.as_str()))
+        );
         let edit = ws.event().await;
         assert_eq!(edit["type"], "message.edit");
-        assert_eq!(edit["content"], json!({"message_id": m1, "body": "hello, bob"}));
+        assert_eq!(
+            edit["content"],
+            json!({"message_id": m1, "body": "hello, bob"})
+        );
         let delete = ws.event().await;
         assert_eq!(delete["type"], "message.delete");
         assert_eq!(delete["content"], json!({"message_id": m2}));
         assert!(delete["seq"].as_u64() > edit["seq"].as_u64());
     }
     // Carol's next event is her own channel: nothing of alice's came before it.
-    let (status, _) = call(&app, "POST", "/api/v1/channels", Some(&carol.token), Some(json!({"name": "Mine"}))).await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/channels",
+        Some(&carol.token),
+        Some(json!({"name": "Mine"})),
+    )
+    .await;
     assert_eq!(status, 201);
     let own = c.event().await;
-    assert_eq!((own["type"].as_str(), own["sender"].as_str()), (Some("channel.new"), Some(carol.fid.as_str())));
+    assert_eq!(
+        (own["type"].as_str(), own["sender"].as_str()),
+        (Some("channel.new"), Some(carol.fid.as_str()))
+    );
 
     // History, newest first, with the deletion kept as a tombstone.
     let path = format!("/api/v1/channels/{channel}/messages?limit=10");
@@ -354,7 +437,13 @@ async fn members_see_messages_edits_and_deletes_in_order_and_others_see_nothing(
     assert_eq!(status, 200, "{history}");
     let messages = history["messages"].as_array().expect("messages");
     assert_eq!(messages.len(), 2);
-    assert_eq!((messages[0]["message_id"].as_str(), messages[0]["deleted"].as_bool()), (Some(m2.as_str()), Some(true)));
+    assert_eq!(
+        (
+            messages[0]["message_id"].as_str(),
+            messages[0]["deleted"].as_bool()
+        ),
+        (Some(m2.as_str()), Some(true))
+    );
     assert_eq!(messages[0]["body"], Value::Null);
     assert_eq!(messages[1]["body"], "hello, bob");
     let path = format!("/api/v1/channels/{channel}/messages?before={seq1}");
@@ -380,7 +469,12 @@ async fn rest_catch_up_returns_exactly_what_the_socket_missed_and_shares_its_cur
     // The cursor is the last event the socket was given.
     let (status, events) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
     assert_eq!(status, 200, "{events}");
-    let seqs: Vec<u64> = events.as_array().expect("array").iter().map(|e| e["seq"].as_u64().expect("seq")).collect();
+    let seqs: Vec<u64> = events
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
     assert_eq!(seqs, missed);
     assert_eq!(events[0]["content"]["body"], "missed 0");
     assert_eq!(events[0]["type"], "message.new");
@@ -402,11 +496,25 @@ async fn rest_catch_up_returns_exactly_what_the_socket_missed_and_shares_its_cur
     assert_eq!(page.as_array().map(Vec::len), Some(2));
     assert_eq!(page[0]["seq"], missed[0]);
     for bad in ["limit=0", "limit=1001", "since=x"] {
-        let (status, body) = call(&app, "GET", &format!("/.p2/core/v1/events?{bad}"), Some(&bob.token), None).await;
-        assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_INVALID_PARAM")), "{bad}");
+        let (status, body) = call(
+            &app,
+            "GET",
+            &format!("/.p2/core/v1/events?{bad}"),
+            Some(&bob.token),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("SY_INVALID_PARAM")),
+            "{bad}"
+        );
     }
     let (status, body) = call(&app, "GET", "/.p2/core/v1/events", None, None).await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_MISSING_TOKEN")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_MISSING_TOKEN"))
+    );
 }
 
 #[actix_web::test]
@@ -425,7 +533,8 @@ async fn a_new_socket_replays_what_the_session_missed_and_resume_takes_a_seq() {
     // Resume with the last seq the client has: exactly the missed ones, then Resumed.
     let mut r = Ws::connect(&app, "").await;
     assert_eq!(r.frame().await["op"], 1);
-    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}})).await;
+    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}}))
+        .await;
     assert_eq!(r.event().await["seq"], second);
     assert_eq!(r.event().await["seq"], third);
     let resumed = r.until(|f| f["n"] == "core").await;
@@ -468,7 +577,8 @@ async fn too_much_to_replay_is_4010() {
     }
     let mut r = Ws::connect(&app, "").await;
     assert_eq!(r.frame().await["op"], 1);
-    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}})).await;
+    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}}))
+        .await;
     assert_eq!(r.closed().await, Some(4010));
 }
 
@@ -493,17 +603,23 @@ async fn a_reader_that_stops_is_closed_resumable_and_resumes_without_a_gap() {
     let mut got = Vec::new();
     let code = loop {
         match b.next().await {
-            Got::Frame(f) if f["n"] == "chat" && f["op"] == 0 => got.push(f["d"]["seq"].as_u64().expect("seq")),
+            Got::Frame(f) if f["n"] == "chat" && f["op"] == 0 => {
+                got.push(f["d"]["seq"].as_u64().expect("seq"))
+            }
             Got::Frame(_) => {}
             Got::Close(code) => break code,
         }
     };
     assert_eq!(code, Some(4000), "a resumable close");
-    assert!(got.len() < posted.len(), "closed before everything was sent");
+    assert!(
+        got.len() < posted.len(),
+        "closed before everything was sent"
+    );
     let last = got.last().copied().unwrap_or(0);
     let mut r = Ws::connect(&app, "").await;
     assert_eq!(r.frame().await["op"], 1);
-    r.send(json!({"n": "core", "op": 5, "d": {"s": last, "token": bob.token}})).await;
+    r.send(json!({"n": "core", "op": 5, "d": {"s": last, "token": bob.token}}))
+        .await;
     loop {
         let f = r.frame().await;
         if f["n"] == "core" && f["op"] == 10 {
@@ -520,9 +636,15 @@ async fn a_reader_that_stops_is_closed_resumable_and_resumes_without_a_gap() {
             .send()
             .await
             .expect("metrics");
-        (res.status(), String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8"))
+        (
+            res.status(),
+            String::from_utf8(res.body().await.expect("body").to_vec()).expect("utf8"),
+        )
     };
-    assert!(metrics.contains("gateway_closes_total{code=\"4000\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("gateway_closes_total{code=\"4000\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[actix_web::test]
@@ -539,29 +661,37 @@ async fn typing_and_presence_are_ephemeral_and_typing_expires() {
     let (mut b, _) = Ws::open(&app, &bob).await;
     let before = head(&app).await;
 
-    a.send(json!({"n": "chat", "op": 1, "d": {"type": "typing.start", "channel": channel}})).await;
+    a.send(json!({"n": "chat", "op": 1, "d": {"type": "typing.start", "channel": channel}}))
+        .await;
     let start = b.until(|f| f["n"] == "chat" && f["op"] == 0).await["d"].clone();
-    assert_eq!((start["type"].as_str(), start["sender"].as_str()), (Some("typing.start"), Some(alice.fid.as_str())));
+    assert_eq!(
+        (start["type"].as_str(), start["sender"].as_str()),
+        (Some("typing.start"), Some(alice.fid.as_str()))
+    );
     assert_eq!(start["channel"], channel.as_str());
     assert!(start.get("seq").is_none(), "ephemeral: no seq");
     let stop = b.until(|f| f["n"] == "chat" && f["op"] == 0).await["d"].clone();
     assert_eq!(stop["type"], "typing.stop", "expired without renewal");
 
-    a.send(json!({"n": "chat", "op": 1, "d": {"type": "presence.update", "status": "idle"}})).await;
+    a.send(json!({"n": "chat", "op": 1, "d": {"type": "presence.update", "status": "idle"}}))
+        .await;
     let presence = b.until(|f| f["n"] == "chat" && f["op"] == 0).await["d"].clone();
     assert_eq!(presence["type"], "presence.update");
     assert_eq!(presence["content"], json!({"status": "idle"}));
     assert_eq!(head(&app).await, before, "nothing ephemeral is logged");
 
     // Refusals do not close the socket.
-    a.send(json!({"n": "chat", "op": 1, "d": {"type": "presence.update", "status": "asleep"}})).await;
+    a.send(json!({"n": "chat", "op": 1, "d": {"type": "presence.update", "status": "asleep"}}))
+        .await;
     let refused = a.until(|f| f["n"] == "chat" && f["op"] == 3).await;
     assert_eq!(refused["d"]["errcode"], "SY_INVALID_PARAM");
     let (mut c, _) = Ws::open(&app, &carol).await;
-    c.send(json!({"n": "chat", "op": 1, "d": {"type": "typing.start", "channel": channel}})).await;
+    c.send(json!({"n": "chat", "op": 1, "d": {"type": "typing.start", "channel": channel}}))
+        .await;
     let refused = c.until(|f| f["n"] == "chat" && f["op"] == 3).await;
     assert_eq!(refused["d"]["errcode"], "SY_FORBIDDEN");
-    c.send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe", "channel": channel}})).await;
+    c.send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe", "channel": channel}}))
+        .await;
     let refused = c.until(|f| f["n"] == "chat" && f["op"] == 3).await;
     assert_eq!(refused["d"]["type"], "subscribe");
 }
@@ -572,30 +702,74 @@ async fn an_invite_and_a_join_reach_live_sockets_and_leaving_stops_delivery() {
     let alice = register(&app, "alice").await;
     let bob = register(&app, "bob").await;
     let (mut b, _) = Ws::open(&app, &bob).await;
-    let (status, created) = call(&app, "POST", "/api/v1/channels", Some(&alice.token), Some(json!({"name": "Later"}))).await;
+    let (status, created) = call(
+        &app,
+        "POST",
+        "/api/v1/channels",
+        Some(&alice.token),
+        Some(json!({"name": "Later"})),
+    )
+    .await;
     assert_eq!(status, 201);
     let id = created["id"].as_str().expect("id");
     let channel = created["ref"].as_str().expect("ref").to_owned();
-    call(&app, "POST", &format!("/api/v1/channels/{id}/invite"), Some(&alice.token), Some(json!({"fid": bob.fid}))).await;
+    call(
+        &app,
+        "POST",
+        &format!("/api/v1/channels/{id}/invite"),
+        Some(&alice.token),
+        Some(json!({"fid": bob.fid})),
+    )
+    .await;
     let invite = b.event().await;
-    assert_eq!((invite["type"].as_str(), invite["content"]["invitee"].as_str()), (Some("channel.invite"), Some(bob.fid.as_str())));
+    assert_eq!(
+        (
+            invite["type"].as_str(),
+            invite["content"]["invitee"].as_str()
+        ),
+        (Some("channel.invite"), Some(bob.fid.as_str()))
+    );
     // Invited only: messages are not visible yet.
     let (_, hidden) = post(&app, &alice, &channel, "before bob joins").await;
-    let (status, _) = call(&app, "POST", &format!("/api/v1/channels/{id}/join"), Some(&bob.token), None).await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/channels/{id}/join"),
+        Some(&bob.token),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     let join = b.event().await;
     assert_eq!(join["type"], "channel.join");
     assert!(join["seq"].as_u64() > Some(hidden));
     let (_, seen) = post(&app, &alice, &channel, "after").await;
     assert_eq!(b.event().await["seq"], seen);
-    let (status, _) = call(&app, "POST", &format!("/api/v1/channels/{id}/leave"), Some(&bob.token), None).await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/channels/{id}/leave"),
+        Some(&bob.token),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(b.event().await["type"], "channel.leave");
     post(&app, &alice, &channel, "gone").await;
     // Bob's next event is from a channel of his own.
-    call(&app, "POST", "/api/v1/channels", Some(&bob.token), Some(json!({"name": "Bob's"}))).await;
+    call(
+        &app,
+        "POST",
+        "/api/v1/channels",
+        Some(&bob.token),
+        Some(json!({"name": "Bob's"})),
+    )
+    .await;
     let own = b.event().await;
-    assert_eq!((own["type"].as_str(), own["sender"].as_str()), (Some("channel.new"), Some(bob.fid.as_str())));
+    assert_eq!(
+        (own["type"].as_str(), own["sender"].as_str()),
+        (Some("channel.new"), Some(bob.fid.as_str()))
+    );
 }
 
 #[actix_web::test]
@@ -603,10 +777,24 @@ async fn ending_a_session_closes_its_sockets() {
     let app = app().await;
     let alice = register(&app, "alice").await;
     let (mut ws, _) = Ws::open(&app, &alice).await;
-    let (status, _) = call(&app, "DELETE", "/.p2/core/v1/session", Some(&alice.token), Some(json!({"session_id": alice.session_id}))).await;
+    let (status, _) = call(
+        &app,
+        "DELETE",
+        "/.p2/core/v1/session",
+        Some(&alice.token),
+        Some(json!({"session_id": alice.session_id})),
+    )
+    .await;
     assert_eq!(status, 204);
     assert_eq!(ws.closed().await, Some(4003));
-    let (status, _) = call(&app, "POST", "/api/v1/auth/ws-ticket", Some(&alice.token), None).await;
+    let (status, _) = call(
+        &app,
+        "POST",
+        "/api/v1/auth/ws-ticket",
+        Some(&alice.token),
+        None,
+    )
+    .await;
     assert_eq!(status, 401);
 }
 
@@ -621,35 +809,209 @@ async fn channel_routes_refuse_bad_requests_and_write_nothing() {
     let (message, _) = post(&app, &alice, &channel, "alice's").await;
     let before = head(&app).await;
 
-    let cases: Vec<(&str, String, Option<&User>, Option<Value>, u16, &str)> = vec![
-        ("POST", "/api/v1/channels".into(), None, Some(json!({"name": "x"})), 401, "SY_MISSING_TOKEN"),
-        ("POST", "/api/v1/channels".into(), Some(&alice), Some(json!({"name": "  "})), 400, "SY_INVALID_PARAM"),
-        ("POST", "/api/v1/channels".into(), Some(&alice), Some(json!({"name": "x".repeat(101)})), 400, "SY_INVALID_PARAM"),
-        ("POST", "/api/v1/channels".into(), Some(&alice), Some(json!({"title": "x"})), 400, "SY_BAD_JSON"),
-        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&carol), Some(json!({"fid": "dave@localhost:8008"})), 403, "SY_FORBIDDEN"),
-        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&alice), Some(json!({"fid": "nobody@localhost:8008"})), 404, "SY_NOT_FOUND"),
-        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&alice), Some(json!({"fid": "not a fid"})), 400, "SY_INVALID_PARAM"),
-        ("POST", format!("/api/v1/channels/{id}/invite"), Some(&alice), Some(json!({"fid": bob.fid})), 409, "SY_ALREADY_MEMBER"),
-        ("POST", "/api/v1/channels/nope/invite".into(), Some(&alice), Some(json!({"fid": bob.fid})), 404, "SY_NOT_FOUND"),
-        ("POST", "/api/v1/channels/bad!id/join".into(), Some(&alice), None, 400, "SY_INVALID_PARAM"),
-        ("POST", format!("/api/v1/channels/{id}/join"), Some(&carol), None, 403, "SY_FORBIDDEN"),
-        ("POST", format!("/api/v1/channels/{id}/join"), Some(&bob), None, 409, "SY_ALREADY_MEMBER"),
-        ("POST", format!("/api/v1/channels/{id}/leave"), Some(&carol), None, 403, "SY_FORBIDDEN"),
-        ("POST", format!("/api/v1/channels/{id}/messages"), Some(&carol), Some(json!({"body": "hi"})), 403, "SY_FORBIDDEN"),
-        ("POST", format!("/api/v1/channels/{id}/messages"), Some(&bob), Some(json!({"body": ""})), 400, "SY_INVALID_PARAM"),
-        ("POST", format!("/api/v1/channels/{id}/messages"), Some(&bob), Some(json!({"body": "x".repeat(65 * 1024)})), 400, "SY_INVALID_PARAM"),
-        ("PATCH", format!("/api/v1/channels/{id}/messages/{message}"), Some(&bob), Some(json!({"body": "mine now"})), 403, "SY_FORBIDDEN"),
-        ("PATCH", format!("/api/v1/channels/{id}/messages/nosuch"), Some(&alice), Some(json!({"body": "x"})), 404, "SY_NOT_FOUND"),
-        ("DELETE", format!("/api/v1/channels/{id}/messages/{message}"), Some(&bob), None, 403, "SY_FORBIDDEN"),
-        ("DELETE", format!("/api/v1/channels/{id}/messages/{message}"), Some(&carol), None, 403, "SY_FORBIDDEN"),
-        ("GET", format!("/api/v1/channels/{id}/messages"), Some(&carol), None, 403, "SY_FORBIDDEN"),
-        ("GET", format!("/api/v1/channels/{id}/messages?limit=0"), Some(&alice), None, 400, "SY_INVALID_PARAM"),
-        ("GET", format!("/api/v1/channels/{id}/messages?limit=101"), Some(&alice), None, 400, "SY_INVALID_PARAM"),
+    // (method, path, caller, body, status, errcode)
+    type Case<'a> = (
+        &'a str,
+        String,
+        Option<&'a User>,
+        Option<Value>,
+        u16,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            "/api/v1/channels".into(),
+            None,
+            Some(json!({"name": "x"})),
+            401,
+            "SY_MISSING_TOKEN",
+        ),
+        (
+            "POST",
+            "/api/v1/channels".into(),
+            Some(&alice),
+            Some(json!({"name": "  "})),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "POST",
+            "/api/v1/channels".into(),
+            Some(&alice),
+            Some(json!({"name": "x".repeat(101)})),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "POST",
+            "/api/v1/channels".into(),
+            Some(&alice),
+            Some(json!({"title": "x"})),
+            400,
+            "SY_BAD_JSON",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/invite"),
+            Some(&carol),
+            Some(json!({"fid": "dave@localhost:8008"})),
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/invite"),
+            Some(&alice),
+            Some(json!({"fid": "nobody@localhost:8008"})),
+            404,
+            "SY_NOT_FOUND",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/invite"),
+            Some(&alice),
+            Some(json!({"fid": "not a fid"})),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/invite"),
+            Some(&alice),
+            Some(json!({"fid": bob.fid})),
+            409,
+            "SY_ALREADY_MEMBER",
+        ),
+        (
+            "POST",
+            "/api/v1/channels/nope/invite".into(),
+            Some(&alice),
+            Some(json!({"fid": bob.fid})),
+            404,
+            "SY_NOT_FOUND",
+        ),
+        (
+            "POST",
+            "/api/v1/channels/bad!id/join".into(),
+            Some(&alice),
+            None,
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/join"),
+            Some(&carol),
+            None,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/join"),
+            Some(&bob),
+            None,
+            409,
+            "SY_ALREADY_MEMBER",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/leave"),
+            Some(&carol),
+            None,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/messages"),
+            Some(&carol),
+            Some(json!({"body": "hi"})),
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/messages"),
+            Some(&bob),
+            Some(json!({"body": ""})),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "POST",
+            format!("/api/v1/channels/{id}/messages"),
+            Some(&bob),
+            Some(json!({"body": "x".repeat(65 * 1024)})),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/channels/{id}/messages/{message}"),
+            Some(&bob),
+            Some(json!({"body": "mine now"})),
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/channels/{id}/messages/nosuch"),
+            Some(&alice),
+            Some(json!({"body": "x"})),
+            404,
+            "SY_NOT_FOUND",
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/channels/{id}/messages/{message}"),
+            Some(&bob),
+            None,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/channels/{id}/messages/{message}"),
+            Some(&carol),
+            None,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "GET",
+            format!("/api/v1/channels/{id}/messages"),
+            Some(&carol),
+            None,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "GET",
+            format!("/api/v1/channels/{id}/messages?limit=0"),
+            Some(&alice),
+            None,
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "GET",
+            format!("/api/v1/channels/{id}/messages?limit=101"),
+            Some(&alice),
+            None,
+            400,
+            "SY_INVALID_PARAM",
+        ),
     ];
     for (method, path, user, body, status, errcode) in cases {
         let token = user.map(|u| u.token.as_str());
         let (got, answer) = call(&app, method, &path, token, body).await;
-        assert_eq!((got, answer["errcode"].as_str()), (status, Some(errcode)), "{method} {path}: {answer}");
+        assert_eq!(
+            (got, answer["errcode"].as_str()),
+            (status, Some(errcode)),
+            "{method} {path}: {answer}"
+        );
         assert!(answer["error"].as_str().is_some_and(|e| !e.is_empty()));
         assert_eq!(head(&app).await, before, "{method} {path} wrote nothing");
     }
@@ -684,32 +1046,70 @@ async fn a_remote_members_message_reaches_local_sockets_through_the_inbox() {
     let alice = register(&a, "alice").await;
     let bob = register(&b, "bob").await;
     let (mut bob_ws, _) = Ws::open(&b, &bob).await;
-    let (status, created) = call(&a, "POST", "/api/v1/channels", Some(&alice.token), Some(json!({"name": "Across"}))).await;
+    let (status, created) = call(
+        &a,
+        "POST",
+        "/api/v1/channels",
+        Some(&alice.token),
+        Some(json!({"name": "Across"})),
+    )
+    .await;
     assert_eq!(status, 201);
     let channel = created["ref"].as_str().expect("ref").to_owned();
-    let path = format!("/api/v1/channels/{}/invite", created["id"].as_str().expect("id"));
-    let (status, body) = call(&a, "POST", &path, Some(&alice.token), Some(json!({"fid": bob.fid}))).await;
+    let path = format!(
+        "/api/v1/channels/{}/invite",
+        created["id"].as_str().expect("id")
+    );
+    let (status, body) = call(
+        &a,
+        "POST",
+        &path,
+        Some(&alice.token),
+        Some(json!({"fid": bob.fid})),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
 
     // The invite travels to b.test and reaches bob's socket there.
     let invite = bob_ws.event().await;
-    assert_eq!((invite["type"].as_str(), invite["channel"].as_str()), (Some("channel.invite"), Some(channel.as_str())));
+    assert_eq!(
+        (invite["type"].as_str(), invite["channel"].as_str()),
+        (Some("channel.invite"), Some(channel.as_str()))
+    );
     let (mut alice_ws, _) = Ws::open(&a, &alice).await;
-    let (status, body) = call(&b, "POST", &format!("/api/v1/channels/{channel}/join"), Some(&bob.token), None).await;
+    let (status, body) = call(
+        &b,
+        "POST",
+        &format!("/api/v1/channels/{channel}/join"),
+        Some(&bob.token),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let join = alice_ws.event().await;
-    assert_eq!((join["type"].as_str(), join["sender"].as_str()), (Some("channel.join"), Some(bob.fid.as_str())));
+    assert_eq!(
+        (join["type"].as_str(), join["sender"].as_str()),
+        (Some("channel.join"), Some(bob.fid.as_str()))
+    );
 
     // Bob posts on his server; it reaches alice's socket through a.test's inbox.
     let (message_id, _) = post(&b, &bob, &channel, "hello from b").await;
     let arrived = alice_ws.event().await;
     assert_eq!(arrived["type"], "message.new");
     assert_eq!(arrived["sender"], bob.fid.as_str());
-    assert_eq!(arrived["content"], json!({"message_id": message_id, "body": "hello from b"}));
+    assert_eq!(
+        arrived["content"],
+        json!({"message_id": message_id, "body": "hello from b"})
+    );
     // And alice's answer reaches bob's socket on b.test.
     let (reply, _) = post(&a, &alice, &channel, "welcome").await;
     let back = bob_ws
-        .until(|f| f["n"] == "chat" && f["op"] == 0 && f["d"]["type"] == "message.new" && f["d"]["sender"] == alice.fid.as_str())
+        .until(|f| {
+            f["n"] == "chat"
+                && f["op"] == 0
+                && f["d"]["type"] == "message.new"
+                && f["d"]["sender"] == alice.fid.as_str()
+        })
         .await;
     assert_eq!(back["d"]["content"]["message_id"], reply.as_str());
 }
