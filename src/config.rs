@@ -259,6 +259,8 @@ pub struct GatewayConfig {
     pub max_replay_events: usize,
     /// Client frames per connection per 10 s before it is closed with 4008.
     pub max_client_frames: u32,
+    /// Live sockets one user may hold; more are closed with 4008.
+    pub max_sockets_per_user: usize,
     /// How long a WebSocket ticket stays valid (DESIGN §5: 30 s).
     #[serde(with = "humantime_serde")]
     pub ticket_lifetime: Duration,
@@ -276,6 +278,7 @@ impl Default for GatewayConfig {
             outbound_max_bytes: 1 << 20,
             max_replay_events: 10_000,
             max_client_frames: 120,
+            max_sockets_per_user: 64,
             ticket_lifetime: Duration::from_secs(30),
             typing_ttl: Duration::from_secs(10),
         }
@@ -415,8 +418,17 @@ impl Config {
         if gateway.heartbeat_grace.is_zero() {
             return Err(invalid("gateway.heartbeat_grace", "must be above zero"));
         }
-        if gateway.outbound_max_frames == 0 {
-            return Err(invalid("gateway.outbound_max_frames", "must be at least 1"));
+        if gateway.outbound_max_frames < 16 {
+            return Err(invalid(
+                "gateway.outbound_max_frames",
+                "must be at least 16",
+            ));
+        }
+        if gateway.max_sockets_per_user == 0 {
+            return Err(invalid(
+                "gateway.max_sockets_per_user",
+                "must be at least 1",
+            ));
         }
         if gateway.outbound_max_bytes < 64 * 1024 {
             return Err(invalid(

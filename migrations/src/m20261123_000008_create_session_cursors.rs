@@ -1,6 +1,7 @@
 //! Each client session's cursor: the newest `seq` delivered to it over its WebSocket or
 //! returned by REST catch-up (DESIGN §5). A read position, not a state change: operational
-//! state kept outside the log, like the delivery cursors.
+//! state kept outside the log, like the delivery cursors. Also an index of `members` by fid:
+//! a user's channels are read at every socket start and catch-up.
 
 use sea_orm_migration::prelude::*;
 
@@ -13,6 +14,12 @@ enum SessionCursors {
     SessionId,
     CursorSeq,
     UpdatedTs,
+}
+
+#[derive(DeriveIden)]
+enum Members {
+    Table,
+    Fid,
 }
 
 #[async_trait::async_trait]
@@ -40,10 +47,27 @@ impl MigrationTrait for Migration {
                     )
                     .to_owned(),
             )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("members_fid")
+                    .table(Members::Table)
+                    .col(Members::Fid)
+                    .to_owned(),
+            )
             .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("members_fid")
+                    .table(Members::Table)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .drop_table(Table::drop().table(SessionCursors::Table).to_owned())
             .await

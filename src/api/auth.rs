@@ -124,7 +124,12 @@ pub async fn delete_session(
     )
     .await
     .map_err(answer)?;
-    // Its sockets close once the session is gone from the log's point of view.
+    // Its sockets close once the session is gone from the log's point of view, and its
+    // cursor goes with it.
+    state.cursors.forget(&target.session_id);
+    if let Err(error) = state.store.delete_session_cursor(&target.session_id).await {
+        tracing::warn!(%error, "cannot delete an ended session's cursor");
+    }
     state.channels.close_session(
         &target.fid,
         &target.session_id,

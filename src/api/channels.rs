@@ -55,10 +55,6 @@ where
     action(caller).await.map_err(answer)
 }
 
-fn channel_of(path: &str, state: &AppState) -> Result<String, ApiError> {
-    channel_ref(path, &state.config.server.name).map_err(answer)
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewChannel {
@@ -87,8 +83,10 @@ pub async fn invite(
     body: web::Json<Invitee>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = channel_of(&path, &state)?;
-    let seq = as_caller(&req, &state, async |c| c.invite(&channel, &body.fid).await).await?;
+    let seq = as_caller(&req, &state, async |c| {
+        c.invite(&channel_ref(&path, c.us)?, &body.fid).await
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(json!({"seq": seq})))
 }
 
@@ -97,8 +95,10 @@ pub async fn join(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = channel_of(&path, &state)?;
-    let seq = as_caller(&req, &state, async |c| c.join(&channel).await).await?;
+    let seq = as_caller(&req, &state, async |c| {
+        c.join(&channel_ref(&path, c.us)?).await
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(json!({"seq": seq})))
 }
 
@@ -107,8 +107,10 @@ pub async fn leave(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = channel_of(&path, &state)?;
-    let seq = as_caller(&req, &state, async |c| c.leave(&channel).await).await?;
+    let seq = as_caller(&req, &state, async |c| {
+        c.leave(&channel_ref(&path, c.us)?).await
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(json!({"seq": seq})))
 }
 
@@ -124,9 +126,10 @@ pub async fn post_message(
     body: web::Json<Body>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = channel_of(&path, &state)?;
-    let (message_id, seq) =
-        as_caller(&req, &state, async |c| c.post(&channel, &body.body).await).await?;
+    let (message_id, seq) = as_caller(&req, &state, async |c| {
+        c.post(&channel_ref(&path, c.us)?, &body.body).await
+    })
+    .await?;
     Ok(HttpResponse::Created().json(json!({"message_id": message_id, "seq": seq})))
 }
 
@@ -136,9 +139,9 @@ pub async fn edit_message(
     body: web::Json<Body>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = channel_of(&path.0, &state)?;
     let seq = as_caller(&req, &state, async |c| {
-        c.edit(&channel, &path.1, &body.body).await
+        c.edit(&channel_ref(&path.0, c.us)?, &path.1, &body.body)
+            .await
     })
     .await?;
     Ok(HttpResponse::Ok().json(json!({"seq": seq})))
@@ -149,8 +152,10 @@ pub async fn delete_message(
     path: web::Path<(String, String)>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let channel = channel_of(&path.0, &state)?;
-    let seq = as_caller(&req, &state, async |c| c.delete(&channel, &path.1).await).await?;
+    let seq = as_caller(&req, &state, async |c| {
+        c.delete(&channel_ref(&path.0, c.us)?, &path.1).await
+    })
+    .await?;
     Ok(HttpResponse::Ok().json(json!({"seq": seq})))
 }
 
@@ -166,18 +171,15 @@ pub async fn history(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let query = web::Query::<HistoryQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}")))?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::new(
-            ErrorKind::InvalidParam,
-            "limit must be 1..100",
-        ));
-    }
-    let channel = channel_of(&path, &state)?;
     let messages = as_caller(&req, &state, async |c| {
-        c.history(&channel, query.before, limit).await
+        let query = web::Query::<HistoryQuery>::from_query(req.query_string())
+            .map_err(|e| ActionError::Invalid(format!("bad query: {e}")))?;
+        let limit = query.limit.unwrap_or(50);
+        if !(1..=100).contains(&limit) {
+            return Err(ActionError::Invalid("limit must be 1..100".into()));
+        }
+        c.history(&channel_ref(&path, c.us)?, query.before, limit)
+            .await
     })
     .await?;
     let messages: Vec<_> = messages

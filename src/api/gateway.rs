@@ -43,7 +43,12 @@ pub async fn ws(
 ) -> Result<HttpResponse, actix_web::Error> {
     // A malformed query is treated like a bad ticket, after the upgrade, as the contract says.
     let query = web::Query::<WsQuery>::from_query(req.query_string()).ok();
-    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let (response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
+        ApiError::new(
+            ErrorKind::InvalidParam,
+            format!("GET /ws is a WebSocket upgrade: {e}"),
+        )
+    })?;
     let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
     let start = match query.as_ref().map(|q| (q.ticket.as_deref(), q.resume)) {
         Some((None, None)) => Some(Start::AwaitIdentify),
@@ -108,34 +113,44 @@ pub async fn events(
             "limit must be 1..1000",
         ));
     }
-    let since = match query.since {
-        Some(since) => since,
-        None => {
-            let stored = state
-                .store
-                .session_cursor(&session.session_id)
-                .await
-                .map_err(ApiError::internal)?;
-            let live = state.cursors.live(&session.session_id);
-            let created = u64::try_from(session.created_seq).unwrap_or(0);
-            stored.unwrap_or(0).max(live.unwrap_or(0)).max(created)
-        }
-    };
+    let stored = state
+        .store
+        .session_cursor(&session.session_id)
+        .await
+        .map_err(ApiError::internal)?;
+    let created = u64::try_from(session.created_seq).unwrap_or(0);
+    let current = stored
+        .unwrap_or(0)
+        .max(state.cursors.live(&session.session_id).unwrap_or(0))
+        .max(created);
+    let since = query.since.unwrap_or(current);
+    let (head, _) = state.store.head().await.map_err(ApiError::internal)?;
     let missed = state
         .store
         .events_visible_to(&session.fid, since, limit)
         .await
         .map_err(ApiError::internal)?;
-    let Some(last) = missed.last().map(|e| e.seq) else {
-        return Ok(HttpResponse::NoContent().finish());
+    // A short page saw everything up to `head` at least: the cursor can move there, so that
+    // a quiet user's next call does not scan the same stretch of the log again.
+    let last = missed.last().map_or(since, |e| e.seq);
+    let cursor = if (missed.len() as u64) < limit {
+        last.max(head)
+    } else {
+        last
     };
-    // The cursor is stored before the answer: what is answered counts as delivered.
-    state
-        .store
-        .advance_session_cursors(&[(session.session_id.clone(), last)])
-        .await
-        .map_err(ApiError::internal)?;
-    state.cursors.advance_live(&session.session_id, last);
+    // The cursor is stored before the answer: what is answered counts as delivered. It
+    // never moves back (an explicit `since` below it just reads).
+    if cursor > current {
+        state
+            .store
+            .set_session_cursors(&[(session.session_id.clone(), cursor)])
+            .await
+            .map_err(ApiError::internal)?;
+        state.cursors.advance_live(&session.session_id, cursor);
+    }
+    if missed.is_empty() {
+        return Ok(HttpResponse::NoContent().finish());
+    }
     let events: Vec<_> = missed
         .iter()
         .filter_map(ChannelEvent::from_entry)

@@ -14,6 +14,7 @@
 //!    Publish → Delivered::Event(shared bytes) to each subscriber with try_send; a subscriber
 //!      whose mailbox is full is dropped and told Gap (it closes with a resumable code and
 //!      the client resumes from the log): never buffered without bound
+//!  a router that falls behind the log closes every socket with 4000: they resume from it
 //!    typing.start / typing.stop / presence.update: ephemeral, never logged; a typing.start
 //!      that is not renewed ends with a typing.stop after `gateway.typing_ttl` (10 s)
 //!    no subscribers → stops; the router then skips its channel
@@ -26,7 +27,6 @@
 //! publication is the same: the log's committed batches.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,7 +126,10 @@ pub fn ephemeral_json(
 pub enum Delivered {
     Event(Arc<ChannelEvent>),
     /// A typing or presence signal of a channel: `d` of a chat event without `seq`.
-    Ephemeral(Bytes),
+    Ephemeral {
+        channel: Arc<str>,
+        json: Bytes,
+    },
     /// Events of this channel were lost on the way (a full mailbox): the subscriber was
     /// dropped and must re-read the log after the last `seq` it received.
     Gap {
@@ -171,8 +174,6 @@ pub struct Channel {
     subscribers: HashMap<u64, Recipient<Delivered>>,
     /// Who is typing, with the timer that ends it.
     typing: HashMap<String, SpawnHandle>,
-    /// Set by the router when a publication could not be queued.
-    lagged: Arc<AtomicBool>,
     fanout_seconds: prometheus::Histogram,
     /// How long a `typing.start` lasts unless renewed (DESIGN §5: 10 s).
     typing_ttl: Duration,
@@ -218,10 +219,14 @@ impl Channel {
         ctx: &mut Context<Self>,
     ) {
         let json = ephemeral_json(kind, &self.name, sender, &content);
+        let channel: Arc<str> = Arc::from(self.name.as_str());
         // Ephemeral: a full mailbox just misses it.
         self.subscribers.retain(|_, recipient| {
             !matches!(
-                recipient.try_send(Delivered::Ephemeral(json.clone())),
+                recipient.try_send(Delivered::Ephemeral {
+                    channel: channel.clone(),
+                    json: json.clone(),
+                }),
                 Err(SendError::Closed(_))
             )
         });
@@ -235,12 +240,6 @@ impl Handler<Publish> for Channel {
     type Result = ();
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
-        if self.lagged.swap(false, Ordering::AcqRel) {
-            let gap = Delivered::Gap {
-                channel: self.name.clone(),
-            };
-            self.send_all(&gap, ctx);
-        }
         let started = std::time::Instant::now();
         self.send_all(&Delivered::Event(msg.0), ctx);
         self.fanout_seconds.observe(started.elapsed().as_secs_f64());
@@ -297,11 +296,6 @@ impl Handler<Signal> for Channel {
     }
 }
 
-struct Running {
-    addr: Addr<Channel>,
-    lagged: Arc<AtomicBool>,
-}
-
 /// A live socket of a local user, as the router needs it.
 #[derive(Clone)]
 pub struct SessionLink {
@@ -321,7 +315,7 @@ pub struct CloseSocket {
 /// The running Channel actors, the live sockets of local users, and the router that
 /// publishes committed events to them.
 pub struct Channels {
-    running: Mutex<HashMap<String, Running>>,
+    running: Mutex<HashMap<String, Addr<Channel>>>,
     /// fid → socket id → link.
     sockets: Mutex<HashMap<String, HashMap<u64, SessionLink>>>,
     /// Where Channel actors run: fan-out work stays off the HTTP workers.
@@ -361,24 +355,21 @@ impl Channels {
         let entry = running
             .entry(channel.to_owned())
             .or_insert_with(|| self.spawn(channel));
-        if !entry.addr.connected() {
+        if !entry.connected() {
             *entry = self.spawn(channel);
         }
-        entry.addr.clone()
+        entry.clone()
     }
 
-    fn spawn(&self, channel: &str) -> Running {
-        let lagged = Arc::new(AtomicBool::new(false));
+    fn spawn(&self, channel: &str) -> Addr<Channel> {
         let actor = Channel {
             name: channel.to_owned(),
             subscribers: HashMap::new(),
             typing: HashMap::new(),
-            lagged: lagged.clone(),
             fanout_seconds: self.fanout_seconds.clone(),
             typing_ttl: self.typing_ttl,
         };
-        let addr = Channel::start_in_arbiter(&self.arbiter, |_| actor);
-        Running { addr, lagged }
+        Channel::start_in_arbiter(&self.arbiter, |_| actor)
     }
 
     /// Subscribes `recipient` (under `id`) to `channel`'s events from now on.
@@ -394,7 +385,7 @@ impl Channels {
                 return;
             }
             let mut running = lock(&self.running);
-            if running.get(channel).is_some_and(|r| r.addr == addr) {
+            if running.get(channel).is_some_and(|r| *r == addr) {
                 running.remove(channel);
             }
         }
@@ -403,8 +394,8 @@ impl Channels {
 
     pub fn unsubscribe(&self, channel: &str, id: u64) {
         let running = lock(&self.running);
-        if let Some(r) = running.get(channel) {
-            r.addr.do_send(Unsubscribe { id });
+        if let Some(addr) = running.get(channel) {
+            addr.do_send(Unsubscribe { id });
         }
     }
 
@@ -412,17 +403,20 @@ impl Channels {
     /// ephemeral signals are best effort). Only channels with subscribers have an actor.
     pub fn signal(&self, channel: &str, signal: Signal) {
         let running = lock(&self.running);
-        if let Some(r) = running.get(channel) {
-            let _ = r.addr.try_send(signal);
+        if let Some(addr) = running.get(channel) {
+            let _ = addr.try_send(signal);
         }
     }
 
-    /// Registers a live socket of `fid`.
-    pub fn register(&self, fid: &str, id: u64, link: SessionLink) {
-        lock(&self.sockets)
-            .entry(fid.to_owned())
-            .or_default()
-            .insert(id, link);
+    /// Registers a live socket of `fid`, unless it already has `max` of them.
+    pub fn register(&self, fid: &str, id: u64, link: SessionLink, max: usize) -> bool {
+        let mut sockets = lock(&self.sockets);
+        let links = sockets.entry(fid.to_owned()).or_default();
+        if links.len() >= max {
+            return false;
+        }
+        links.insert(id, link);
+        true
     }
 
     pub fn unregister(&self, fid: &str, id: u64) {
@@ -465,14 +459,24 @@ impl Channels {
             let batch = match committed.recv().await {
                 Ok(batch) => batch,
                 Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(missed, "channel router lagged; every channel reports a gap");
-                    for r in lock(&self.running).values() {
-                        r.lagged.store(true, Ordering::Release);
+                    // Events were lost to every socket, membership changes among them: each
+                    // socket resumes from the log, which has them all.
+                    tracing::warn!(
+                        missed,
+                        "channel router lagged; closing every socket to resume"
+                    );
+                    let lagged = CloseSocket {
+                        code: crate::gateway::frames::close::RESUME,
+                        reason: "the server fell behind; resume from your last seq",
+                    };
+                    for link in lock(&self.sockets).values().flat_map(HashMap::values) {
+                        link.close.do_send(lagged.clone());
                     }
                     continue;
                 }
                 Err(RecvError::Closed) => break,
             };
+            lock(&self.running).retain(|_, addr| addr.connected());
             for entry in &batch.entries {
                 if client_visible(&entry.event_type) {
                     self.route_entry(entry).await;
@@ -496,18 +500,11 @@ impl Channels {
                     .await;
             }
         }
-        let target = {
-            let mut running = lock(&self.running);
-            running.retain(|_, r| r.addr.connected());
-            running
-                .get(&event.channel)
-                .map(|r| (r.addr.clone(), r.lagged.clone()))
-        };
-        if let Some((addr, lagged)) = target {
-            // Waiting for the hand-on keeps every session's events in seq order.
-            if addr.send(Publish(event.clone())).await.is_err() {
-                lagged.store(true, Ordering::Release);
-            }
+        let target = lock(&self.running).get(&event.channel).cloned();
+        if let Some(addr) = target {
+            // Waiting for the hand-on keeps every session's events in seq order. An actor
+            // that stopped meanwhile had no subscribers left.
+            let _ = addr.send(Publish(event.clone())).await;
         }
         if let Some((sockets, Membership::Left)) = &mover {
             for (id, _) in sockets {

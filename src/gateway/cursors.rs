@@ -3,10 +3,11 @@
 //! client that switches between them gets no gap and no duplicate.
 //!
 //! The cursor moves on every delivered event, so it lives in memory while a session has
-//! sockets (an atomic per session, moved forward only) and a flusher writes the ones that
-//! moved to `session_cursors` once a second. REST catch-up writes its own advance before it
-//! answers. After a crash a cursor can be up to a second behind: the client then sees some
-//! events twice (it can drop them by `seq`), never misses one.
+//! sockets (an atomic per session) and a flusher writes the ones that moved to
+//! `session_cursors` once a second. REST catch-up writes its own advance before it answers.
+//! A cursor only ever errs backwards: after a crash it can be up to a second behind, and a
+//! socket that ends without a clean close rewinds it (see `gateway::session`). The client then
+//! sees some events twice (it can drop them by `seq`), never misses one.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +32,30 @@ impl Cursor {
     /// Moves the cursor forward to `seq` (never back).
     pub fn advance(&self, seq: u64) {
         self.seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Moves the cursor back to `seq` if it is past it: what was handed to a socket that then
+    /// died may never have arrived.
+    pub fn rewind_to(&self, seq: u64) {
+        self.seq.fetch_min(seq, Ordering::AcqRel);
+    }
+}
+
+/// A socket's hold on its session's cursor; dropping it releases the hold.
+pub struct Lease {
+    cursor: Arc<Cursor>,
+}
+
+impl Lease {
+    pub fn cursor(&self) -> &Arc<Cursor> {
+        &self.cursor
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // Forgotten at the next flush once written.
+        self.cursor.sockets.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -63,8 +88,8 @@ impl Cursors {
     }
 
     /// The cursor of a session that opens a socket, starting at `stored` (what the database
-    /// holds) if it is not live yet. Release it with [`Cursors::release`].
-    pub fn acquire(&self, session_id: &str, stored: u64) -> Arc<Cursor> {
+    /// holds) if it is not live yet; held until the lease is dropped.
+    pub fn acquire(&self, session_id: &str, stored: u64) -> Lease {
         let mut live = lock(&self.live);
         let cursor = live.entry(session_id.to_owned()).or_insert_with(|| {
             Arc::new(Cursor {
@@ -73,13 +98,10 @@ impl Cursors {
                 sockets: AtomicUsize::new(0),
             })
         });
-        cursor.advance(stored);
         cursor.sockets.fetch_add(1, Ordering::AcqRel);
-        cursor.clone()
-    }
-
-    pub fn release(&self, cursor: &Cursor) {
-        cursor.sockets.fetch_sub(1, Ordering::AcqRel);
+        Lease {
+            cursor: cursor.clone(),
+        }
     }
 
     /// The live cursor of `session_id`, if it has one.
@@ -94,13 +116,18 @@ impl Cursors {
         }
     }
 
+    /// Forgets a session's cursor (the session ended).
+    pub fn forget(&self, session_id: &str) {
+        lock(&self.live).remove(session_id);
+    }
+
     /// Writes the cursors that moved; forgets those without sockets once written.
     pub async fn flush(&self, store: &Store) {
         let moved: Vec<(String, u64, Arc<Cursor>)> = lock(&self.live)
             .iter()
             .filter_map(|(id, c)| {
                 let seq = c.get();
-                (seq > c.flushed.load(Ordering::Acquire)).then(|| (id.clone(), seq, c.clone()))
+                (seq != c.flushed.load(Ordering::Acquire)).then(|| (id.clone(), seq, c.clone()))
             })
             .collect();
         if !moved.is_empty() {
@@ -108,12 +135,12 @@ impl Cursors {
                 .iter()
                 .map(|(id, seq, _)| (id.clone(), *seq))
                 .collect();
-            if let Err(error) = store.advance_session_cursors(&rows).await {
+            if let Err(error) = store.set_session_cursors(&rows).await {
                 tracing::warn!(%error, "cannot store session cursors; retrying in a second");
                 return;
             }
             for (_, seq, cursor) in &moved {
-                cursor.flushed.fetch_max(*seq, Ordering::AcqRel);
+                cursor.flushed.store(*seq, Ordering::Release);
             }
         }
         lock(&self.live).retain(|_, c| {

@@ -38,16 +38,17 @@ pub mod op {
     pub const CHAT_REFUSED: u16 = 3;
 }
 
-/// Close codes. 4001 is the contract's code for a bad ticket (DESIGN §5); polyproto also uses
-/// it for an unknown opcode. Resumable: 4000, 4001 (opcode), 4002, 4009.
+/// Close codes. 4001 is the contract's code for a bad ticket (DESIGN §5), so an unknown
+/// opcode, which polyproto also gives 4001, is 4002 here: a client can tell "get a new
+/// ticket" from "fix the frame". Resumable: 4000, 4002, 4009.
 pub mod close {
     /// The server stopped sending to this socket (its buffer filled or it missed events):
     /// resume with the last `seq` received.
     pub const RESUME: u16 = 4000;
-    /// An invalid, expired or reused ticket; also an unknown opcode.
+    /// An invalid, expired or reused ticket.
     pub const BAD_TICKET: u16 = 4001;
-    pub const UNKNOWN_OPCODE: u16 = 4001;
-    /// A frame that is not a JSON envelope, or a command without its fields.
+    /// A frame that is not a JSON envelope, an unknown namespace or opcode, or Identify or
+    /// Resume without its fields.
     pub const INVALID_PAYLOAD: u16 = 4002;
     /// A frame other than Identify or Resume before authentication, or the session ended.
     pub const NOT_AUTHENTICATED: u16 = 4003;

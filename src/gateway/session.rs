@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::channel::{ChannelEvent, CloseSocket, Delivered, SessionLink, Signal, SignalKind};
-use super::cursors::Cursor;
+use super::cursors::{Cursor, Lease};
 use super::frames::{self, close, op, ClientFrame, CHAT, CORE};
 use crate::app::AppState;
 use crate::core::projection::Membership;
@@ -47,6 +47,9 @@ const MAILBOX: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The window of `gateway.max_client_frames`.
 const FRAME_WINDOW: Duration = Duration::from_secs(10);
+/// Frames of the outbound bound kept for control frames (heartbeat ACKs and requests, Ready,
+/// Resumed, refusals), so that a queue full of events never refuses them.
+pub const CONTROL_RESERVE: usize = 8;
 /// Events a replay reads at once.
 const REPLAY_PAGE: usize = 200;
 /// How soon a stalled replay looks for room again.
@@ -87,14 +90,17 @@ struct Outbound {
 }
 
 impl Outbound {
+    /// Room for an event of `len` bytes. Control frames keep a reserve of the frame bound,
+    /// and an empty queue takes any one event, however large.
     fn has_room(&self, len: usize) -> bool {
-        self.tx.capacity() > 0 && self.queued_bytes.get() + len <= self.max_bytes
+        let queued = self.queued_bytes.get();
+        self.tx.capacity() > CONTROL_RESERVE && (queued == 0 || queued + len <= self.max_bytes)
     }
 
     /// Queues a frame; false when the queue is full (the caller closes the socket).
-    fn push(&mut self, text: String, seq: Option<u64>) -> bool {
+    fn push(&mut self, text: String, seq: Option<u64>, control: bool) -> bool {
         let len = text.len();
-        if self.queued_bytes.get() + len > self.max_bytes {
+        if !control && !self.has_room(len) {
             return false;
         }
         match self.tx.try_send(Outgoing::Text(text, seq)) {
@@ -120,13 +126,14 @@ struct Replay {
 enum Backlog {
     Replayed(Arc<ChannelEvent>),
     Live(Arc<ChannelEvent>),
-    Frame(&'static str, u16, Value),
+    /// Ready or Resumed, with the `seq` everything before it covers.
+    Frame(&'static str, u16, Value, u64),
 }
 
 struct Authed {
     fid: String,
     session_id: String,
-    cursor: Option<Arc<Cursor>>,
+    cursor: Option<Lease>,
 }
 
 pub struct Session {
@@ -156,6 +163,12 @@ pub struct Session {
     requested_at: Option<Instant>,
     window: (Instant, u32),
     closing: bool,
+    /// The client closed, or the server closed for a reason other than silence: everything
+    /// handed on reached the socket before the close frame.
+    clean_end: bool,
+    /// The cursor as of the previous heartbeat, and as of the last one.
+    confirmed: u64,
+    pending_confirm: u64,
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -209,27 +222,51 @@ impl Session {
                 requested_at: None,
                 window: (now, 0),
                 closing: false,
+                clean_end: false,
+                confirmed: 0,
+                pending_confirm: 0,
             }
         });
     }
 
-    fn send(&mut self, n: &str, op: u16, d: &[u8], seq: Option<u64>, ctx: &mut Context<Self>) {
+    /// Queues a chat event; a socket without room is closed with 4000.
+    fn send_event(&mut self, d: &[u8], seq: Option<u64>, ctx: &mut Context<Self>) {
+        self.send(CHAT, op::CHAT_EVENT, d, seq, false, ctx);
+    }
+
+    /// Queues a control frame; `seq` moves the cursor when it is handed on (Ready, Resumed).
+    fn send_control(
+        &mut self,
+        n: &str,
+        op: u16,
+        d: &Value,
+        seq: Option<u64>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.send(n, op, d.to_string().as_bytes(), seq, true, ctx);
+    }
+
+    fn send(
+        &mut self,
+        n: &str,
+        op: u16,
+        d: &[u8],
+        seq: Option<u64>,
+        control: bool,
+        ctx: &mut Context<Self>,
+    ) {
         if self.closing {
             return;
         }
         let text = frames::frame(n, op, self.s, d);
         self.s += 1;
-        if !self.out.push(text, seq) {
+        if !self.out.push(text, seq, control) {
             self.close(
                 close::RESUME,
                 "outbound buffer full; resume from your last seq",
                 ctx,
             );
         }
-    }
-
-    fn send_value(&mut self, n: &str, op: u16, d: &Value, ctx: &mut Context<Self>) {
-        self.send(n, op, d.to_string().as_bytes(), None, ctx);
     }
 
     /// Closes now: what is queued is dropped, the close frame goes out after what the socket
@@ -239,6 +276,7 @@ impl Session {
             return;
         }
         self.closing = true;
+        self.clean_end = code != close::TIMEOUT;
         self.state
             .metrics
             .gateway_closes
@@ -256,7 +294,7 @@ impl Session {
 
     fn refuse(&mut self, command: &str, errcode: &str, error: &str, ctx: &mut Context<Self>) {
         let d = json!({"type": command, "errcode": errcode, "error": error});
-        self.send_value(CHAT, op::CHAT_REFUSED, &d, ctx);
+        self.send_control(CHAT, op::CHAT_REFUSED, &d, None, ctx);
     }
 
     /// An event for this socket: filtered by the user's standing in its channel, sent once.
@@ -285,7 +323,7 @@ impl Session {
         self.sent_upto = event.seq;
         if visible {
             self.state.metrics.gateway_deliveries.inc();
-            self.send(CHAT, op::CHAT_EVENT, &event.json, Some(event.seq), ctx);
+            self.send_event(&event.json, Some(event.seq), ctx);
         }
     }
 
@@ -296,9 +334,15 @@ impl Session {
             recipient: ctx.address().recipient(),
             close: ctx.address().recipient(),
         };
-        self.state
+        let max_sockets = self.state.config.gateway.max_sockets_per_user;
+        if !self
+            .state
             .channels
-            .register(&identity.fid, self.id, link.clone());
+            .register(&identity.fid, self.id, link.clone(), max_sockets)
+        {
+            self.close(close::RATE_LIMITED, "too many sockets for this user", ctx);
+            return;
+        }
         self.auth = Some(Authed {
             fid: identity.fid.clone(),
             session_id: identity.session_id.clone(),
@@ -332,7 +376,7 @@ impl Session {
                         .await;
                 }
             }
-            let from = resume.unwrap_or_else(|| cursor.get());
+            let from = resume.unwrap_or_else(|| cursor.cursor().get());
             let mut missed = store
                 .seqs_visible_to(&identity.fid, from, max_replay as u64 + 1)
                 .await?;
@@ -352,7 +396,9 @@ impl Session {
                     return;
                 }
             };
-            *actor.cursor_slot.borrow_mut() = Some(cursor.clone());
+            *actor.cursor_slot.borrow_mut() = Some(cursor.cursor().clone());
+            actor.confirmed = cursor.cursor().get();
+            actor.pending_confirm = actor.confirmed;
             if let Some(auth) = actor.auth.as_mut() {
                 auth.cursor = Some(cursor);
             }
@@ -445,6 +491,7 @@ impl Session {
                 CORE,
                 op::RESUMED,
                 json!({"replayed": replay.count, "seq": replay.upto}),
+                replay.upto,
             )
         } else {
             let mut joined = Vec::new();
@@ -467,6 +514,7 @@ impl Session {
                     "invited": invited,
                     "seq": replay.upto,
                 }),
+                replay.upto,
             )
         };
         self.backlog.push_back(marker);
@@ -500,10 +548,10 @@ impl Session {
             match self.backlog.pop_front() {
                 Some(Backlog::Replayed(event)) => {
                     self.state.metrics.gateway_deliveries.inc();
-                    self.send(CHAT, op::CHAT_EVENT, &event.json, Some(event.seq), ctx);
+                    self.send_event(&event.json, Some(event.seq), ctx);
                 }
                 Some(Backlog::Live(event)) => self.deliver(&event, ctx),
-                Some(Backlog::Frame(n, op, d)) => self.send_value(n, op, &d, ctx),
+                Some(Backlog::Frame(n, op, d, seq)) => self.send_control(n, op, &d, Some(seq), ctx),
                 None => {}
             }
         }
@@ -572,7 +620,15 @@ impl Session {
             (CORE, op::HEARTBEAT) => {
                 self.last_heartbeat = Instant::now();
                 self.requested_at = None;
-                self.send(CORE, op::HEARTBEAT_ACK, b"[]", None, ctx);
+                self.send_control(CORE, op::HEARTBEAT_ACK, &json!([]), None, ctx);
+                if let Some(auth) = &self.auth {
+                    if let Some(lease) = &auth.cursor {
+                        // What was handed on before the previous heartbeat had a whole
+                        // interval to arrive.
+                        self.confirmed =
+                            std::mem::replace(&mut self.pending_confirm, lease.cursor().get());
+                    }
+                }
             }
             (CORE, op::IDENTIFY | op::RESUME) if self.auth.is_some() => {
                 self.close(close::ALREADY_AUTHENTICATED, "already authenticated", ctx);
@@ -586,7 +642,7 @@ impl Session {
             (CORE | CHAT, _) if self.auth.is_none() => {
                 self.close(close::NOT_AUTHENTICATED, "Identify first", ctx);
             }
-            _ => self.close(close::UNKNOWN_OPCODE, "unknown namespace or opcode", ctx),
+            _ => self.close(close::INVALID_PAYLOAD, "unknown namespace or opcode", ctx),
         }
     }
 
@@ -665,7 +721,8 @@ impl Session {
                     .into_actor(self)
                     .map(|subscribed, actor, ctx| match subscribed {
                         Some((channel, m)) => {
-                            actor.channels.insert(channel, m);
+                            // A change that arrived meanwhile is newer than this read.
+                            actor.channels.entry(channel).or_insert(m);
                         }
                         None => actor.refuse(
                             "subscribe",
@@ -701,7 +758,7 @@ impl Session {
             }
             None if self.last_heartbeat.elapsed() > interval + interval / 2 => {
                 self.requested_at = Some(Instant::now());
-                self.send(CORE, op::HEARTBEAT_REQUEST, b"{}", None, ctx);
+                self.send_control(CORE, op::HEARTBEAT_REQUEST, &json!({}), None, ctx);
             }
             _ => {}
         }
@@ -717,7 +774,7 @@ impl Actor for Session {
         let interval = self.state.config.gateway.heartbeat_interval;
         let grace = self.state.config.gateway.heartbeat_grace;
         let d = json!({"heartbeat_interval": interval.as_millis() as u64});
-        self.send_value(CORE, op::HELLO, &d, ctx);
+        self.send_control(CORE, op::HELLO, &d, None, ctx);
         let tick = (interval.min(grace) / 2).max(Duration::from_millis(50));
         ctx.run_interval(tick, |actor, ctx| actor.check_heartbeat(ctx));
         if let Some(Start::Ticket { identity, resume }) = self.start.take() {
@@ -732,8 +789,11 @@ impl Actor for Session {
             for channel in self.channels.keys() {
                 self.state.channels.unsubscribe(channel, self.id);
             }
-            if let Some(cursor) = &auth.cursor {
-                self.state.cursors.release(cursor);
+            if let Some(lease) = &auth.cursor {
+                if !self.clean_end {
+                    // The connection died: frames handed on lately may be lost in flight.
+                    lease.cursor().rewind_to(self.confirmed);
+                }
             }
         }
         if let Some(abort) = self.out.abort.take() {
@@ -774,9 +834,13 @@ impl Handler<Delivered> for Session {
                     self.deliver(&event, ctx);
                 }
             }
-            Delivered::Ephemeral(json) => {
-                if self.held.is_none() && self.backlog.is_empty() {
-                    self.send(CHAT, op::CHAT_EVENT, &json, None, ctx);
+            Delivered::Ephemeral { channel, json } => {
+                let joined = self.channels.get(&*channel) == Some(&Membership::Joined);
+                if joined && self.held.is_none() && self.backlog.is_empty() {
+                    // Ephemeral: dropped rather than closing a busy socket.
+                    if self.out.has_room(json.len()) {
+                        self.send_event(&json, None, ctx);
+                    }
                 }
             }
             Delivered::Gap { .. } => {
@@ -809,7 +873,11 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
             Ok(WsMessage::Binary(_) | WsMessage::Continuation(_)) => {
                 self.close(close::INVALID_PAYLOAD, "frames are JSON text", ctx);
             }
-            Ok(WsMessage::Close(_)) | Err(_) => ctx.stop(),
+            Ok(WsMessage::Close(_)) => {
+                self.clean_end = true;
+                ctx.stop();
+            }
+            Err(_) => ctx.stop(),
             Ok(WsMessage::Nop) => {}
         }
     }

@@ -1,7 +1,7 @@
 //! Reads and cursors for the client API (DESIGN §5): channels and members, message history,
 //! the events a user may see, and each session's cursor.
 
-use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::sea_query::{OnConflict, Query};
 use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set};
 
 use super::{entry_from_row, Store, StoreError};
@@ -163,11 +163,8 @@ impl Store {
         Ok(cursor.map(|c| u64::try_from(c).unwrap_or(0)))
     }
 
-    /// Moves each session's stored cursor forward to `seq` (never back).
-    pub async fn advance_session_cursors(
-        &self,
-        cursors: &[(String, u64)],
-    ) -> Result<(), StoreError> {
+    /// Stores each session's cursor.
+    pub async fn set_session_cursors(&self, cursors: &[(String, u64)]) -> Result<(), StoreError> {
         if cursors.is_empty() {
             return Ok(());
         }
@@ -179,18 +176,24 @@ impl Store {
                 cursor_seq: Set(as_i64(*seq)),
                 updated_ts: Set(now),
             });
-        let forward = Expr::cust(
-            "CASE WHEN excluded.cursor_seq > session_cursors.cursor_seq \
-             THEN excluded.cursor_seq ELSE session_cursors.cursor_seq END",
-        );
         session_cursors::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::column(session_cursors::Column::SessionId)
-                    .value(session_cursors::Column::CursorSeq, forward)
-                    .update_column(session_cursors::Column::UpdatedTs)
+                    .update_columns([
+                        session_cursors::Column::CursorSeq,
+                        session_cursors::Column::UpdatedTs,
+                    ])
                     .to_owned(),
             )
             .exec_without_returning(self.readers())
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the cursor of an ended session.
+    pub async fn delete_session_cursor(&self, session_id: &str) -> Result<(), StoreError> {
+        session_cursors::Entity::delete_by_id(session_id.to_owned())
+            .exec(self.readers())
             .await?;
         Ok(())
     }

@@ -349,14 +349,29 @@ async fn heartbeats_are_acknowledged_and_silence_closes_with_4009() {
     })
     .await;
     let alice = register(&app, "alice").await;
-    let (mut ws, _) = Ws::open(&app, &alice).await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut ws, _) = Ws::open(&app, &bob).await;
     ws.send(json!({"n": "core", "op": 0, "d": {}})).await;
     let ack = ws.until(|f| f["n"] == "core" && f["op"] == 7).await;
     assert_eq!(ack["d"], json!([]));
+    let (_, seq) = post(&app, &alice, &channel, "handed on, maybe lost").await;
+    assert_eq!(ws.event().await["seq"], seq);
     // Silence: a Heartbeat Request, then 4009.
     let request = ws.until(|f| f["n"] == "core" && f["op"] == 11).await;
     assert!(request["s"].as_u64().is_some());
     assert_eq!(ws.closed().await, Some(4009));
+    // A socket that died may have lost what it was handed since its heartbeats: the cursor
+    // went back, so catch-up gives it again (twice rather than never).
+    let (status, events) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
+    assert_eq!(status, 200, "{events}");
+    assert_eq!(
+        events
+            .as_array()
+            .and_then(|e| e.last())
+            .map(|e| e["seq"].clone()),
+        Some(json!(seq))
+    );
 }
 
 #[actix_web::test]
