@@ -8,7 +8,12 @@
 //! - `inbox`: load generator for `POST /federation/inbox` against an in-process receiver:
 //!   accepted events/s and requests/s with p50/p99 at 100 and 1 events per request, next to
 //!   the ed25519 and log-append ceilings, and the flood comparison (see `inbox.rs`).
+//! - `fanout`: WebSocket fan-out of one channel to N subscribers from M publishers, Switchyard
+//!   against a bare actix-ws broadcast server (the ceiling): deliveries/s, delivery latency,
+//!   gaps, duplicates, RSS per idle socket (see `fanout.rs`). `fanout-clients` and
+//!   `bare-broadcast` are its child processes.
 
+mod fanout;
 mod inbox;
 
 /// mimalloc: the log writer, the database worker and the HTTP workers hand buffers to one
@@ -71,6 +76,12 @@ enum Command {
     },
     /// Federation inbox load: throughput at 100 and 1 events/request, ceilings, flood.
     Inbox(inbox::InboxArgs),
+    /// WebSocket fan-out: Switchyard against a bare actix-ws broadcast ceiling.
+    Fanout(fanout::FanoutArgs),
+    /// The subscriber sockets of `fanout` (its child process, driven over stdin/stdout).
+    FanoutClients(fanout::ClientsArgs),
+    /// The ceiling server of `fanout`: a bare actix-ws broadcast.
+    BareBroadcast(fanout::BareArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,6 +100,9 @@ fn main() -> anyhow::Result<()> {
                 appenders,
             } => crash_writer(database_url, &acks, prefix, appenders).await,
             Command::Inbox(args) => inbox::run(args).await,
+            Command::Fanout(args) => fanout::run(args).await,
+            Command::FanoutClients(args) => fanout::run_clients(args).await,
+            Command::BareBroadcast(args) => fanout::run_bare(args).await,
         }
     })
 }
