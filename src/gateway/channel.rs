@@ -10,9 +10,10 @@
 //!                                   3. a leave unsubscribes the leaver's sockets after it.
 //!                                         │
 //!  Channel actors (one per channel with subscribers, all on the fan-out arbiter)
-//!    subscribers: id → Recipient<Delivered>  (Session actors)
-//!    Publish → Delivered::Event(shared bytes) to each subscriber with try_send; a subscriber
-//!      whose mailbox is full is dropped and told Gap (it closes with a resumable code and
+//!    subscribers: id → Subscriber (each socket's bounded outbound queue, fed directly; or
+//!      any actor's mailbox)
+//!    Publish → the shared event to each subscriber without waiting; a subscriber whose
+//!      queue is full is dropped and told Gap (its socket closes with a resumable code and
 //!      the client resumes from the log): never buffered without bound
 //!  a router that falls behind the log closes every socket with 4000: they resume from it
 //!    typing.start / typing.stop / presence.update: ephemeral, never logged; a typing.start
@@ -141,11 +142,60 @@ pub enum Delivered {
 #[rtype(result = "()")]
 struct Publish(Arc<ChannelEvent>);
 
+/// Why a subscriber did not take an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Its queue is full: it is dropped and must catch up from the log.
+    Full,
+    /// It is gone.
+    Closed,
+}
+
+/// Where a Channel actor hands events: a socket's outbound queue, or an actor's mailbox.
+/// Each call must return at once (a Channel actor never waits for a subscriber).
+pub trait Subscriber: Send + Sync {
+    fn event(&self, event: &Arc<ChannelEvent>) -> Result<(), Refused>;
+    /// Best effort: a busy subscriber misses it.
+    fn ephemeral(&self, channel: &Arc<str>, json: &Bytes) -> Result<(), Refused>;
+    /// It was dropped from `channel` and missed events there.
+    fn gap(&self, channel: &str);
+}
+
+fn refused<M>(error: SendError<M>) -> Refused {
+    match error {
+        SendError::Full(_) => Refused::Full,
+        SendError::Closed(_) => Refused::Closed,
+    }
+}
+
+/// Any actor taking [`Delivered`]: its mailbox is the bounded queue.
+impl Subscriber for Recipient<Delivered> {
+    fn event(&self, event: &Arc<ChannelEvent>) -> Result<(), Refused> {
+        self.try_send(Delivered::Event(event.clone()))
+            .map_err(refused)
+    }
+
+    fn ephemeral(&self, channel: &Arc<str>, json: &Bytes) -> Result<(), Refused> {
+        self.try_send(Delivered::Ephemeral {
+            channel: channel.clone(),
+            json: json.clone(),
+        })
+        .map_err(refused)
+    }
+
+    fn gap(&self, channel: &str) {
+        // One message past the bound, once: the subscriber learns it must catch up.
+        self.do_send(Delivered::Gap {
+            channel: channel.to_owned(),
+        });
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Subscribe {
     pub id: u64,
-    pub recipient: Recipient<Delivered>,
+    pub subscriber: Arc<dyn Subscriber>,
 }
 
 #[derive(Message)]
@@ -171,7 +221,7 @@ pub enum SignalKind {
 
 pub struct Channel {
     name: String,
-    subscribers: HashMap<u64, Recipient<Delivered>>,
+    subscribers: HashMap<u64, Arc<dyn Subscriber>>,
     /// Who is typing, with the timer that ends it.
     typing: HashMap<String, SpawnHandle>,
     fanout_seconds: prometheus::Histogram,
@@ -188,23 +238,20 @@ impl Actor for Channel {
 }
 
 impl Channel {
-    fn send_all(&mut self, message: &Delivered, ctx: &mut Context<Self>) {
+    fn send_all(&mut self, event: &Arc<ChannelEvent>, ctx: &mut Context<Self>) {
         let name = &self.name;
         self.subscribers
-            .retain(|id, recipient| match recipient.try_send(message.clone()) {
+            .retain(|id, subscriber| match subscriber.event(event) {
                 Ok(()) => true,
-                Err(SendError::Full(_)) => {
+                Err(Refused::Full) => {
                     tracing::debug!(
                         subscriber = id,
                         "channel subscriber cannot keep up; dropped"
                     );
-                    // One message past the bound, once: the session closes on it.
-                    recipient.do_send(Delivered::Gap {
-                        channel: name.clone(),
-                    });
+                    subscriber.gap(name);
                     false
                 }
-                Err(SendError::Closed(_)) => false,
+                Err(Refused::Closed) => false,
             });
         if self.subscribers.is_empty() {
             ctx.stop();
@@ -220,16 +267,9 @@ impl Channel {
     ) {
         let json = ephemeral_json(kind, &self.name, sender, &content);
         let channel: Arc<str> = Arc::from(self.name.as_str());
-        // Ephemeral: a full mailbox just misses it.
-        self.subscribers.retain(|_, recipient| {
-            !matches!(
-                recipient.try_send(Delivered::Ephemeral {
-                    channel: channel.clone(),
-                    json: json.clone(),
-                }),
-                Err(SendError::Closed(_))
-            )
-        });
+        // Ephemeral: a full queue just misses it.
+        self.subscribers
+            .retain(|_, subscriber| subscriber.ephemeral(&channel, &json) != Err(Refused::Closed));
         if self.subscribers.is_empty() {
             ctx.stop();
         }
@@ -241,7 +281,7 @@ impl Handler<Publish> for Channel {
 
     fn handle(&mut self, msg: Publish, ctx: &mut Self::Context) {
         let started = std::time::Instant::now();
-        self.send_all(&Delivered::Event(msg.0), ctx);
+        self.send_all(&msg.0, ctx);
         self.fanout_seconds.observe(started.elapsed().as_secs_f64());
     }
 }
@@ -250,7 +290,7 @@ impl Handler<Subscribe> for Channel {
     type Result = ();
 
     fn handle(&mut self, msg: Subscribe, _: &mut Self::Context) {
-        self.subscribers.insert(msg.id, msg.recipient);
+        self.subscribers.insert(msg.id, msg.subscriber);
     }
 }
 
@@ -300,7 +340,7 @@ impl Handler<Signal> for Channel {
 #[derive(Clone)]
 pub struct SessionLink {
     pub session_id: String,
-    pub recipient: Recipient<Delivered>,
+    pub subscriber: Arc<dyn Subscriber>,
     pub close: Recipient<CloseSocket>,
 }
 
@@ -372,14 +412,14 @@ impl Channels {
         Channel::start_in_arbiter(&self.arbiter, |_| actor)
     }
 
-    /// Subscribes `recipient` (under `id`) to `channel`'s events from now on.
-    pub async fn subscribe(&self, channel: &str, id: u64, recipient: Recipient<Delivered>) {
+    /// Subscribes `subscriber` (under `id`) to `channel`'s events from now on.
+    pub async fn subscribe(&self, channel: &str, id: u64, subscriber: Arc<dyn Subscriber>) {
         // An actor stopping (its last subscriber left) refuses the message: start another.
         for _ in 0..3 {
             let addr = self.actor(channel);
             let subscribe = Subscribe {
                 id,
-                recipient: recipient.clone(),
+                subscriber: subscriber.clone(),
             };
             if addr.send(subscribe).await.is_ok() {
                 return;
@@ -496,7 +536,7 @@ impl Channels {
             .filter(|(sockets, _)| !sockets.is_empty());
         if let Some((sockets, Membership::Invited | Membership::Joined)) = &mover {
             for (id, link) in sockets {
-                self.subscribe(&event.channel, *id, link.recipient.clone())
+                self.subscribe(&event.channel, *id, link.subscriber.clone())
                     .await;
             }
         }

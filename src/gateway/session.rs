@@ -1,14 +1,18 @@
 //! The `Session` actor: one per WebSocket connection (DESIGN §5).
 //!
 //! ```text
-//!  client ──frames──▶ MessageStream ─▶ Session actor ◀── Delivered (Channel actors)
-//!                                       │  heartbeats, commands, membership view,
-//!                                       │  per-connection `s`, dedup by log seq
+//!  client ──frames──▶ MessageStream ─▶ Session actor: Hello, heartbeats, Identify/Resume,
+//!                                       │  commands, start-up replay, closes
+//!                                       │ control frames, replayed events
 //!                                       ▼
-//!                     outbound queue, bounded in frames and bytes (gateway.outbound_max_*)
+//!  Channel actors ── live events ──▶ outbound queue, bounded in frames and bytes
+//!                                     (gateway.outbound_max_*)
 //!                                       │
-//!                     writer task ──▶ actix-ws ──▶ socket; moves the session's cursor
+//!                     writer task: per-connection `s`, the membership view and dedup by
+//!                     log seq, then actix-ws ──▶ socket; moves the session's cursor
 //! ```
+//! Live events go from the Channel actor straight into the socket's queue: the actor is the
+//! control plane, and the data plane costs one hand-off per delivery.
 //! - **Start.** A ticket authenticates at the upgrade; without one the client sends Identify
 //!   `{token}` or Resume `{s, token}` after Hello. The actor then registers with the router (so
 //!   membership changes reach it), subscribes to every channel its user is invited to or has
@@ -18,31 +22,32 @@
 //!   (`core` op 10). More than `gateway.max_replay_events` to replay closes with 4010.
 //! - **Order.** The router hands events on in `seq` order, so `d.seq` only grows on a socket
 //!   and the last one a client saw is enough to resume.
-//! - **Backpressure.** A session whose queue is full, or that a Channel actor dropped, is
+//! - **Backpressure.** A socket whose queue is full is dropped by its Channel actors and
 //!   closed with 4000 (resume). What was queued is dropped, never buffered without bound.
 //! - **Cursor.** The writer advances the session's cursor as frames are handed to the socket.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use actix_web::web;
+use actix_web::web::{self, Bytes};
 use actix_ws::{CloseCode, CloseReason, Message as WsMessage, ProtocolError};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use super::channel::{ChannelEvent, CloseSocket, Delivered, SessionLink, Signal, SignalKind};
+use super::channel::{
+    ChannelEvent, CloseSocket, Delivered, Refused, SessionLink, Signal, SignalKind, Subscriber,
+};
 use super::cursors::{Cursor, Lease};
 use super::frames::{self, close, op, ClientFrame, CHAT, CORE};
 use crate::app::AppState;
 use crate::core::projection::Membership;
 use crate::store::INVITED_TYPES;
 
-/// Session actors' mailbox: deliveries from Channel actors before one is dropped as too slow.
-const MAILBOX: usize = 256;
 /// How long a close may wait for the socket to take the close frame.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The window of `gateway.max_client_frames`.
@@ -77,39 +82,149 @@ pub enum Start {
 }
 
 enum Outgoing {
-    Text(String, Option<u64>),
-    Pong(web::Bytes),
+    /// From a Channel actor: filtered and deduplicated by the writer.
+    Live(Arc<ChannelEvent>),
+    /// From the start-up replay: already filtered by the query.
+    Replayed(Arc<ChannelEvent>),
+    Ephemeral {
+        channel: Arc<str>,
+        json: Bytes,
+    },
+    /// A control frame; `seq` moves the cursor once it is handed on (Ready, Resumed).
+    Control {
+        n: &'static str,
+        op: u16,
+        d: String,
+        seq: Option<u64>,
+    },
+    /// The replay is queued: the held live events newer than `upto` follow it.
+    ReplayDone {
+        upto: u64,
+    },
+    Pong(Bytes),
 }
 
-/// The actor side of the outbound queue.
-struct Outbound {
+impl Outgoing {
+    /// The bytes it counts against `gateway.outbound_max_bytes`.
+    fn weight(&self) -> usize {
+        match self {
+            Outgoing::Live(e) | Outgoing::Replayed(e) => e.json.len(),
+            Outgoing::Ephemeral { json, .. } => json.len(),
+            Outgoing::Control { d, .. } => d.len(),
+            Outgoing::ReplayDone { .. } | Outgoing::Pong(_) => 0,
+        }
+    }
+}
+
+/// A socket's outbound queue, bounded in frames and bytes; Channel actors push into it from
+/// their thread, the Session actor from its own.
+pub struct SocketQueue {
     tx: mpsc::Sender<Outgoing>,
-    queued_bytes: Rc<Cell<usize>>,
+    queued_bytes: AtomicUsize,
     max_bytes: usize,
-    abort: Option<oneshot::Sender<CloseReason>>,
+    /// The socket's actor, told when a Channel actor dropped it.
+    actor: Recipient<Delivered>,
 }
 
-impl Outbound {
-    /// Room for an event of `len` bytes. Control frames keep a reserve of the frame bound,
-    /// and an empty queue takes any one event, however large.
-    fn has_room(&self, len: usize) -> bool {
-        let queued = self.queued_bytes.get();
-        self.tx.capacity() > CONTROL_RESERVE && (queued == 0 || queued + len <= self.max_bytes)
+impl SocketQueue {
+    /// Room for an event of `len` bytes, keeping `spare` frames free. An empty queue takes
+    /// any one event, however large.
+    fn has_room(&self, len: usize, spare: usize) -> bool {
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        self.tx.capacity() > spare && (queued == 0 || queued + len <= self.max_bytes)
     }
 
-    /// Queues a frame; false when the queue is full (the caller closes the socket).
-    fn push(&mut self, text: String, seq: Option<u64>, control: bool) -> bool {
-        let len = text.len();
-        if !control && !self.has_room(len) {
-            return false;
+    /// Queues an item; control frames may use the reserve and ignore the byte bound.
+    fn push(&self, item: Outgoing, control: bool) -> Result<(), Refused> {
+        let len = item.weight();
+        if !control && !self.has_room(len, CONTROL_RESERVE) {
+            return Err(Refused::Full);
         }
-        match self.tx.try_send(Outgoing::Text(text, seq)) {
-            Ok(()) => {
-                self.queued_bytes.set(self.queued_bytes.get() + len);
-                true
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        self.tx.try_send(item).map_err(|error| {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            match error {
+                mpsc::error::TrySendError::Full(_) => Refused::Full,
+                mpsc::error::TrySendError::Closed(_) => Refused::Closed,
             }
-            Err(_) => false,
+        })
+    }
+
+    fn taken(&self, item: &Outgoing) {
+        self.queued_bytes.fetch_sub(item.weight(), Ordering::AcqRel);
+    }
+}
+
+impl Subscriber for SocketQueue {
+    fn event(&self, event: &Arc<ChannelEvent>) -> Result<(), Refused> {
+        self.push(Outgoing::Live(event.clone()), false)
+    }
+
+    fn ephemeral(&self, channel: &Arc<str>, json: &Bytes) -> Result<(), Refused> {
+        let item = Outgoing::Ephemeral {
+            channel: channel.clone(),
+            json: json.clone(),
+        };
+        match self.push(item, false) {
+            // Ephemeral: a busy socket misses it and stays subscribed.
+            Err(Refused::Full) => Ok(()),
+            other => other,
         }
+    }
+
+    fn gap(&self, channel: &str) {
+        self.actor.do_send(Delivered::Gap {
+            channel: channel.to_owned(),
+        });
+    }
+}
+
+/// What the actor and its writer share (both run on the socket's worker thread).
+#[derive(Default)]
+struct Feed {
+    fid: String,
+    /// The channels the user is invited to or has joined, as this socket has seen.
+    channels: HashMap<String, Membership>,
+    /// The newest log `seq` sent; live events at or below it were replayed.
+    sent_upto: u64,
+    /// Live events waiting until the start-up replay is queued ahead of them.
+    held: Option<Vec<Arc<ChannelEvent>>>,
+    /// The next `s`.
+    s: u64,
+}
+
+impl Feed {
+    fn frame(&mut self, n: &str, op: u16, d: &[u8]) -> String {
+        let text = frames::frame(n, op, self.s, d);
+        self.s += 1;
+        text
+    }
+
+    /// A live event's frame, if this socket should see it: once, in order, by the user's
+    /// standing in its channel (which the event itself may change).
+    fn live(&mut self, event: &ChannelEvent) -> Option<String> {
+        if event.seq <= self.sent_upto {
+            return None;
+        }
+        let mine = event
+            .membership
+            .as_ref()
+            .filter(|(fid, _)| *fid == self.fid)
+            .map(|(_, state)| *state);
+        if let Some(state @ (Membership::Invited | Membership::Joined)) = mine {
+            self.channels.insert(event.channel.clone(), state);
+        }
+        let visible = match self.channels.get(&event.channel) {
+            Some(Membership::Joined) => true,
+            Some(Membership::Invited) => INVITED_TYPES.contains(&event.event_type.as_str()),
+            _ => false,
+        } || (event.event_type == "channel.leave"
+            && event.sender.as_deref() == Some(self.fid.as_str()));
+        if mine == Some(Membership::Left) {
+            self.channels.remove(&event.channel);
+        }
+        self.sent_upto = event.seq;
+        visible.then(|| self.frame(CHAT, op::CHAT_EVENT, &event.json))
     }
 }
 
@@ -123,13 +238,6 @@ struct Replay {
     resume: bool,
 }
 
-enum Backlog {
-    Replayed(Arc<ChannelEvent>),
-    Live(Arc<ChannelEvent>),
-    /// Ready or Resumed, with the `seq` everything before it covers.
-    Frame(&'static str, u16, Value, u64),
-}
-
 struct Authed {
     fid: String,
     session_id: String,
@@ -141,19 +249,15 @@ pub struct Session {
     state: web::Data<AppState>,
     start: Option<Start>,
     auth: Option<Authed>,
-    out: Outbound,
+    /// The outbound queue (set once the actor has an address).
+    out: Option<Arc<SocketQueue>>,
+    abort: Option<oneshot::Sender<CloseReason>>,
+    /// Shared with the writer.
+    feed: Rc<RefCell<Feed>>,
     /// Shared with the writer: the cursor to advance, once known.
-    cursor_slot: Rc<std::cell::RefCell<Option<Arc<Cursor>>>>,
-    /// The next `s`.
-    s: u64,
-    /// The channels the user is invited to or has joined, as this socket has seen.
-    channels: HashMap<String, Membership>,
-    /// The newest log `seq` sent; live events at or below it were replayed.
-    sent_upto: u64,
-    /// Live events held while the start-up replay is read.
-    held: Option<Vec<Arc<ChannelEvent>>>,
-    /// Frames waiting for room in the outbound queue: the replay, then the held live events.
-    backlog: VecDeque<Backlog>,
+    cursor_slot: Rc<RefCell<Option<Arc<Cursor>>>>,
+    /// Replayed events waiting for room in the outbound queue.
+    backlog: VecDeque<Arc<ChannelEvent>>,
     /// The replay still to read.
     replay: Option<Replay>,
     fetching: bool,
@@ -181,38 +285,40 @@ impl Session {
         stream: actix_ws::MessageStream,
         start: Start,
     ) {
-        let gateway = &state.config.gateway;
-        let (tx, rx) = mpsc::channel(gateway.outbound_max_frames);
-        let (abort_tx, abort_rx) = oneshot::channel();
-        let queued_bytes = Rc::new(Cell::new(0));
-        let cursor_slot = Rc::new(std::cell::RefCell::new(None));
-        actix_web::rt::spawn(write(
-            ws,
-            rx,
-            abort_rx,
-            queued_bytes.clone(),
-            cursor_slot.clone(),
-        ));
-        let max_bytes = gateway.outbound_max_bytes;
         let now = Instant::now();
         Session::create(move |ctx| {
             ctx.add_stream(stream);
+            let gateway = &state.config.gateway;
+            let (tx, rx) = mpsc::channel(gateway.outbound_max_frames);
+            let (abort_tx, abort_rx) = oneshot::channel();
+            let out = Arc::new(SocketQueue {
+                tx,
+                queued_bytes: AtomicUsize::new(0),
+                max_bytes: gateway.outbound_max_bytes,
+                actor: ctx.address().recipient(),
+            });
+            let feed = Rc::new(RefCell::new(Feed::default()));
+            let cursor_slot = Rc::new(RefCell::new(None));
+            actix_web::rt::spawn(write(Writer {
+                ws,
+                rx,
+                abort: abort_rx,
+                out: out.clone(),
+                feed: feed.clone(),
+                cursor: cursor_slot.clone(),
+                close: ctx.address().recipient(),
+                held_bound: gateway.outbound_max_frames,
+                deliveries: state.metrics.gateway_deliveries.clone(),
+            }));
             Session {
                 id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 state,
                 start: Some(start),
                 auth: None,
-                out: Outbound {
-                    tx,
-                    queued_bytes,
-                    max_bytes,
-                    abort: Some(abort_tx),
-                },
+                out: Some(out),
+                abort: Some(abort_tx),
+                feed,
                 cursor_slot,
-                s: 0,
-                channels: HashMap::new(),
-                sent_upto: 0,
-                held: None,
                 backlog: VecDeque::new(),
                 replay: None,
                 fetching: false,
@@ -229,38 +335,33 @@ impl Session {
         });
     }
 
-    /// Queues a chat event; a socket without room is closed with 4000.
-    fn send_event(&mut self, d: &[u8], seq: Option<u64>, ctx: &mut Context<Self>) {
-        self.send(CHAT, op::CHAT_EVENT, d, seq, false, ctx);
-    }
-
     /// Queues a control frame; `seq` moves the cursor when it is handed on (Ready, Resumed).
     fn send_control(
         &mut self,
-        n: &str,
+        n: &'static str,
         op: u16,
         d: &Value,
         seq: Option<u64>,
         ctx: &mut Context<Self>,
     ) {
-        self.send(n, op, d.to_string().as_bytes(), seq, true, ctx);
+        self.push(
+            Outgoing::Control {
+                n,
+                op,
+                d: d.to_string(),
+                seq,
+            },
+            true,
+            ctx,
+        );
     }
 
-    fn send(
-        &mut self,
-        n: &str,
-        op: u16,
-        d: &[u8],
-        seq: Option<u64>,
-        control: bool,
-        ctx: &mut Context<Self>,
-    ) {
+    fn push(&mut self, item: Outgoing, control: bool, ctx: &mut Context<Self>) {
         if self.closing {
             return;
         }
-        let text = frames::frame(n, op, self.s, d);
-        self.s += 1;
-        if !self.out.push(text, seq, control) {
+        let Some(out) = &self.out else { return };
+        if out.push(item, control).is_err() {
             self.close(
                 close::RESUME,
                 "outbound buffer full; resume from your last seq",
@@ -283,7 +384,7 @@ impl Session {
             .with_label_values(&[&code.to_string()])
             .inc();
         tracing::debug!(socket = self.id, code, reason, "closing gateway socket");
-        if let Some(abort) = self.out.abort.take() {
+        if let Some(abort) = self.abort.take() {
             let _ = abort.send(CloseReason {
                 code: CloseCode::Other(code),
                 description: Some(reason.to_owned()),
@@ -297,41 +398,17 @@ impl Session {
         self.send_control(CHAT, op::CHAT_REFUSED, &d, None, ctx);
     }
 
-    /// An event for this socket: filtered by the user's standing in its channel, sent once.
-    fn deliver(&mut self, event: &ChannelEvent, ctx: &mut Context<Self>) {
-        if event.seq <= self.sent_upto {
-            return;
-        }
-        let Some(auth) = &self.auth else { return };
-        let mine = event
-            .membership
-            .as_ref()
-            .filter(|(fid, _)| *fid == auth.fid)
-            .map(|(_, state)| *state);
-        if let Some(state @ (Membership::Invited | Membership::Joined)) = mine {
-            self.channels.insert(event.channel.clone(), state);
-        }
-        let visible = match self.channels.get(&event.channel) {
-            Some(Membership::Joined) => true,
-            Some(Membership::Invited) => INVITED_TYPES.contains(&event.event_type.as_str()),
-            _ => false,
-        } || (event.event_type == "channel.leave"
-            && event.sender.as_deref() == Some(auth.fid.as_str()));
-        if mine == Some(Membership::Left) {
-            self.channels.remove(&event.channel);
-        }
-        self.sent_upto = event.seq;
-        if visible {
-            self.state.metrics.gateway_deliveries.inc();
-            self.send_event(&event.json, Some(event.seq), ctx);
-        }
-    }
-
     fn begin(&mut self, identity: Identity, resume: Option<u64>, ctx: &mut Context<Self>) {
-        self.held = Some(Vec::new());
+        let Some(out) = self.out.clone() else { return };
+        {
+            let mut feed = self.feed.borrow_mut();
+            feed.fid = identity.fid.clone();
+            feed.held = Some(Vec::new());
+        }
+        let subscriber: Arc<dyn Subscriber> = out;
         let link = SessionLink {
             session_id: identity.session_id.clone(),
-            recipient: ctx.address().recipient(),
+            subscriber,
             close: ctx.address().recipient(),
         };
         let max_sockets = self.state.config.gateway.max_sockets_per_user;
@@ -357,7 +434,7 @@ impl Session {
             for (channel, _) in &first {
                 state
                     .channels
-                    .subscribe(channel, id, link.recipient.clone())
+                    .subscribe(channel, id, link.subscriber.clone())
                     .await;
             }
             let stored = store.session_cursor(&identity.session_id).await?;
@@ -372,7 +449,7 @@ impl Session {
                 if !first.iter().any(|(c, _)| c == channel) {
                     state
                         .channels
-                        .subscribe(channel, id, link.recipient.clone())
+                        .subscribe(channel, id, link.subscriber.clone())
                         .await;
                 }
             }
@@ -410,8 +487,11 @@ impl Session {
                 );
                 return;
             }
-            actor.channels = channels.into_iter().collect();
-            actor.sent_upto = head;
+            {
+                let mut feed = actor.feed.borrow_mut();
+                feed.channels = channels.into_iter().collect();
+                feed.sent_upto = head;
+            }
             actor.replay = Some(Replay {
                 after: from,
                 upto: head,
@@ -432,7 +512,7 @@ impl Session {
             return;
         }
         if replay.after >= replay.upto {
-            self.finish_replay(ctx);
+            self.pump(ctx);
             return;
         }
         self.fetching = true;
@@ -472,31 +552,33 @@ impl Session {
             }
             for entry in page.iter().filter(|e| e.seq <= upto) {
                 if let Some(event) = ChannelEvent::from_entry(entry) {
-                    actor.backlog.push_back(Backlog::Replayed(Arc::new(event)));
+                    actor.backlog.push_back(Arc::new(event));
                 }
-            }
-            if replay.after >= upto {
-                actor.finish_replay(ctx);
             }
             actor.pump(ctx);
         }));
     }
 
+    /// Queues Ready or Resumed after the replayed events (once they are all queued), then
+    /// lets the writer release the live events it held.
     fn finish_replay(&mut self, ctx: &mut Context<Self>) {
+        if !self.backlog.is_empty() {
+            // `pump` calls again once the backlog is queued.
+            return;
+        }
         let (Some(replay), Some(auth)) = (self.replay.take(), self.auth.as_ref()) else {
             return;
         };
-        let marker = if replay.resume {
-            Backlog::Frame(
+        let (n, op, d) = if replay.resume {
+            (
                 CORE,
                 op::RESUMED,
                 json!({"replayed": replay.count, "seq": replay.upto}),
-                replay.upto,
             )
         } else {
             let mut joined = Vec::new();
             let mut invited = Vec::new();
-            for (channel, state) in &self.channels {
+            for (channel, state) in &self.feed.borrow().channels {
                 match state {
                     Membership::Joined => joined.push(channel.clone()),
                     _ => invited.push(channel.clone()),
@@ -504,38 +586,30 @@ impl Session {
             }
             joined.sort();
             invited.sort();
-            Backlog::Frame(
-                CHAT,
-                op::CHAT_READY,
-                json!({
-                    "fid": auth.fid,
-                    "session_id": auth.session_id,
-                    "channels": joined,
-                    "invited": invited,
-                    "seq": replay.upto,
-                }),
-                replay.upto,
-            )
+            let d = json!({
+                "fid": auth.fid,
+                "session_id": auth.session_id,
+                "channels": joined,
+                "invited": invited,
+                "seq": replay.upto,
+            });
+            (CHAT, op::CHAT_READY, d)
         };
-        self.backlog.push_back(marker);
-        for event in self.held.take().unwrap_or_default() {
-            self.backlog.push_back(Backlog::Live(event));
-        }
-        self.pump(ctx);
+        self.send_control(n, op, &d, Some(replay.upto), ctx);
+        self.push(Outgoing::ReplayDone { upto: replay.upto }, true, ctx);
     }
 
-    /// Moves the backlog into the outbound queue as far as it has room; tries again shortly
-    /// while the socket drains, and reads the next replay page when the backlog runs low.
+    /// Moves replayed events into the outbound queue while it has room, keeping half of it
+    /// for live events; tries again shortly while the socket drains, and reads the next page
+    /// when the backlog runs low.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        let Some(out) = self.out.clone() else { return };
+        let spare = self.state.config.gateway.outbound_max_frames / 2;
         while let Some(next) = self.backlog.front() {
             if self.closing {
                 return;
             }
-            let size = match next {
-                Backlog::Replayed(event) | Backlog::Live(event) => event.json.len() + 64,
-                Backlog::Frame(..) => 256,
-            };
-            if !self.out.has_room(size) {
+            if !out.has_room(next.json.len(), spare) {
                 if !self.pump_scheduled {
                     self.pump_scheduled = true;
                     ctx.run_later(PUMP_RETRY, |actor, ctx| {
@@ -545,17 +619,13 @@ impl Session {
                 }
                 return;
             }
-            match self.backlog.pop_front() {
-                Some(Backlog::Replayed(event)) => {
-                    self.state.metrics.gateway_deliveries.inc();
-                    self.send_event(&event.json, Some(event.seq), ctx);
-                }
-                Some(Backlog::Live(event)) => self.deliver(&event, ctx),
-                Some(Backlog::Frame(n, op, d, seq)) => self.send_control(n, op, &d, Some(seq), ctx),
-                None => {}
+            if let Some(event) = self.backlog.pop_front() {
+                self.push(Outgoing::Replayed(event), true, ctx);
             }
         }
-        if self.replay.is_some() && self.backlog.len() < REPLAY_PAGE / 2 {
+        if self.replay.as_ref().is_some_and(|r| r.after >= r.upto) {
+            self.finish_replay(ctx);
+        } else if self.replay.is_some() && self.backlog.len() < REPLAY_PAGE / 2 {
             self.fetch_page(ctx);
         }
     }
@@ -653,7 +723,8 @@ impl Session {
         let channel = d.get("channel").and_then(Value::as_str).map(|c| {
             super::actions::channel_ref(c, &self.state.config.server.name).unwrap_or_default()
         });
-        let joined = |c: &String| self.channels.get(c) == Some(&Membership::Joined);
+        let feed = self.feed.clone();
+        let joined = |c: &String| feed.borrow().channels.get(c) == Some(&Membership::Joined);
         match kind {
             "typing.start" | "typing.stop" => {
                 let Some(channel) = channel.filter(joined) else {
@@ -685,7 +756,7 @@ impl Session {
                     );
                     return;
                 }
-                for (channel, state) in &self.channels {
+                for (channel, state) in &feed.borrow().channels {
                     if *state == Membership::Joined {
                         let kind = SignalKind::Presence(json!({"status": status}));
                         let signal = Signal {
@@ -701,18 +772,19 @@ impl Session {
                     self.refuse(kind, "SY_INVALID_PARAM", "subscribe needs a channel", ctx);
                     return;
                 };
-                if self.channels.contains_key(&channel) {
+                if feed.borrow().channels.contains_key(&channel) {
                     return;
                 }
                 let state = self.state.clone();
-                let recipient = ctx.address().recipient();
+                let Some(out) = self.out.clone() else { return };
+                let subscriber: Arc<dyn Subscriber> = out;
                 let id = self.id;
                 ctx.spawn(
                     async move {
                         let membership = state.store.membership(&channel, &fid).await;
                         if let Ok(Some(m @ (Membership::Invited | Membership::Joined))) = membership
                         {
-                            state.channels.subscribe(&channel, id, recipient).await;
+                            state.channels.subscribe(&channel, id, subscriber).await;
                             Some((channel, m))
                         } else {
                             None
@@ -722,7 +794,7 @@ impl Session {
                     .map(|subscribed, actor, ctx| match subscribed {
                         Some((channel, m)) => {
                             // A change that arrived meanwhile is newer than this read.
-                            actor.channels.entry(channel).or_insert(m);
+                            actor.feed.borrow_mut().channels.entry(channel).or_insert(m);
                         }
                         None => actor.refuse(
                             "subscribe",
@@ -769,7 +841,6 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(MAILBOX);
         self.state.metrics.gateway_sockets.inc();
         let interval = self.state.config.gateway.heartbeat_interval;
         let grace = self.state.config.gateway.heartbeat_grace;
@@ -786,7 +857,7 @@ impl Actor for Session {
         self.state.metrics.gateway_sockets.dec();
         if let Some(auth) = &self.auth {
             self.state.channels.unregister(&auth.fid, self.id);
-            for channel in self.channels.keys() {
+            for channel in self.feed.borrow().channels.keys() {
                 self.state.channels.unsubscribe(channel, self.id);
             }
             if let Some(lease) = &auth.cursor {
@@ -796,7 +867,7 @@ impl Actor for Session {
                 }
             }
         }
-        if let Some(abort) = self.out.abort.take() {
+        if let Some(abort) = self.abort.take() {
             // The client went away: let the writer end.
             let _ = abort.send(CloseReason {
                 code: CloseCode::Normal,
@@ -806,50 +877,18 @@ impl Actor for Session {
     }
 }
 
+/// Live events reach the writer directly; the actor hears only that a Channel actor dropped
+/// its socket.
 impl Handler<Delivered> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Delivered, ctx: &mut Self::Context) {
-        match msg {
-            Delivered::Event(event) => {
-                let bound = self.state.config.gateway.outbound_max_frames;
-                if let Some(held) = self.held.as_mut() {
-                    if held.len() < bound {
-                        held.push(event);
-                    } else {
-                        self.close(
-                            close::RESUME,
-                            "too many events during start-up; resume",
-                            ctx,
-                        );
-                    }
-                } else if !self.backlog.is_empty() {
-                    if self.backlog.len() < bound + REPLAY_PAGE {
-                        self.backlog.push_back(Backlog::Live(event));
-                        self.pump(ctx);
-                    } else {
-                        self.close(close::RESUME, "this socket fell behind; resume", ctx);
-                    }
-                } else {
-                    self.deliver(&event, ctx);
-                }
-            }
-            Delivered::Ephemeral { channel, json } => {
-                let joined = self.channels.get(&*channel) == Some(&Membership::Joined);
-                if joined && self.held.is_none() && self.backlog.is_empty() {
-                    // Ephemeral: dropped rather than closing a busy socket.
-                    if self.out.has_room(json.len()) {
-                        self.send_event(&json, None, ctx);
-                    }
-                }
-            }
-            Delivered::Gap { .. } => {
-                self.close(
-                    close::RESUME,
-                    "this socket fell behind; resume from your last seq",
-                    ctx,
-                );
-            }
+        if let Delivered::Gap { .. } = msg {
+            self.close(
+                close::RESUME,
+                "this socket fell behind; resume from your last seq",
+                ctx,
+            );
         }
     }
 }
@@ -866,9 +905,7 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
     fn handle(&mut self, msg: Result<WsMessage, ProtocolError>, ctx: &mut Self::Context) {
         match msg {
             Ok(WsMessage::Text(text)) => self.on_frame(&text, ctx),
-            Ok(WsMessage::Ping(bytes)) => {
-                let _ = self.out.tx.try_send(Outgoing::Pong(bytes));
-            }
+            Ok(WsMessage::Ping(bytes)) => self.push(Outgoing::Pong(bytes), true, ctx),
             Ok(WsMessage::Pong(_)) => {}
             Ok(WsMessage::Binary(_) | WsMessage::Continuation(_)) => {
                 self.close(close::INVALID_PAYLOAD, "frames are JSON text", ctx);
@@ -887,45 +924,104 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
     }
 }
 
-/// Hands queued frames to the socket, advancing the session's cursor; on abort, drops what is
-/// queued and sends the close frame.
-async fn write(
-    mut ws: actix_ws::Session,
-    mut rx: mpsc::Receiver<Outgoing>,
-    mut abort: oneshot::Receiver<CloseReason>,
-    queued_bytes: Rc<Cell<usize>>,
-    cursor: Rc<std::cell::RefCell<Option<Arc<Cursor>>>>,
-) {
+/// The data plane of one socket.
+struct Writer {
+    ws: actix_ws::Session,
+    rx: mpsc::Receiver<Outgoing>,
+    abort: oneshot::Receiver<CloseReason>,
+    out: Arc<SocketQueue>,
+    feed: Rc<RefCell<Feed>>,
+    cursor: Rc<RefCell<Option<Arc<Cursor>>>>,
+    close: Recipient<CloseSocket>,
+    /// Live events it may hold during the start-up replay.
+    held_bound: usize,
+    deliveries: prometheus::IntCounter,
+}
+
+/// Frames queued items (with the socket's `s`), filters and deduplicates live events, holds
+/// them during the start-up replay, hands frames to actix-ws and advances the session's
+/// cursor; on abort, drops what is queued and sends the close frame.
+async fn write(mut w: Writer) {
+    let mut frames: Vec<(String, Option<u64>)> = Vec::new();
     let reason = loop {
         let item = tokio::select! {
             biased;
-            reason = &mut abort => break reason.ok(),
-            item = rx.recv() => item,
+            reason = &mut w.abort => break reason.ok(),
+            item = w.rx.recv() => item,
         };
-        let sent = match item {
-            None => break None,
-            Some(Outgoing::Text(text, seq)) => {
-                queued_bytes.set(queued_bytes.get().saturating_sub(text.len()));
-                let sent = tokio::select! {
-                    biased;
-                    reason = &mut abort => break reason.ok(),
-                    sent = ws.text(text) => sent,
-                };
-                if sent.is_ok() {
-                    if let (Some(seq), Some(cursor)) = (seq, cursor.borrow().as_ref()) {
-                        cursor.advance(seq);
+        let Some(item) = item else { break None };
+        w.out.taken(&item);
+        {
+            let mut feed = w.feed.borrow_mut();
+            match item {
+                Outgoing::Live(event) => match feed.held.as_mut() {
+                    Some(held) if held.len() < w.held_bound => held.push(event),
+                    Some(_) => w.close.do_send(CloseSocket {
+                        code: close::RESUME,
+                        reason: "too many events during start-up; resume",
+                    }),
+                    None => {
+                        if let Some(text) = feed.live(&event) {
+                            frames.push((text, Some(event.seq)));
+                        }
+                    }
+                },
+                Outgoing::Replayed(event) => {
+                    let text = feed.frame(CHAT, op::CHAT_EVENT, &event.json);
+                    frames.push((text, Some(event.seq)));
+                }
+                Outgoing::Ephemeral { channel, json } => {
+                    let joined = feed.channels.get(&*channel) == Some(&Membership::Joined);
+                    if joined && feed.held.is_none() {
+                        frames.push((feed.frame(CHAT, op::CHAT_EVENT, &json), None));
                     }
                 }
-                sent
+                Outgoing::Control { n, op, d, seq } => {
+                    frames.push((feed.frame(n, op, d.as_bytes()), seq));
+                }
+                Outgoing::ReplayDone { upto } => {
+                    for event in feed.held.take().unwrap_or_default() {
+                        if event.seq > upto {
+                            if let Some(text) = feed.live(&event) {
+                                frames.push((text, Some(event.seq)));
+                            }
+                        }
+                    }
+                }
+                Outgoing::Pong(bytes) => {
+                    drop(feed);
+                    if w.ws.pong(&bytes).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
             }
-            Some(Outgoing::Pong(bytes)) => ws.pong(&bytes).await,
-        };
-        if sent.is_err() {
-            return;
+        }
+        for (text, seq) in frames.drain(..) {
+            let sent = tokio::select! {
+                biased;
+                reason = &mut w.abort => {
+                    drop(w.rx);
+                    if let Ok(reason) = reason {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, w.ws.close(Some(reason))).await;
+                    }
+                    return;
+                }
+                sent = w.ws.text(text) => sent,
+            };
+            if sent.is_err() {
+                return;
+            }
+            if let Some(seq) = seq {
+                if let Some(cursor) = w.cursor.borrow().as_ref() {
+                    cursor.advance(seq);
+                }
+                w.deliveries.inc();
+            }
         }
     };
-    drop(rx);
+    drop(w.rx);
     if let Some(reason) = reason {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(Some(reason))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, w.ws.close(Some(reason))).await;
     }
 }

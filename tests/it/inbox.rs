@@ -738,15 +738,19 @@ async fn accepted_events_are_published_to_their_channel_actor_once_serialised() 
     let first = Collector(tx).start();
     let second = Collector(tx2).start();
     p.a.channels
-        .subscribe("general@a.test", 1, first.recipient())
+        .subscribe("general@a.test", 1, std::sync::Arc::new(first.recipient()))
         .await;
     p.a.channels
-        .subscribe("general@a.test", 2, second.recipient())
+        .subscribe("general@a.test", 2, std::sync::Arc::new(second.recipient()))
         .await;
     // Another channel's subscriber sees nothing of general@a.test.
     let (tx3, mut rx3) = tokio::sync::mpsc::unbounded_channel();
     p.a.channels
-        .subscribe("other@a.test", 3, Collector(tx3).start().recipient())
+        .subscribe(
+            "other@a.test",
+            3,
+            std::sync::Arc::new(Collector(tx3).start().recipient()),
+        )
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
 
