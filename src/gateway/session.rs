@@ -29,7 +29,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -120,29 +120,41 @@ impl Outgoing {
 /// their thread, the Session actor from its own.
 pub struct SocketQueue {
     tx: mpsc::Sender<Outgoing>,
-    queued_bytes: AtomicUsize,
+    /// Frames queued (above [`FRAME_UNIT`]) and their bytes (below it), in one atomic so that
+    /// a push costs one read-modify-write.
+    queued: AtomicU64,
+    max_frames: usize,
     max_bytes: usize,
     /// The socket's actor, told when a Channel actor dropped it.
     actor: Recipient<Delivered>,
 }
 
+/// One frame in [`SocketQueue::queued`].
+const FRAME_UNIT: u64 = 1 << 40;
+
 impl SocketQueue {
+    fn fits(&self, queued: u64, len: usize, spare: usize) -> bool {
+        let (frames, bytes) = ((queued / FRAME_UNIT) as usize, (queued % FRAME_UNIT) as usize);
+        frames + spare < self.max_frames && (bytes == 0 || bytes + len <= self.max_bytes)
+    }
+
     /// Room for an event of `len` bytes, keeping `spare` frames free. An empty queue takes
     /// any one event, however large.
     fn has_room(&self, len: usize, spare: usize) -> bool {
-        let queued = self.queued_bytes.load(Ordering::Acquire);
-        self.tx.capacity() > spare && (queued == 0 || queued + len <= self.max_bytes)
+        self.fits(self.queued.load(Ordering::Acquire), len, spare)
     }
 
     /// Queues an item; control frames may use the reserve and ignore the byte bound.
     fn push(&self, item: Outgoing, control: bool) -> Result<(), Refused> {
         let len = item.weight();
-        if !control && !self.has_room(len, CONTROL_RESERVE) {
+        let unit = FRAME_UNIT + len as u64;
+        let before = self.queued.fetch_add(unit, Ordering::AcqRel);
+        if !control && !self.fits(before, len, CONTROL_RESERVE) {
+            self.queued.fetch_sub(unit, Ordering::AcqRel);
             return Err(Refused::Full);
         }
-        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         self.tx.try_send(item).map_err(|error| {
-            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            self.queued.fetch_sub(unit, Ordering::AcqRel);
             match error {
                 mpsc::error::TrySendError::Full(_) => Refused::Full,
                 mpsc::error::TrySendError::Closed(_) => Refused::Closed,
@@ -151,7 +163,8 @@ impl SocketQueue {
     }
 
     fn taken(&self, item: &Outgoing) {
-        self.queued_bytes.fetch_sub(item.weight(), Ordering::AcqRel);
+        self.queued
+            .fetch_sub(FRAME_UNIT + item.weight() as u64, Ordering::AcqRel);
     }
 }
 
@@ -293,7 +306,8 @@ impl Session {
             let (abort_tx, abort_rx) = oneshot::channel();
             let out = Arc::new(SocketQueue {
                 tx,
-                queued_bytes: AtomicUsize::new(0),
+                queued: AtomicU64::new(0),
+                max_frames: gateway.outbound_max_frames,
                 max_bytes: gateway.outbound_max_bytes,
                 actor: ctx.address().recipient(),
             });
