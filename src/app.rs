@@ -43,6 +43,11 @@ pub struct AppState {
     pub hashers: crate::identity::accounts::Hashers,
     /// Single-use WebSocket tickets.
     pub tickets: crate::gateway::tickets::Tickets,
+    /// Live sessions by the hash of their token, in front of the `sessions` projection;
+    /// an ended session is removed by the route that ends it.
+    pub sessions: moka::sync::Cache<String, entities::sessions::Model>,
+    /// Sessions ended within the cache's lifetime, which no cached entry may revive.
+    pub ended_sessions: moka::sync::Cache<String, ()>,
     /// Client sessions' cursors (socket and REST catch-up).
     pub cursors: Arc<crate::gateway::cursors::Cursors>,
 }
@@ -180,6 +185,14 @@ impl Application {
             ),
             tickets: crate::gateway::tickets::Tickets::new(config.gateway.ticket_lifetime),
             cursors: cursors.clone(),
+            sessions: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
+            ended_sessions: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(600))
+                .build(),
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {

@@ -82,9 +82,15 @@ pub async fn authenticate(
     state: &AppState,
 ) -> Result<entities::sessions::Model, ApiError> {
     let token = super::bearer(req, "session token")?;
-    state
+    let hash = accounts::token_hash(token);
+    if let Some(session) = state.sessions.get(&hash) {
+        if !state.ended_sessions.contains_key(&session.session_id) {
+            return Ok(session);
+        }
+    }
+    let session = state
         .store
-        .session_by_token_hash(&accounts::token_hash(token))
+        .session_by_token_hash(&hash)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| {
@@ -92,7 +98,11 @@ pub async fn authenticate(
                 ErrorKind::UnknownToken,
                 "the token belongs to no live session",
             )
-        })
+        })?;
+    if !state.ended_sessions.contains_key(&session.session_id) {
+        state.sessions.insert(hash, session.clone());
+    }
+    Ok(session)
 }
 
 #[derive(Deserialize)]
@@ -124,8 +134,10 @@ pub async fn delete_session(
     )
     .await
     .map_err(answer)?;
-    // Its sockets close once the session is gone from the log's point of view, and its
-    // cursor goes with it.
+    // Its token stops working here at once (a lookup racing with the end cannot bring it
+    // back into the cache), its sockets close, and its cursor goes.
+    state.ended_sessions.insert(target.session_id.clone(), ());
+    state.sessions.invalidate(&target.token_hash);
     state.cursors.forget(&target.session_id);
     if let Err(error) = state.store.delete_session_cursor(&target.session_id).await {
         tracing::warn!(%error, "cannot delete an ended session's cursor");

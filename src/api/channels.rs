@@ -49,6 +49,7 @@ where
     let caller = Caller {
         store: &state.store,
         log: &state.log,
+        membership: state.inbox.membership(),
         us: &state.config.server.name,
         fid: &session.fid,
     };

@@ -15,9 +15,11 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::clock::now_ms;
+use crate::core::event::EventType;
 use crate::core::event::NewEvent;
 use crate::core::ids;
-use crate::core::projection::Membership;
+use crate::core::projection::{self, Membership, ProjectionOp};
+use crate::federation::inbox::membership::MembershipView;
 use crate::store::{AppendError, EventLogHandle, Store, StoreError};
 
 const MAX_NAME_CHARS: usize = 100;
@@ -43,6 +45,8 @@ pub enum ActionError {
 pub struct Caller<'a> {
     pub store: &'a Store,
     pub log: &'a EventLogHandle,
+    /// Memberships, cached and kept current from the log.
+    pub membership: &'a MembershipView,
     /// Our server name.
     pub us: &'a str,
     pub fid: &'a str,
@@ -101,13 +105,33 @@ impl Caller<'_> {
     }
 
     async fn append(&self, event: NewEvent) -> Result<u64, ActionError> {
+        // A membership change is visible to this user's next request at once, before the
+        // log's publication reaches the cache.
+        let changes: Vec<_> = event
+            .event_type
+            .parse::<EventType>()
+            .map(|kind| {
+                projection::derive(
+                    kind,
+                    event.sender.as_deref(),
+                    event.channel.as_deref(),
+                    event.origin_ts,
+                    &event.content,
+                )
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|op| matches!(op, ProjectionOp::SetMembership { .. }))
+            .collect();
         let outcome = self.log.append(vec![event]).await?;
-        Ok(outcome.first().map_or(0, |o| o.seq()))
+        let seq = outcome.first().map_or(0, |o| o.seq());
+        self.membership.apply(seq, &changes);
+        Ok(seq)
     }
 
     /// The caller's membership of `channel`; 404 when the channel is unknown to them.
     async fn standing(&self, channel: &str) -> Result<Option<Membership>, ActionError> {
-        let membership = self.store.membership(channel, self.fid).await?;
+        let membership = self.membership.get(channel, self.fid).await?;
         if membership.is_none() && self.store.channel(channel).await?.is_none() {
             return Err(ActionError::NotFound(format!("no channel {channel}")));
         }
@@ -150,7 +174,7 @@ impl Caller<'_> {
             return Err(ActionError::NotFound(format!("no user {invitee}")));
         }
         if let Some(state @ (Membership::Invited | Membership::Joined)) =
-            self.store.membership(channel, invitee).await?
+            self.membership.get(channel, invitee).await?
         {
             return Err(ActionError::AlreadyMember(format!(
                 "{invitee} is already {} in {channel}",

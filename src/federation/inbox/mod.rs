@@ -250,6 +250,11 @@ impl Inbox {
         &self.server_name
     }
 
+    /// Who is in which channel, kept current from the log (shared with the client routes).
+    pub fn membership(&self) -> &MembershipView {
+        &self.membership
+    }
+
     pub fn log(&self) -> &EventLogHandle {
         &self.log
     }
