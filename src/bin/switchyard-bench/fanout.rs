@@ -123,8 +123,9 @@ pub struct FanoutArgs {
     /// WebSocket subscribers of the one channel.
     #[arg(long, default_value_t = 10_000)]
     clients: usize,
-    /// Publishers (Switchyard users pub0.., each with one request in flight).
-    #[arg(long, default_value_t = 4)]
+    /// Publishers (Switchyard users pub0.., each with one request in flight). Saturation
+    /// needs enough of them that the fan-out, not the publishers' round trips, is the limit.
+    #[arg(long, default_value_t = 16)]
     publishers: usize,
     /// Seconds of publishing in each phase.
     #[arg(long, default_value_t = 10)]
