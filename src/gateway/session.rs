@@ -29,7 +29,7 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,9 @@ pub struct SocketQueue {
     queued: AtomicU64,
     max_frames: usize,
     max_bytes: usize,
+    /// Set once a live event was refused: every later one is refused too, and the writer
+    /// sends no more live events, so the socket never shows an event after one it missed.
+    poisoned: AtomicBool,
     /// The socket's actor, told when a Channel actor dropped it.
     actor: Recipient<Delivered>,
 }
@@ -134,7 +137,10 @@ const FRAME_UNIT: u64 = 1 << 40;
 
 impl SocketQueue {
     fn fits(&self, queued: u64, len: usize, spare: usize) -> bool {
-        let (frames, bytes) = ((queued / FRAME_UNIT) as usize, (queued % FRAME_UNIT) as usize);
+        let (frames, bytes) = (
+            (queued / FRAME_UNIT) as usize,
+            (queued % FRAME_UNIT) as usize,
+        );
         frames + spare < self.max_frames && (bytes == 0 || bytes + len <= self.max_bytes)
     }
 
@@ -146,6 +152,9 @@ impl SocketQueue {
 
     /// Queues an item; control frames may use the reserve and ignore the byte bound.
     fn push(&self, item: Outgoing, control: bool) -> Result<(), Refused> {
+        if !control && self.poisoned.load(Ordering::Acquire) {
+            return Err(Refused::Full);
+        }
         let len = item.weight();
         let unit = FRAME_UNIT + len as u64;
         let before = self.queued.fetch_add(unit, Ordering::AcqRel);
@@ -170,7 +179,11 @@ impl SocketQueue {
 
 impl Subscriber for SocketQueue {
     fn event(&self, event: &Arc<ChannelEvent>) -> Result<(), Refused> {
-        self.push(Outgoing::Live(event.clone()), false)
+        let pushed = self.push(Outgoing::Live(event.clone()), false);
+        if pushed == Err(Refused::Full) {
+            self.poisoned.store(true, Ordering::Release);
+        }
+        pushed
     }
 
     fn ephemeral(&self, channel: &Arc<str>, json: &Bytes) -> Result<(), Refused> {
@@ -271,6 +284,8 @@ pub struct Session {
     cursor_slot: Rc<RefCell<Option<Arc<Cursor>>>>,
     /// Replayed events waiting for room in the outbound queue.
     backlog: VecDeque<Arc<ChannelEvent>>,
+    /// Every channel this socket subscribed to at start, to unsubscribe when it stops.
+    subscribed: Rc<RefCell<Vec<String>>>,
     /// The replay still to read.
     replay: Option<Replay>,
     fetching: bool,
@@ -280,8 +295,8 @@ pub struct Session {
     requested_at: Option<Instant>,
     window: (Instant, u32),
     closing: bool,
-    /// The client closed, or the server closed for a reason other than silence: everything
-    /// handed on reached the socket before the close frame.
+    /// The client closed, or the server closed for a reason other than silence or a full
+    /// queue: everything handed on reached the socket before the close frame.
     clean_end: bool,
     /// The cursor as of the previous heartbeat, and as of the last one.
     confirmed: u64,
@@ -307,6 +322,7 @@ impl Session {
             let out = Arc::new(SocketQueue {
                 tx,
                 queued: AtomicU64::new(0),
+                poisoned: AtomicBool::new(false),
                 max_frames: gateway.outbound_max_frames,
                 max_bytes: gateway.outbound_max_bytes,
                 actor: ctx.address().recipient(),
@@ -334,6 +350,7 @@ impl Session {
                 feed,
                 cursor_slot,
                 backlog: VecDeque::new(),
+                subscribed: Rc::default(),
                 replay: None,
                 fetching: false,
                 pump_scheduled: false,
@@ -391,7 +408,8 @@ impl Session {
             return;
         }
         self.closing = true;
-        self.clean_end = code != close::TIMEOUT;
+        // Silence and a full queue both mean frames handed on may never arrive.
+        self.clean_end = !matches!(code, close::TIMEOUT | close::RESUME);
         self.state
             .metrics
             .gateway_closes
@@ -442,10 +460,12 @@ impl Session {
         let state = self.state.clone();
         let id = self.id;
         let max_replay = state.config.gateway.max_replay_events;
+        let subscribed = self.subscribed.clone();
         let work = async move {
             let store = &state.store;
             let first = store.channels_of(&identity.fid).await?;
             for (channel, _) in &first {
+                subscribed.borrow_mut().push(channel.clone());
                 state
                     .channels
                     .subscribe(channel, id, link.subscriber.clone())
@@ -461,6 +481,7 @@ impl Session {
             let channels = store.channels_of(&identity.fid).await?;
             for (channel, _) in &channels {
                 if !first.iter().any(|(c, _)| c == channel) {
+                    subscribed.borrow_mut().push(channel.clone());
                     state
                         .channels
                         .subscribe(channel, id, link.subscriber.clone())
@@ -686,7 +707,8 @@ impl Session {
         );
     }
 
-    fn on_frame(&mut self, text: &str, ctx: &mut Context<Self>) {
+    /// Counts a client frame against `gateway.max_client_frames`; false once over it.
+    fn within_rate(&mut self, ctx: &mut Context<Self>) -> bool {
         let limit = self.state.config.gateway.max_client_frames;
         if self.window.0.elapsed() > FRAME_WINDOW {
             self.window = (Instant::now(), 0);
@@ -694,6 +716,13 @@ impl Session {
         self.window.1 += 1;
         if self.window.1 > limit {
             self.close(close::RATE_LIMITED, "too many frames", ctx);
+            return false;
+        }
+        true
+    }
+
+    fn on_frame(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if !self.within_rate(ctx) {
             return;
         }
         let Ok(frame) = serde_json::from_str::<ClientFrame>(text) else {
@@ -871,7 +900,13 @@ impl Actor for Session {
         self.state.metrics.gateway_sockets.dec();
         if let Some(auth) = &self.auth {
             self.state.channels.unregister(&auth.fid, self.id);
-            for channel in self.feed.borrow().channels.keys() {
+            let feed = self.feed.borrow();
+            let subscribed = self.subscribed.borrow();
+            let mut channels: Vec<&String> =
+                feed.channels.keys().chain(subscribed.iter()).collect();
+            channels.sort();
+            channels.dedup();
+            for channel in channels {
                 self.state.channels.unsubscribe(channel, self.id);
             }
             if let Some(lease) = &auth.cursor {
@@ -919,7 +954,11 @@ impl StreamHandler<Result<WsMessage, ProtocolError>> for Session {
     fn handle(&mut self, msg: Result<WsMessage, ProtocolError>, ctx: &mut Self::Context) {
         match msg {
             Ok(WsMessage::Text(text)) => self.on_frame(&text, ctx),
-            Ok(WsMessage::Ping(bytes)) => self.push(Outgoing::Pong(bytes), true, ctx),
+            Ok(WsMessage::Ping(bytes)) => {
+                if self.within_rate(ctx) {
+                    self.push(Outgoing::Pong(bytes), true, ctx);
+                }
+            }
             Ok(WsMessage::Pong(_)) => {}
             Ok(WsMessage::Binary(_) | WsMessage::Continuation(_)) => {
                 self.close(close::INVALID_PAYLOAD, "frames are JSON text", ctx);
@@ -968,12 +1007,16 @@ async fn write(mut w: Writer) {
         {
             let mut feed = w.feed.borrow_mut();
             match item {
+                Outgoing::Live(_) if w.out.poisoned.load(Ordering::Acquire) => {}
                 Outgoing::Live(event) => match feed.held.as_mut() {
                     Some(held) if held.len() < w.held_bound => held.push(event),
-                    Some(_) => w.close.do_send(CloseSocket {
-                        code: close::RESUME,
-                        reason: "too many events during start-up; resume",
-                    }),
+                    Some(_) => {
+                        w.out.poisoned.store(true, Ordering::Release);
+                        w.close.do_send(CloseSocket {
+                            code: close::RESUME,
+                            reason: "too many events during start-up; resume",
+                        });
+                    }
                     None => {
                         if let Some(text) = feed.live(&event) {
                             frames.push((text, Some(event.seq)));
@@ -994,7 +1037,9 @@ async fn write(mut w: Writer) {
                     frames.push((feed.frame(n, op, d.as_bytes()), seq));
                 }
                 Outgoing::ReplayDone { upto } => {
-                    for event in feed.held.take().unwrap_or_default() {
+                    let held = feed.held.take().unwrap_or_default();
+                    let poisoned = w.out.poisoned.load(Ordering::Acquire);
+                    for event in held.into_iter().filter(|_| !poisoned) {
                         if event.seq > upto {
                             if let Some(text) = feed.live(&event) {
                                 frames.push((text, Some(event.seq)));
@@ -1004,7 +1049,12 @@ async fn write(mut w: Writer) {
                 }
                 Outgoing::Pong(bytes) => {
                     drop(feed);
-                    if w.ws.pong(&bytes).await.is_err() {
+                    let ponged = tokio::select! {
+                        biased;
+                        _ = &mut w.abort => return,
+                        ponged = w.ws.pong(&bytes) => ponged,
+                    };
+                    if ponged.is_err() {
                         return;
                     }
                     continue;

@@ -59,11 +59,17 @@ impl MembershipView {
                 state,
             } = op
             {
-                let key = (channel.clone(), fid.clone());
-                let newer = self.cache.get(&key).is_none_or(|(_, known)| known < seq);
-                if newer {
-                    self.cache.insert(key, (Some(*state), seq));
-                }
+                // One step: a concurrent apply of an older change cannot land after this.
+                let _ = self
+                    .cache
+                    .entry((channel.clone(), fid.clone()))
+                    .and_compute_with(|known| {
+                        if known.is_none_or(|k| k.value().1 < seq) {
+                            moka::ops::compute::Op::Put((Some(*state), seq))
+                        } else {
+                            moka::ops::compute::Op::Nop
+                        }
+                    });
             }
         }
     }
