@@ -183,7 +183,10 @@ impl Application {
             hashers: crate::identity::accounts::Hashers::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
-            tickets: crate::gateway::tickets::Tickets::new(config.gateway.ticket_lifetime),
+            tickets: crate::gateway::tickets::Tickets::new(
+                config.gateway.ticket_lifetime,
+                u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
+            ),
             cursors: cursors.clone(),
             sessions: moka::sync::Cache::builder()
                 .max_capacity(100_000)

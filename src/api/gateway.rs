@@ -25,9 +25,18 @@ pub async fn ws_ticket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let session = authenticate(&req, &state).await?;
-    let ticket = state.tickets.issue(&session.fid, &session.session_id);
-    Ok(HttpResponse::Ok()
-        .json(json!({"ticket": ticket, "expires_in": state.tickets.lifetime().as_secs()})))
+    let lifetime = state.tickets.lifetime();
+    let ticket = state
+        .tickets
+        .issue(&session.fid, &session.session_id)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::LimitExceeded,
+                "this session has had gateway.max_sockets_per_user tickets within a ticket's lifetime",
+            )
+            .retry_after(lifetime.as_secs())
+        })?;
+    Ok(HttpResponse::Ok().json(json!({"ticket": ticket, "expires_in": lifetime.as_secs()})))
 }
 
 #[derive(Deserialize)]

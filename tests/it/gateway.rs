@@ -1128,3 +1128,30 @@ async fn a_remote_members_message_reaches_local_sockets_through_the_inbox() {
         .await;
     assert_eq!(back["d"]["content"]["message_id"], reply.as_str());
 }
+
+#[actix_web::test]
+async fn a_session_gets_a_bounded_number_of_tickets_per_lifetime() {
+    let app = spawn_app_with(TestDb::new().await, |c| c.gateway.max_sockets_per_user = 2).await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    for _ in 0..2 {
+        ticket(&app, &alice).await;
+    }
+    let mut res = awc::Client::default()
+        .post(format!("{}/api/v1/auth/ws-ticket", app.address))
+        .bearer_auth(&alice.token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 429);
+    assert_eq!(
+        res.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["errcode"], "SY_LIMIT_EXCEEDED");
+    // Another session is not affected.
+    ticket(&app, &bob).await;
+}
