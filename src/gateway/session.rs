@@ -213,6 +213,8 @@ struct Feed {
     channels: HashMap<String, Membership>,
     /// The newest log `seq` sent; live events at or below it were replayed.
     sent_upto: u64,
+    /// The `seq` of the newest change of the user's own membership seen per channel.
+    changed_at: HashMap<String, u64>,
     /// Live events waiting until the start-up replay is queued ahead of them.
     held: Option<Vec<Arc<ChannelEvent>>>,
     /// The next `s`.
@@ -237,6 +239,9 @@ impl Feed {
             .as_ref()
             .filter(|(fid, _)| *fid == self.fid)
             .map(|(_, state)| *state);
+        if mine.is_some() {
+            self.changed_at.insert(event.channel.clone(), event.seq);
+        }
         if let Some(state @ (Membership::Invited | Membership::Joined)) = mine {
             self.channels.insert(event.channel.clone(), state);
         }
@@ -824,20 +829,28 @@ impl Session {
                 let id = self.id;
                 ctx.spawn(
                     async move {
+                        // The membership read is at least as new as `head`.
+                        let head = state.store.head().await.ok()?.0;
                         let membership = state.store.membership(&channel, &fid).await;
                         if let Ok(Some(m @ (Membership::Invited | Membership::Joined))) = membership
                         {
                             state.channels.subscribe(&channel, id, subscriber).await;
-                            Some((channel, m))
+                            Some((channel, m, head))
                         } else {
                             None
                         }
                     }
                     .into_actor(self)
-                    .map(|subscribed, actor, ctx| match subscribed {
-                        Some((channel, m)) => {
-                            // A change that arrived meanwhile is newer than this read.
-                            actor.feed.borrow_mut().channels.entry(channel).or_insert(m);
+                    .map(move |subscribed, actor, ctx| match subscribed {
+                        Some((channel, m, head)) => {
+                            let mut feed = actor.feed.borrow_mut();
+                            // A change the socket saw after `head` is newer than this read.
+                            let newer = feed.changed_at.get(&channel).is_some_and(|s| *s > head);
+                            if !newer {
+                                feed.channels.entry(channel).or_insert(m);
+                            } else if !feed.channels.contains_key(&channel) {
+                                actor.state.channels.unsubscribe(&channel, id);
+                            }
                         }
                         None => actor.refuse(
                             "subscribe",
