@@ -15,11 +15,12 @@
 //!    Publish → the shared event to each subscriber without waiting; a subscriber whose
 //!      queue is full is dropped and told Gap (its socket closes with a resumable code and
 //!      the client resumes from the log): never buffered without bound
-//!  a router that falls behind the log closes every socket with 4000: they resume from it
 //!    typing.start / typing.stop / presence.update: ephemeral, never logged; a typing.start
 //!      that is not renewed ends with a typing.stop after `gateway.typing_ttl` (10 s)
 //!    no subscribers → stops; the router then skips its channel
 //! ```
+//! A router that falls behind the log's publication closes every socket with 4000: they
+//! resume from the log, which lost nothing.
 //! Because the router waits for each publication to be handed on before the next, every
 //! session receives its events in `seq` order whatever channels they come from. That is what
 //! makes one number — the last `seq` a client saw — enough to resume without a gap.

@@ -22,9 +22,12 @@
 //!   (`core` op 10). More than `gateway.max_replay_events` to replay closes with 4010.
 //! - **Order.** The router hands events on in `seq` order, so `d.seq` only grows on a socket
 //!   and the last one a client saw is enough to resume.
-//! - **Backpressure.** A socket whose queue is full is dropped by its Channel actors and
-//!   closed with 4000 (resume). What was queued is dropped, never buffered without bound.
-//! - **Cursor.** The writer advances the session's cursor as frames are handed to the socket.
+//! - **Backpressure.** A socket whose queue is full is poisoned (it takes no later live
+//!   event, and the writer sends none, so it never shows an event after one it missed),
+//!   dropped by its Channel actors and closed with 4000 (resume). What was queued is dropped,
+//!   never buffered without bound.
+//! - **Cursor.** The writer advances the session's cursor as frames are handed to the socket;
+//!   a socket that ends without a clean close rewinds it (see `gateway::cursors`).
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
