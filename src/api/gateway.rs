@@ -128,9 +128,12 @@ pub async fn events(
         .await
         .map_err(ApiError::internal)?;
     let created = u64::try_from(session.created_seq).unwrap_or(0);
-    let current = stored
-        .unwrap_or(0)
-        .max(state.cursors.live(&session.session_id).unwrap_or(0))
+    // A live cursor (the session has sockets, or had them less than a flush ago) is newer
+    // than the stored one, even when it went back after a socket died.
+    let current = state
+        .cursors
+        .live(&session.session_id)
+        .unwrap_or(stored.unwrap_or(0))
         .max(created);
     let since = query.since.unwrap_or(current);
     let (head, _) = state.store.head().await.map_err(ApiError::internal)?;
