@@ -61,34 +61,49 @@ pub async fn register(app: &TestApp, username: &str) -> User {
     }
 }
 
-/// `alice` creates a channel, invites each of `members` and each joins: its ref.
-pub async fn channel_with(app: &TestApp, alice: &User, members: &[&User]) -> String {
+/// `user` creates a channel named `name`: its ref.
+pub async fn create_channel(app: &TestApp, user: &User, name: &str) -> String {
     let (status, created) = call(
         app,
         "POST",
         "/api/v1/channels",
-        Some(&alice.token),
-        Some(json!({"name": "General"})),
+        Some(&user.token),
+        Some(json!({"name": name})),
     )
     .await;
     assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().expect("id").to_owned();
+    created["ref"].as_str().expect("ref").to_owned()
+}
+
+/// `user` takes `action` (`invite` with a body, `join`, `leave`) in `channel`: 200, its seq.
+pub async fn act(
+    app: &TestApp,
+    user: &User,
+    channel: &str,
+    action: &str,
+    body: Option<Value>,
+) -> u64 {
+    let path = format!("/api/v1/channels/{channel}/{action}");
+    let (status, answer) = call(app, "POST", &path, Some(&user.token), body).await;
+    assert_eq!(status, 200, "{action}: {answer}");
+    answer["seq"].as_u64().expect("seq")
+}
+
+/// `alice` creates a channel, invites each of `members` and each joins: its ref.
+pub async fn channel_with(app: &TestApp, alice: &User, members: &[&User]) -> String {
+    let channel = create_channel(app, alice, "General").await;
     for member in members {
-        let path = format!("/api/v1/channels/{id}/invite");
-        let (status, body) = call(
+        act(
             app,
-            "POST",
-            &path,
-            Some(&alice.token),
+            alice,
+            &channel,
+            "invite",
             Some(json!({"fid": member.fid})),
         )
         .await;
-        assert_eq!(status, 200, "{body}");
-        let path = format!("/api/v1/channels/{id}/join");
-        let (status, body) = call(app, "POST", &path, Some(&member.token), None).await;
-        assert_eq!(status, 200, "{body}");
+        act(app, member, &channel, "join", None).await;
     }
-    created["ref"].as_str().expect("ref").to_owned()
+    channel
 }
 
 pub async fn post(app: &TestApp, user: &User, channel: &str, body: &str) -> (String, u64) {
@@ -147,10 +162,9 @@ impl Ws {
         Ws { conn }
     }
 
-    /// Connects with a fresh ticket and waits for Ready: the socket is live.
-    pub async fn open(app: &TestApp, user: &User) -> (Ws, Value) {
-        let ticket = ticket(app, user).await;
-        let mut ws = Ws::connect(app, &format!("?ticket={ticket}")).await;
+    /// Connects and reads Hello.
+    pub async fn hello(app: &TestApp, query: &str) -> Ws {
+        let mut ws = Ws::connect(app, query).await;
         let hello = ws.frame().await;
         assert_eq!(
             (hello["n"].as_str(), hello["op"].as_u64()),
@@ -158,6 +172,21 @@ impl Ws {
             "{hello}"
         );
         assert_eq!(hello["s"], 0);
+        ws
+    }
+
+    /// Connects without a ticket and resumes `user`'s session after `seq`.
+    pub async fn resume(app: &TestApp, user: &User, seq: u64) -> Ws {
+        let mut ws = Ws::hello(app, "").await;
+        ws.send(json!({"n": "core", "op": 5, "d": {"s": seq, "token": user.token}}))
+            .await;
+        ws
+    }
+
+    /// Connects with a fresh ticket and waits for Ready: the socket is live.
+    pub async fn open(app: &TestApp, user: &User) -> (Ws, Value) {
+        let ticket = ticket(app, user).await;
+        let mut ws = Ws::hello(app, &format!("?ticket={ticket}")).await;
         let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
         (ws, ready["d"].clone())
     }
@@ -262,8 +291,8 @@ async fn bad_reused_or_expired_tickets_close_with_4001_before_any_frame() {
     .await;
     assert_eq!(status, 200, "{body}");
     let once = body["ticket"].as_str().expect("ticket").to_owned();
-    let mut first = Ws::connect(&app, &format!("?ticket={once}")).await;
-    assert_eq!(first.frame().await["op"], 1, "Hello");
+    // The first use starts a socket (Hello inside `hello`), kept open meanwhile.
+    let _first = Ws::hello(&app, &format!("?ticket={once}")).await;
     let mut reused = Ws::connect(&app, &format!("?ticket={once}")).await;
     assert!(matches!(reused.next().await, Got::Close(Some(4001))));
 
@@ -305,8 +334,7 @@ async fn identify_with_a_token_and_4004_for_a_bad_one() {
     let app = app().await;
     let alice = register(&app, "alice").await;
 
-    let mut ws = Ws::connect(&app, "").await;
-    assert_eq!(ws.frame().await["op"], 1);
+    let mut ws = Ws::hello(&app, "").await;
     ws.send(json!({"n": "core", "op": 2, "d": {"token": alice.token}}))
         .await;
     let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
@@ -317,22 +345,19 @@ async fn identify_with_a_token_and_4004_for_a_bad_one() {
         .await;
     assert_eq!(ws.closed().await, Some(4005));
 
-    let mut bad = Ws::connect(&app, "").await;
-    assert_eq!(bad.frame().await["op"], 1);
+    let mut bad = Ws::hello(&app, "").await;
     bad.send(json!({"n": "core", "op": 2, "d": {"token": "sy_0000"}}))
         .await;
     assert_eq!(bad.closed().await, Some(4004));
 
     // Anything but Identify, Resume or a heartbeat before authentication.
-    let mut early = Ws::connect(&app, "").await;
-    assert_eq!(early.frame().await["op"], 1);
+    let mut early = Ws::hello(&app, "").await;
     early
         .send(json!({"n": "chat", "op": 1, "d": {"type": "subscribe"}}))
         .await;
     assert_eq!(early.closed().await, Some(4003));
 
-    let mut garbage = Ws::connect(&app, "").await;
-    assert_eq!(garbage.frame().await["op"], 1);
+    let mut garbage = Ws::hello(&app, "").await;
     garbage
         .conn
         .send(ws::Message::Text("not json".into()))
@@ -442,15 +467,7 @@ async fn members_see_messages_edits_and_deletes_in_order_and_others_see_nothing(
         assert!(delete["seq"].as_u64() > edit["seq"].as_u64());
     }
     // Carol's next event is her own channel: nothing of alice's came before it.
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/api/v1/channels",
-        Some(&carol.token),
-        Some(json!({"name": "Mine"})),
-    )
-    .await;
-    assert_eq!(status, 201);
+    create_channel(&app, &carol, "Mine").await;
     let own = c.event().await;
     assert_eq!(
         (own["type"].as_str(), own["sender"].as_str()),
@@ -557,10 +574,7 @@ async fn a_new_socket_replays_what_the_session_missed_and_resume_takes_a_seq() {
     let (_, third) = post(&app, &alice, &channel, "three").await;
 
     // Resume with the last seq the client has: exactly the missed ones, then Resumed.
-    let mut r = Ws::connect(&app, "").await;
-    assert_eq!(r.frame().await["op"], 1);
-    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}}))
-        .await;
+    let mut r = Ws::resume(&app, &bob, first).await;
     assert_eq!(r.event().await["seq"], second);
     assert_eq!(r.event().await["seq"], third);
     let resumed = r.until(|f| f["n"] == "core").await;
@@ -572,8 +586,7 @@ async fn a_new_socket_replays_what_the_session_missed_and_resume_takes_a_seq() {
 
     // A ticket URL may resume too; an older seq replays from there.
     let resume_ticket = ticket(&app, &bob).await;
-    let mut t = Ws::connect(&app, &format!("?ticket={resume_ticket}&resume={second}")).await;
-    assert_eq!(t.frame().await["op"], 1);
+    let mut t = Ws::hello(&app, &format!("?ticket={resume_ticket}&resume={second}")).await;
     assert_eq!(t.event().await["seq"], third);
     assert_eq!(t.event().await["seq"], fourth);
     assert_eq!(t.until(|f| f["n"] == "core").await["op"], 10);
@@ -583,8 +596,7 @@ async fn a_new_socket_replays_what_the_session_missed_and_resume_takes_a_seq() {
     // fifth was committed after the last socket closed: a new socket replays it from the
     // session's cursor, then says Ready.
     let ticket = ticket(&app, &bob).await;
-    let mut n = Ws::connect(&app, &format!("?ticket={ticket}")).await;
-    assert_eq!(n.frame().await["op"], 1);
+    let mut n = Ws::hello(&app, &format!("?ticket={ticket}")).await;
     assert_eq!(n.event().await["seq"], fifth);
     let ready = n.until(|f| f["n"] == "chat").await;
     assert_eq!(ready["op"], 2, "{ready}");
@@ -601,10 +613,7 @@ async fn too_much_to_replay_is_4010() {
     for n in 0..4 {
         post(&app, &alice, &channel, &format!("more {n}")).await;
     }
-    let mut r = Ws::connect(&app, "").await;
-    assert_eq!(r.frame().await["op"], 1);
-    r.send(json!({"n": "core", "op": 5, "d": {"s": first, "token": bob.token}}))
-        .await;
+    let mut r = Ws::resume(&app, &bob, first).await;
     assert_eq!(r.closed().await, Some(4010));
 }
 
@@ -642,10 +651,7 @@ async fn a_reader_that_stops_is_closed_resumable_and_resumes_without_a_gap() {
         "closed before everything was sent"
     );
     let last = got.last().copied().unwrap_or(0);
-    let mut r = Ws::connect(&app, "").await;
-    assert_eq!(r.frame().await["op"], 1);
-    r.send(json!({"n": "core", "op": 5, "d": {"s": last, "token": bob.token}}))
-        .await;
+    let mut r = Ws::resume(&app, &bob, last).await;
     loop {
         let f = r.frame().await;
         if f["n"] == "core" && f["op"] == 10 {
@@ -728,22 +734,12 @@ async fn an_invite_and_a_join_reach_live_sockets_and_leaving_stops_delivery() {
     let alice = register(&app, "alice").await;
     let bob = register(&app, "bob").await;
     let (mut b, _) = Ws::open(&app, &bob).await;
-    let (status, created) = call(
+    let channel = create_channel(&app, &alice, "Later").await;
+    act(
         &app,
-        "POST",
-        "/api/v1/channels",
-        Some(&alice.token),
-        Some(json!({"name": "Later"})),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let id = created["id"].as_str().expect("id");
-    let channel = created["ref"].as_str().expect("ref").to_owned();
-    call(
-        &app,
-        "POST",
-        &format!("/api/v1/channels/{id}/invite"),
-        Some(&alice.token),
+        &alice,
+        &channel,
+        "invite",
         Some(json!({"fid": bob.fid})),
     )
     .await;
@@ -757,40 +753,17 @@ async fn an_invite_and_a_join_reach_live_sockets_and_leaving_stops_delivery() {
     );
     // Invited only: messages are not visible yet.
     let (_, hidden) = post(&app, &alice, &channel, "before bob joins").await;
-    let (status, _) = call(
-        &app,
-        "POST",
-        &format!("/api/v1/channels/{id}/join"),
-        Some(&bob.token),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    act(&app, &bob, &channel, "join", None).await;
     let join = b.event().await;
     assert_eq!(join["type"], "channel.join");
     assert!(join["seq"].as_u64() > Some(hidden));
     let (_, seen) = post(&app, &alice, &channel, "after").await;
     assert_eq!(b.event().await["seq"], seen);
-    let (status, _) = call(
-        &app,
-        "POST",
-        &format!("/api/v1/channels/{id}/leave"),
-        Some(&bob.token),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200);
+    act(&app, &bob, &channel, "leave", None).await;
     assert_eq!(b.event().await["type"], "channel.leave");
     post(&app, &alice, &channel, "gone").await;
     // Bob's next event is from a channel of his own.
-    call(
-        &app,
-        "POST",
-        "/api/v1/channels",
-        Some(&bob.token),
-        Some(json!({"name": "Bob's"})),
-    )
-    .await;
+    create_channel(&app, &bob, "Bob's").await;
     let own = b.event().await;
     assert_eq!(
         (own["type"].as_str(), own["sender"].as_str()),
@@ -1043,6 +1016,46 @@ async fn channel_routes_refuse_bad_requests_and_write_nothing() {
     }
 }
 
+#[actix_web::test]
+async fn a_post_the_log_cannot_commit_is_503_and_keeps_nothing() {
+    let app = app().await;
+    if !app.db.url.starts_with("sqlite:") {
+        return; // the failure is injected with an SQLite trigger
+    }
+    let alice = register(&app, "alice").await;
+    let channel = channel_with(&app, &alice, &[]).await;
+    use sea_orm::{ConnectionTrait, Database};
+    let raw = Database::connect(&app.db.url).await.expect("raw");
+    raw.execute_unprepared(
+        "CREATE TRIGGER fail_posts BEFORE INSERT ON events WHEN NEW.type = 'message.new' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+    )
+    .await
+    .expect("trigger");
+    let before = head(&app).await;
+    let path = format!("/api/v1/channels/{channel}/messages");
+    let (status, body) = call(
+        &app,
+        "POST",
+        &path,
+        Some(&alice.token),
+        Some(json!({"body": "lost?"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (503, Some("SY_UNAVAILABLE")),
+        "{body}"
+    );
+    assert_eq!(head(&app).await, before, "nothing written");
+    let (_, history) = call(&app, "GET", &path, Some(&alice.token), None).await;
+    assert_eq!(history["messages"], json!([]));
+    raw.execute_unprepared("DROP TRIGGER fail_posts")
+        .await
+        .expect("drop");
+    post(&app, &alice, &channel, "kept").await;
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -1072,29 +1085,15 @@ async fn a_remote_members_message_reaches_local_sockets_through_the_inbox() {
     let alice = register(&a, "alice").await;
     let bob = register(&b, "bob").await;
     let (mut bob_ws, _) = Ws::open(&b, &bob).await;
-    let (status, created) = call(
+    let channel = create_channel(&a, &alice, "Across").await;
+    act(
         &a,
-        "POST",
-        "/api/v1/channels",
-        Some(&alice.token),
-        Some(json!({"name": "Across"})),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let channel = created["ref"].as_str().expect("ref").to_owned();
-    let path = format!(
-        "/api/v1/channels/{}/invite",
-        created["id"].as_str().expect("id")
-    );
-    let (status, body) = call(
-        &a,
-        "POST",
-        &path,
-        Some(&alice.token),
+        &alice,
+        &channel,
+        "invite",
         Some(json!({"fid": bob.fid})),
     )
     .await;
-    assert_eq!(status, 200, "{body}");
 
     // The invite travels to b.test and reaches bob's socket there.
     let invite = bob_ws.event().await;
@@ -1103,15 +1102,7 @@ async fn a_remote_members_message_reaches_local_sockets_through_the_inbox() {
         (Some("channel.invite"), Some(channel.as_str()))
     );
     let (mut alice_ws, _) = Ws::open(&a, &alice).await;
-    let (status, body) = call(
-        &b,
-        "POST",
-        &format!("/api/v1/channels/{channel}/join"),
-        Some(&bob.token),
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    act(&b, &bob, &channel, "join", None).await;
     let join = alice_ws.event().await;
     assert_eq!(
         (join["type"].as_str(), join["sender"].as_str()),
