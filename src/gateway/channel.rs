@@ -480,11 +480,6 @@ impl Channels {
         }
     }
 
-    /// Live sockets, for metrics.
-    pub fn socket_count(&self) -> usize {
-        lock(&self.sockets).values().map(HashMap::len).sum()
-    }
-
     fn sockets_of(&self, fid: &str) -> Vec<(u64, SessionLink)> {
         lock(&self.sockets)
             .get(fid)

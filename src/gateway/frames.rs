@@ -73,11 +73,6 @@ pub fn frame(n: &str, op: u16, s: u64, d: &[u8]) -> String {
     out
 }
 
-/// A server frame with `d` as a value.
-pub fn frame_value(n: &str, op: u16, s: u64, d: &Value) -> String {
-    frame(n, op, s, d.to_string().as_bytes())
-}
-
 /// A frame from the client.
 #[derive(Debug, Deserialize)]
 pub struct ClientFrame {

@@ -57,7 +57,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 const FRAME_WINDOW: Duration = Duration::from_secs(10);
 /// Frames of the outbound bound kept for control frames (heartbeat ACKs and requests, Ready,
 /// Resumed, refusals), so that a queue full of events never refuses them.
-pub const CONTROL_RESERVE: usize = 8;
+const CONTROL_RESERVE: usize = 8;
 /// Events a replay reads at once.
 const REPLAY_PAGE: usize = 200;
 /// How soon a stalled replay looks for room again.
