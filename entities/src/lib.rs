@@ -5,15 +5,18 @@
 //! derived from it in the same transaction and rebuildable with `switchyard replay`.
 
 pub mod accounts;
+pub mod actor_idcerts;
 pub mod channels;
 pub mod dead_letters;
 pub mod delivery_cursors;
 pub mod events;
+pub mod foreign_idcerts;
 pub mod members;
 pub mod messages;
 pub mod origin_policies;
 pub mod remote_server_keys;
 pub mod retired_server_keys;
 pub mod server_idcerts;
+pub mod services;
 pub mod session_cursors;
 pub mod sessions;

@@ -13,6 +13,11 @@ pub struct Model {
     #[serde(skip)]
     pub token_hash: String,
     pub created_seq: i64,
+    /// A foreign session (an actor of another server signed in here, DESIGN §4.3): the
+    /// serial of the certificate it uses now, decimal.
+    pub idcert_serial: Option<String>,
+    /// A foreign session: the session id its certificate names (its home server's).
+    pub home_session_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,6 +10,7 @@ mod m20261123_000005_create_server_idcerts;
 mod m20261123_000006_create_delivery;
 mod m20261123_000007_create_accounts;
 mod m20261123_000008_create_session_cursors;
+mod m20261207_000009_create_identity;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_create_delivery::Migration),
             Box::new(m20261123_000007_create_accounts::Migration),
             Box::new(m20261123_000008_create_session_cursors::Migration),
+            Box::new(m20261207_000009_create_identity::Migration),
         ]
     }
 }

@@ -33,10 +33,17 @@ pub enum EventType {
     AccountRegistered,
     SessionCreated,
     SessionDeleted,
+    SessionIdCertUpdated,
+    ActorIdCertIssued,
+    ActorIdCertInvalidated,
+    ActorForeignIdCertSeen,
+    ServiceAdded,
+    ServiceRemoved,
+    ServicePrimarySet,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 15] = [
+    pub const ALL: [EventType; 22] = [
         EventType::ChannelNew,
         EventType::ChannelInvite,
         EventType::ChannelJoin,
@@ -52,6 +59,13 @@ impl EventType {
         EventType::AccountRegistered,
         EventType::SessionCreated,
         EventType::SessionDeleted,
+        EventType::SessionIdCertUpdated,
+        EventType::ActorIdCertIssued,
+        EventType::ActorIdCertInvalidated,
+        EventType::ActorForeignIdCertSeen,
+        EventType::ServiceAdded,
+        EventType::ServiceRemoved,
+        EventType::ServicePrimarySet,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -71,6 +85,13 @@ impl EventType {
             EventType::AccountRegistered => "account.registered",
             EventType::SessionCreated => "session.created",
             EventType::SessionDeleted => "session.deleted",
+            EventType::SessionIdCertUpdated => "session.idcert_updated",
+            EventType::ActorIdCertIssued => "actor.idcert_issued",
+            EventType::ActorIdCertInvalidated => "actor.idcert_invalidated",
+            EventType::ActorForeignIdCertSeen => "actor.foreign_idcert_seen",
+            EventType::ServiceAdded => "service.added",
+            EventType::ServiceRemoved => "service.removed",
+            EventType::ServicePrimarySet => "service.primary_set",
         }
     }
 
@@ -86,6 +107,25 @@ impl EventType {
                 | EventType::AccountRegistered
                 | EventType::SessionCreated
                 | EventType::SessionDeleted
+                | EventType::SessionIdCertUpdated
+                | EventType::ActorIdCertIssued
+                | EventType::ActorIdCertInvalidated
+                | EventType::ActorForeignIdCertSeen
+                | EventType::ServiceAdded
+                | EventType::ServiceRemoved
+                | EventType::ServicePrimarySet
+        )
+    }
+
+    /// The identity events of DESIGN §2.3: public in the auditor API, and the history of a key.
+    pub fn is_identity(self) -> bool {
+        matches!(
+            self,
+            EventType::ServerKeyRotated
+                | EventType::ServerIdCertIssued
+                | EventType::ActorIdCertIssued
+                | EventType::ActorIdCertInvalidated
+                | EventType::ActorForeignIdCertSeen
         )
     }
 }
@@ -269,6 +309,97 @@ fn non_negative(content: &Map<String, Value>, key: &str) -> Result<(), String> {
         .ok_or_else(|| format!("\"{key}\" must be a non-negative integer"))
 }
 
+/// A certificate serial as the API writes it: a positive decimal of at most 48 digits (20
+/// octets), no leading zero.
+pub fn is_decimal_serial(serial: &str) -> bool {
+    (1..=48).contains(&serial.len())
+        && serial.bytes().all(|b| b.is_ascii_digit())
+        && !serial.starts_with('0')
+}
+
+fn serial_field(content: &Map<String, Value>, key: &str) -> Result<(), String> {
+    if is_decimal_serial(str_field(content, key)?) {
+        Ok(())
+    } else {
+        Err(format!("\"{key}\" must be a positive decimal serial"))
+    }
+}
+
+/// A key fingerprint: `sha256:<64 lowercase hex>` of the SubjectPublicKeyInfo DER.
+pub fn is_fingerprint(text: &str) -> bool {
+    text.strip_prefix("sha256:").is_some_and(|hex| {
+        hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// A service name (DESIGN §4.5): 2..64 of `[a-z0-9_.-]`.
+pub fn is_service_name(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-')
+        })
+}
+
+/// A service URL: `http://` or `https://`, then a host, at most 2048 visible ASCII characters.
+pub fn is_service_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    url.len() <= 2048
+        && rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'))
+        && url.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// A message's `signed` member (DESIGN §4.4): exactly `{"serial", "ts", "signature"}`.
+fn signed_field(content: &Map<String, Value>) -> Result<(), String> {
+    let Some(signed) = content.get("signed") else {
+        return Ok(());
+    };
+    let signed = signed
+        .as_object()
+        .ok_or_else(|| "\"signed\" must be an object".to_string())?;
+    if signed.len() != 3 {
+        return Err("\"signed\" has exactly \"serial\", \"ts\" and \"signature\"".into());
+    }
+    serial_field(signed, "serial")?;
+    non_negative(signed, "ts")?;
+    let signature = str_field(signed, "signature")?;
+    if signature.len() != 86
+        || !signature
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    {
+        return Err("\"signed.signature\" must be unpadded base64 of 64 bytes".into());
+    }
+    Ok(())
+}
+
+/// The fields every actor certificate event carries; the session id is checked by the caller
+/// (ours are hex, another server's are any 1..32 visible ASCII characters).
+fn actor_cert_fields(content: &Map<String, Value>) -> Result<(), String> {
+    fid_field(content, "fid")?;
+    serial_field(content, "serial")?;
+    if !is_fingerprint(str_field(content, "fingerprint")?) {
+        return Err("\"fingerprint\" must be sha256:<64 lowercase hex>".into());
+    }
+    non_negative(content, "not_before")?;
+    non_negative(content, "not_after")?;
+    if !str_field(content, "pem")?.starts_with("-----BEGIN CERTIFICATE-----") {
+        return Err("\"pem\" must be a PEM certificate".into());
+    }
+    Ok(())
+}
+
+fn service_fields(content: &Map<String, Value>) -> Result<(), String> {
+    if !is_service_name(str_field(content, "service")?) {
+        return Err("\"service\" must be 2..64 of [a-z0-9_.-]".into());
+    }
+    if !is_service_url(str_field(content, "url")?) {
+        return Err("\"url\" must be an http(s) URL".into());
+    }
+    Ok(())
+}
+
 /// The content rules of each type. Unknown extra fields are kept (forward compatibility);
 /// the fields a type defines must be present and well-formed.
 fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
@@ -286,7 +417,9 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
         }
         EventType::ChannelInvite => fid_field(content, "invitee"),
         EventType::ChannelJoin | EventType::ChannelLeave => Ok(()),
-        EventType::MessageNew | EventType::MessageEdit => message_id(content).and(body(content)),
+        EventType::MessageNew | EventType::MessageEdit => message_id(content)
+            .and(body(content))
+            .and(signed_field(content)),
         EventType::MessageDelete => message_id(content),
         EventType::SenderKeyDistribute => {
             fid_field(content, "recipient")?;
@@ -350,8 +483,54 @@ fn check_content(kind: EventType, content: &Value) -> Result<(), String> {
             Ok(())
         }
         EventType::SessionDeleted => session_id_field(content),
+        EventType::SessionIdCertUpdated => {
+            session_id_field(content)?;
+            serial_field(content, "serial")
+        }
+        EventType::ActorIdCertIssued => {
+            session_id_field(content)?;
+            actor_cert_fields(content)
+        }
+        EventType::ActorForeignIdCertSeen => {
+            let session = str_field(content, "session_id")?;
+            if !(1..=32).contains(&session.len()) || !session.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err("\"session_id\" must be 1..32 visible ASCII characters".into());
+            }
+            actor_cert_fields(content)
+        }
+        EventType::ActorIdCertInvalidated => {
+            serial_field(content, "serial")?;
+            non_negative(content, "invalidated_at")?;
+            match str_field(content, "reason")? {
+                "renewed" | "session_ended" | "revoked" => Ok(()),
+                _ => Err("\"reason\" must be renewed, session_ended or revoked".into()),
+            }
+        }
+        EventType::ServiceAdded => {
+            service_fields(content)?;
+            content
+                .get("primary")
+                .and_then(Value::as_bool)
+                .map(|_| ())
+                .ok_or_else(|| "\"primary\" must be a boolean".to_string())
+        }
+        EventType::ServiceRemoved => {
+            service_fields(content)?;
+            match content.get("new_primary") {
+                Some(Value::Null) => Ok(()),
+                Some(Value::String(url)) if is_service_url(url) => Ok(()),
+                _ => Err("\"new_primary\" must be a service URL or null".into()),
+            }
+        }
+        EventType::ServicePrimarySet => service_fields(content),
         EventType::SessionCreated => {
             session_id_field(content)?;
+            if let Some(serial) = content.get("serial") {
+                if !serial.as_str().is_some_and(is_decimal_serial) {
+                    return Err("\"serial\" must be a positive decimal serial".into());
+                }
+            }
             let hash = str_field(content, "token_hash")?;
             if hash.len() != 64 || !hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                 return Err("\"token_hash\" must be a lowercase hex SHA-256".into());

@@ -15,8 +15,16 @@
 //! - `server.keys_fetched`: another server's verified key response, last one wins;
 //! - `server.idcert_issued`: one of our own root ID-Certs, kept by serial;
 //! - `account.registered`: a local account (first one wins); `session.created`: a session
-//!   of the sender, with the hash of its bearer token; `session.deleted`: the session's row
-//!   goes (its token stops working).
+//!   of the sender, with the hash of its bearer token (and, for a foreign session, the serial
+//!   of the certificate it signed in with and its home session id); `session.deleted`: the
+//!   session's row goes (its token stops working); `session.idcert_updated`: a foreign
+//!   session's certificate changes;
+//! - `actor.idcert_issued`: an actor certificate we issued, kept by serial (first one wins);
+//!   `actor.idcert_invalidated`: marks it invalidated, once (the first invalidation wins);
+//! - `actor.foreign_idcert_seen`: another server's actor certificate we accepted, by (fid,
+//!   serial), first one wins;
+//! - `service.added` / `service.removed` / `service.primary_set`: an actor's services; one
+//!   primary per (actor, service).
 
 use serde_json::Value;
 
@@ -105,6 +113,60 @@ pub enum ProjectionOp {
         session_id: String,
         fid: String,
         token_hash: String,
+        /// A foreign session: the serial of its certificate, and the session id it names.
+        idcert_serial: Option<String>,
+        home_session_id: Option<String>,
+    },
+    /// A foreign session's certificate is replaced (`PUT …/session/idcert/extern`).
+    SetSessionIdCert {
+        session_id: String,
+        serial: String,
+    },
+    /// An actor certificate we issued.
+    StoreActorIdCert {
+        serial: i64,
+        fid: String,
+        session_id: String,
+        fingerprint: String,
+        not_before: i64,
+        not_after: i64,
+        pem: String,
+    },
+    /// One of our actor certificates is invalidated.
+    InvalidateActorIdCert {
+        serial: i64,
+        invalidated_at: i64,
+        reason: String,
+    },
+    /// Another server's actor certificate we accepted.
+    StoreForeignIdCert {
+        fid: String,
+        serial: String,
+        session_id: String,
+        fingerprint: String,
+        not_before: i64,
+        not_after: i64,
+        pem: String,
+    },
+    /// An actor offers a service; `primary` takes the primary role from any other provider.
+    AddService {
+        fid: String,
+        service: String,
+        url: String,
+        primary: bool,
+    },
+    /// A provider goes; `new_primary` (when given) becomes the primary.
+    RemoveService {
+        fid: String,
+        service: String,
+        url: String,
+        new_primary: Option<String>,
+    },
+    /// `url` becomes the primary provider of `service`, the others not.
+    SetServicePrimary {
+        fid: String,
+        service: String,
+        url: String,
     },
     /// The session ends: its token stops working.
     DeleteSession {
@@ -279,10 +341,70 @@ pub fn derive(
                     session_id: text(content, "session_id")?,
                     fid: sender?.to_owned(),
                     token_hash: text(content, "token_hash")?,
+                    idcert_serial: text(content, "serial"),
+                    home_session_id: text(content, "home_session_id"),
                 })
             })(),
             EventType::SessionDeleted => text(content, "session_id")
                 .map(|session_id| ProjectionOp::DeleteSession { session_id }),
+            EventType::SessionIdCertUpdated => (|| {
+                Some(ProjectionOp::SetSessionIdCert {
+                    session_id: text(content, "session_id")?,
+                    serial: text(content, "serial")?,
+                })
+            })(),
+            EventType::ActorIdCertIssued => (|| {
+                Some(ProjectionOp::StoreActorIdCert {
+                    serial: text(content, "serial")?.parse().ok()?,
+                    fid: text(content, "fid")?,
+                    session_id: text(content, "session_id")?,
+                    fingerprint: text(content, "fingerprint")?,
+                    not_before: count(content, "not_before")?,
+                    not_after: count(content, "not_after")?,
+                    pem: text(content, "pem")?,
+                })
+            })(),
+            EventType::ActorIdCertInvalidated => (|| {
+                Some(ProjectionOp::InvalidateActorIdCert {
+                    serial: text(content, "serial")?.parse().ok()?,
+                    invalidated_at: count(content, "invalidated_at")?,
+                    reason: text(content, "reason")?,
+                })
+            })(),
+            EventType::ActorForeignIdCertSeen => (|| {
+                Some(ProjectionOp::StoreForeignIdCert {
+                    fid: text(content, "fid")?,
+                    serial: text(content, "serial")?,
+                    session_id: text(content, "session_id")?,
+                    fingerprint: text(content, "fingerprint")?,
+                    not_before: count(content, "not_before")?,
+                    not_after: count(content, "not_after")?,
+                    pem: text(content, "pem")?,
+                })
+            })(),
+            EventType::ServiceAdded => (|| {
+                Some(ProjectionOp::AddService {
+                    fid: sender?.to_owned(),
+                    service: text(content, "service")?,
+                    url: text(content, "url")?,
+                    primary: content.get("primary")?.as_bool()?,
+                })
+            })(),
+            EventType::ServiceRemoved => (|| {
+                Some(ProjectionOp::RemoveService {
+                    fid: sender?.to_owned(),
+                    service: text(content, "service")?,
+                    url: text(content, "url")?,
+                    new_primary: text(content, "new_primary"),
+                })
+            })(),
+            EventType::ServicePrimarySet => (|| {
+                Some(ProjectionOp::SetServicePrimary {
+                    fid: sender?.to_owned(),
+                    service: text(content, "service")?,
+                    url: text(content, "url")?,
+                })
+            })(),
             EventType::SenderKeyDistribute => None,
         };
     op.into_iter().collect()

@@ -7,7 +7,19 @@
 //! awc clients are per thread (not `Send`), so each HTTP worker builds its own
 //! [`OutboundClient`] from the shared [`Resolver`]; connections are pooled per worker. Every
 //! outbound call has a connect timeout and a whole-request timeout from the configuration.
+//!
+//! [`FencedFetcher`] makes the fetches a client's request can trigger from a server the
+//! request names (an actor's home server, DESIGN §4.3–§4.4, issue 10 item 6). It reaches only
+//! public addresses, unless the name is in `[federation.resolve]` or its host in
+//! `federation.plain_http_hosts`: an IP literal is checked before any connection, a DNS name
+//! by the resolver of its own client, which refuses a name with any loopback, private,
+//! link-local or otherwise non-public address, so the connection only ever goes to an address
+//! that was checked. Its answers are bounded in size, its requests by the outbound timeouts
+//! and by a bounded queue to one thread of its own.
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -35,12 +47,7 @@ impl Resolver {
         if let Some(url) = self.resolve.get(server_name) {
             return url.trim_end_matches('/').to_owned();
         }
-        let host = match server_name.strip_prefix('[') {
-            Some(rest) => rest.split(']').next().unwrap_or(rest),
-            None => server_name
-                .rsplit_once(':')
-                .map_or(server_name, |(host, _)| host),
-        };
+        let host = crate::identity::idcert::host_of(server_name);
         let scheme = if self.plain_http_hosts.iter().any(|h| h == host) {
             "http"
         } else {
@@ -48,10 +55,88 @@ impl Resolver {
         };
         format!("{scheme}://{server_name}")
     }
+
+    /// Whether the operator named `server_name` (in `[federation.resolve]`, or its host in
+    /// `federation.plain_http_hosts`): such a server may be at any address.
+    pub fn operator_listed(&self, server_name: &str) -> bool {
+        self.resolve.contains_key(server_name)
+            || self
+                .plain_http_hosts
+                .iter()
+                .any(|h| h == crate::identity::idcert::host_of(server_name))
+    }
+
+    /// The hosts that may resolve to any address: the plain-HTTP hosts and the hosts of the
+    /// `[federation.resolve]` URLs.
+    fn listed_hosts(&self) -> Vec<String> {
+        let url_hosts = self.resolve.values().filter_map(|url| {
+            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+            let authority = rest.split('/').next().unwrap_or(rest);
+            let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+            Some(crate::identity::idcert::host_of(authority).to_owned())
+        });
+        self.plain_http_hosts
+            .iter()
+            .cloned()
+            .chain(url_hosts)
+            .collect()
+    }
 }
 
-#[derive(Debug, thiserror::Error)]
+/// Whether `ip` is a public unicast address: not loopback, private, link-local, shared
+/// (CGNAT), unspecified, broadcast, multicast, documentation, benchmarking or reserved; an
+/// IPv4 address inside IPv6 (mapped, compatible, NAT64) is judged as IPv4.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && c == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let segments = v6.segments();
+            if segments[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified() {
+                // IPv4-compatible (deprecated): judge the IPv4 address.
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return is_public(IpAddr::from([a, b, c, d]));
+            }
+            if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [a, b] = segments[6].to_be_bytes();
+                let [c, d] = segments[7].to_be_bytes();
+                return is_public(IpAddr::from([a, b, c, d]));
+            }
+            !(v6.is_unspecified()
+                || v6.is_loopback()
+                || v6.is_multicast()
+                || (segments[0] & 0xfe00) == 0xfc00
+                || (segments[0] & 0xffc0) == 0xfe80
+                || (segments[0] & 0xffc0) == 0xfec0
+                || (segments[0] == 0x2001 && segments[1] == 0x0db8)
+                || (segments[0] == 0x0100 && segments[1..4] == [0, 0, 0]))
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum FetchError {
+    #[error("{server} is not fetched from: {detail}")]
+    Fenced { server: String, detail: String },
+    #[error("too many fetches are waiting; retry shortly")]
+    Busy,
     #[error("cannot reach {url}: {detail}")]
     Unreachable { url: String, detail: String },
     #[error("{url} answered {status}")]
@@ -73,30 +158,53 @@ pub struct OutboundClient {
 /// Largest response body read from another server.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// The TLS settings of outbound calls: the Mozilla root store (webpki-roots), ring.
+fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+    match tls {
+        Ok(tls) => Some(Arc::new(tls)),
+        // ring supports the default protocol versions; should that ever change, https calls
+        // fail with a clear connect error instead of the server refusing to start.
+        Err(error) => {
+            tracing::error!(%error, "TLS is unavailable for outbound calls");
+            None
+        }
+    }
+}
+
+/// An awc client with the outbound timeouts and TLS settings over `connector`.
+fn build_client<S, IO>(connector: awc::Connector<S>, config: &FederationConfig) -> awc::Client
+where
+    IO: actix_rt::net::ActixStream + std::fmt::Debug + 'static,
+    S: actix_web::dev::Service<
+            actix_tls::connect::ConnectInfo<actix_web::http::Uri>,
+            Response = actix_tls::connect::Connection<actix_web::http::Uri, IO>,
+            Error = actix_tls::connect::ConnectError,
+        > + Clone
+        + 'static,
+{
+    let mut connector = connector.timeout(config.connect_timeout);
+    if let Some(tls) = tls_config() {
+        connector = connector.rustls_0_23(tls);
+    }
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(config.request_timeout)
+        .add_default_header((
+            "User-Agent",
+            concat!("switchyard/", env!("CARGO_PKG_VERSION")),
+        ))
+        .finish()
+}
+
 impl OutboundClient {
     pub fn new(resolver: Arc<Resolver>, config: &FederationConfig) -> OutboundClient {
-        let roots =
-            rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
-        let mut connector = awc::Connector::new().timeout(config.connect_timeout);
-        match tls {
-            Ok(tls) => connector = connector.rustls_0_23(Arc::new(tls)),
-            // ring supports the default protocol versions; should that ever change, https
-            // calls fail with a clear connect error instead of the server refusing to start.
-            Err(error) => tracing::error!(%error, "TLS is unavailable for outbound calls"),
-        }
-        let client = awc::Client::builder()
-            .connector(connector)
-            .timeout(config.request_timeout)
-            .add_default_header((
-                "User-Agent",
-                concat!("switchyard/", env!("CARGO_PKG_VERSION")),
-            ))
-            .finish();
+        let client = build_client(awc::Connector::new(), config);
         OutboundClient { client, resolver }
     }
 
@@ -190,9 +298,212 @@ impl OutboundClient {
     }
 }
 
+/// Resolves names for the fenced client: a listed host to any address, any other name only
+/// when every address it has is public.
+struct PublicOnly {
+    listed: Vec<String>,
+}
+
+impl actix_tls::connect::Resolve for PublicOnly {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<SocketAddr>, Box<dyn std::error::Error>>> + 'a>>
+    {
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
+            let listed = self.listed.iter().any(|h| h == host);
+            if !listed {
+                if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
+                    return Err(format!(
+                        "{host} resolves to {}, which is not a public address",
+                        private.ip()
+                    )
+                    .into());
+                }
+            }
+            Ok(addresses)
+        })
+    }
+}
+
+struct FetchJob {
+    server_name: String,
+    path: String,
+    limit: usize,
+    reply: tokio::sync::oneshot::Sender<Result<Bytes, FetchError>>,
+}
+
+/// Fetches from servers that a client's request names, fenced to public addresses (see the
+/// module doc). One thread of its own runs them, behind a bounded queue.
+#[derive(Clone)]
+pub struct FencedFetcher {
+    queue: tokio::sync::mpsc::Sender<FetchJob>,
+    resolver: Arc<Resolver>,
+    fetches: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Fetches waiting for the fenced fetcher's thread at most.
+const FENCED_QUEUE: usize = 1024;
+
+impl FencedFetcher {
+    /// Starts the fetcher's thread.
+    pub fn start(config: &FederationConfig) -> FencedFetcher {
+        let resolver = Arc::new(Resolver::new(config));
+        let (queue, mut jobs) = tokio::sync::mpsc::channel::<FetchJob>(FENCED_QUEUE);
+        let arbiter = actix_rt::Arbiter::new();
+        let listed = resolver.listed_hosts();
+        let config = config.clone();
+        let base = resolver.clone();
+        // The client is built on the fetcher's own thread: awc clients are not `Send`.
+        arbiter.spawn_fn(move || {
+            actix_rt::spawn(async move {
+                let connector = awc::Connector::new().connector(
+                    actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
+                        PublicOnly { listed },
+                    ))
+                    .service(),
+                );
+                let client = build_client(connector, &config);
+                while let Some(job) = jobs.recv().await {
+                    let client = client.clone();
+                    let url = format!("{}{}", base.base_url(&job.server_name), job.path);
+                    actix_web::rt::spawn(async move {
+                        let answer = fetch(&client, &job.server_name, url, job.limit).await;
+                        let _ = job.reply.send(answer);
+                    });
+                }
+                actix_rt::Arbiter::current().stop();
+            });
+        });
+        FencedFetcher {
+            queue,
+            resolver,
+            fetches: Arc::default(),
+        }
+    }
+
+    /// Fetches made so far (tests check that a refused name made none).
+    pub fn fetches(&self) -> u64 {
+        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `GET <base URL of server_name><path>`, answering the body of a 200 of at most `limit`
+    /// bytes. A name the operator did not list is refused at once when its host is a
+    /// non-public IP address, and by the resolver when it resolves to one.
+    pub async fn get(
+        &self,
+        server_name: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<Bytes, FetchError> {
+        if !self.resolver.operator_listed(server_name) {
+            let host = crate::identity::idcert::host_of(server_name);
+            if let Ok(ip) = host.parse::<IpAddr>() {
+                if !is_public(ip) {
+                    return Err(FetchError::Fenced {
+                        server: server_name.to_owned(),
+                        detail: format!("{ip} is not a public address"),
+                    });
+                }
+            }
+        }
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.queue
+            .try_send(FetchJob {
+                server_name: server_name.to_owned(),
+                path: path.to_owned(),
+                limit,
+                reply,
+            })
+            .map_err(|_| FetchError::Busy)?;
+        answer.await.map_err(|_| FetchError::Busy)?
+    }
+}
+
+async fn fetch(
+    client: &awc::Client,
+    server: &str,
+    url: String,
+    limit: usize,
+) -> Result<Bytes, FetchError> {
+    let mut response = client.get(&url).send().await.map_err(|e| {
+        let detail = e.to_string();
+        if detail.contains("not a public address") {
+            FetchError::Fenced {
+                server: server.to_owned(),
+                detail,
+            }
+        } else {
+            FetchError::Unreachable {
+                url: url.clone(),
+                detail,
+            }
+        }
+    })?;
+    if response.status() != StatusCode::OK {
+        return Err(FetchError::Status {
+            url,
+            status: response.status(),
+        });
+    }
+    response
+        .body()
+        .limit(limit)
+        .await
+        .map_err(|e| FetchError::Body {
+            url,
+            limit,
+            detail: e.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "192.0.2.1",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "fd12::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+            "::127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().expect("ip")), "{private}");
+        }
+        for public in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+            "100.128.0.1",
+        ] {
+            assert!(is_public(public.parse().expect("ip")), "{public}");
+        }
+    }
 
     #[test]
     fn resolution_order() {

@@ -2,5 +2,7 @@
 //! the ones it issued ([`server_certs`]).
 
 pub mod accounts;
+pub mod checker;
+pub mod csr;
 pub mod idcert;
 pub mod server_certs;

@@ -16,8 +16,8 @@ use super::bulk;
 
 use crate::core::projection::ProjectionOp;
 use entities::{
-    accounts, channels, members, messages, origin_policies, remote_server_keys,
-    retired_server_keys, server_idcerts, sessions,
+    accounts, actor_idcerts, channels, foreign_idcerts, members, messages, origin_policies,
+    remote_server_keys, retired_server_keys, server_idcerts, services, sessions,
 };
 
 const INSERT_CHUNK: usize = 1000;
@@ -225,12 +225,16 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
             session_id,
             fid,
             token_hash,
+            idcert_serial,
+            home_session_id,
         } => {
             sessions::Entity::insert(sessions::ActiveModel {
                 session_id: Set(session_id.clone()),
                 fid: Set(fid.clone()),
                 token_hash: Set(token_hash.clone()),
                 created_seq: Set(seq),
+                idcert_serial: Set(idcert_serial.clone()),
+                home_session_id: Set(home_session_id.clone()),
             })
             .on_conflict(
                 OnConflict::column(sessions::Column::SessionId)
@@ -244,6 +248,141 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
             sessions::Entity::delete_by_id(session_id.clone())
                 .exec(db)
                 .await?;
+        }
+        ProjectionOp::SetSessionIdCert { session_id, serial } => {
+            sessions::Entity::update_many()
+                .col_expr(sessions::Column::IdcertSerial, Expr::value(serial.clone()))
+                .filter(sessions::Column::SessionId.eq(session_id.as_str()))
+                .exec(db)
+                .await?;
+        }
+        ProjectionOp::StoreActorIdCert {
+            serial,
+            fid,
+            session_id,
+            fingerprint,
+            not_before,
+            not_after,
+            pem,
+        } => {
+            actor_idcerts::Entity::insert(actor_idcerts::ActiveModel {
+                serial: Set(*serial),
+                fid: Set(fid.clone()),
+                session_id: Set(session_id.clone()),
+                fingerprint: Set(fingerprint.clone()),
+                not_before: Set(*not_before),
+                not_after: Set(*not_after),
+                pem: Set(pem.clone()),
+                issued_seq: Set(seq),
+                invalidated_at: Set(None),
+                invalidated_reason: Set(None),
+                invalidated_seq: Set(None),
+            })
+            .on_conflict(
+                OnConflict::column(actor_idcerts::Column::Serial)
+                    .do_nothing()
+                    .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::InvalidateActorIdCert {
+            serial,
+            invalidated_at,
+            reason,
+        } => {
+            actor_idcerts::Entity::update_many()
+                .col_expr(
+                    actor_idcerts::Column::InvalidatedAt,
+                    Expr::value(*invalidated_at),
+                )
+                .col_expr(
+                    actor_idcerts::Column::InvalidatedReason,
+                    Expr::value(reason.clone()),
+                )
+                .col_expr(actor_idcerts::Column::InvalidatedSeq, Expr::value(seq))
+                .filter(actor_idcerts::Column::Serial.eq(*serial))
+                .filter(actor_idcerts::Column::InvalidatedSeq.is_null())
+                .exec(db)
+                .await?;
+        }
+        ProjectionOp::StoreForeignIdCert {
+            fid,
+            serial,
+            session_id,
+            fingerprint,
+            not_before,
+            not_after,
+            pem,
+        } => {
+            foreign_idcerts::Entity::insert(foreign_idcerts::ActiveModel {
+                fid: Set(fid.clone()),
+                serial: Set(serial.clone()),
+                session_id: Set(session_id.clone()),
+                fingerprint: Set(fingerprint.clone()),
+                not_before: Set(*not_before),
+                not_after: Set(*not_after),
+                pem: Set(pem.clone()),
+                seen_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::columns([
+                    foreign_idcerts::Column::Fid,
+                    foreign_idcerts::Column::Serial,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::AddService {
+            fid,
+            service,
+            url,
+            primary,
+        } => {
+            if *primary {
+                demote_primary(db, seq, fid, service).await?;
+            }
+            services::Entity::insert(services::ActiveModel {
+                fid: Set(fid.clone()),
+                service: Set(service.clone()),
+                url: Set(url.clone()),
+                is_primary: Set(*primary),
+                created_seq: Set(seq),
+                updated_seq: Set(seq),
+            })
+            .on_conflict(
+                OnConflict::columns([
+                    services::Column::Fid,
+                    services::Column::Service,
+                    services::Column::Url,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(db)
+            .await?;
+        }
+        ProjectionOp::RemoveService {
+            fid,
+            service,
+            url,
+            new_primary,
+        } => {
+            services::Entity::delete_many()
+                .filter(services::Column::Fid.eq(fid.as_str()))
+                .filter(services::Column::Service.eq(service.as_str()))
+                .filter(services::Column::Url.eq(url.as_str()))
+                .exec(db)
+                .await?;
+            if let Some(primary) = new_primary {
+                set_primary(db, seq, fid, service, primary).await?;
+            }
+        }
+        ProjectionOp::SetServicePrimary { fid, service, url } => {
+            set_primary(db, seq, fid, service, url).await?;
         }
         ProjectionOp::StoreServerIdCert {
             serial,
@@ -295,5 +434,45 @@ async fn apply_one(db: &impl ConnectionTrait, seq: i64, op: &ProjectionOp) -> Re
             .await?;
         }
     }
+    Ok(())
+}
+
+/// Takes the primary role of `service` away from every provider of `fid`.
+async fn demote_primary(
+    db: &impl ConnectionTrait,
+    seq: i64,
+    fid: &str,
+    service: &str,
+) -> Result<(), DbErr> {
+    services::Entity::update_many()
+        .col_expr(services::Column::IsPrimary, Expr::value(false))
+        .col_expr(services::Column::UpdatedSeq, Expr::value(seq))
+        .filter(services::Column::Fid.eq(fid))
+        .filter(services::Column::Service.eq(service))
+        .filter(services::Column::IsPrimary.eq(true))
+        .exec(db)
+        .await?;
+    Ok(())
+}
+
+/// Makes `url` the one primary provider of `service` of `fid` (one statement: the projection
+/// only writes; the identity layer checked that `url` is a provider before the event).
+async fn set_primary(
+    db: &impl ConnectionTrait,
+    seq: i64,
+    fid: &str,
+    service: &str,
+    url: &str,
+) -> Result<(), DbErr> {
+    services::Entity::update_many()
+        .col_expr(
+            services::Column::IsPrimary,
+            Expr::col(services::Column::Url).eq(url),
+        )
+        .col_expr(services::Column::UpdatedSeq, Expr::value(seq))
+        .filter(services::Column::Fid.eq(fid))
+        .filter(services::Column::Service.eq(service))
+        .exec(db)
+        .await?;
     Ok(())
 }

@@ -13,8 +13,8 @@ use super::{projections, Store, StoreError};
 use crate::core::event::EventType;
 use crate::core::projection::{self, ProjectionOp};
 use entities::{
-    accounts, channels, members, messages, origin_policies, remote_server_keys,
-    retired_server_keys, server_idcerts, sessions,
+    accounts, actor_idcerts, channels, foreign_idcerts, members, messages, origin_policies,
+    remote_server_keys, retired_server_keys, server_idcerts, services, sessions,
 };
 
 const PAGE: u64 = 5_000;
@@ -96,6 +96,9 @@ impl Store {
             compare::<server_idcerts::Entity>(self, target, "server_idcerts").await?,
             compare::<accounts::Entity>(self, target, "accounts").await?,
             compare::<sessions::Entity>(self, target, "sessions").await?,
+            compare::<actor_idcerts::Entity>(self, target, "actor_idcerts").await?,
+            compare::<foreign_idcerts::Entity>(self, target, "foreign_idcerts").await?,
+            compare::<services::Entity>(self, target, "services").await?,
         ];
         Ok(ReplayReport {
             events: after,
