@@ -17,8 +17,11 @@ use crate::federation::keys::resolver::KeyResolver;
 use crate::federation::keys::rotation::{open_key_ring, RotationError};
 use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::KeyRing;
+use crate::federation::verifier::SignatureVerifier;
 use crate::gateway::channel::Channels;
+use crate::clock::Clock;
 use crate::identity::server_certs::{ServerCertError, ServerCerts};
+use crate::identity::Identity;
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
 
@@ -43,11 +46,9 @@ pub struct AppState {
     pub hashers: crate::identity::accounts::Hashers,
     /// Single-use WebSocket tickets.
     pub tickets: crate::gateway::tickets::Tickets,
-    /// Live sessions by the hash of their token, in front of the `sessions` projection;
-    /// an ended session is removed by the route that ends it.
-    pub sessions: moka::sync::Cache<String, entities::sessions::Model>,
-    /// Sessions ended within the cache's lifetime, which no cached entry may revive.
-    pub ended_sessions: moka::sync::Cache<String, ()>,
+    /// Actor identity: sessions (local and foreign), actor certificates, challenges,
+    /// services.
+    pub identity: Arc<Identity>,
     /// Client sessions' cursors (socket and REST catch-up).
     pub cursors: Arc<crate::gateway::cursors::Cursors>,
 }
@@ -80,11 +81,38 @@ pub struct Application {
     delivery: Arc<Delivery>,
     channels: Arc<Channels>,
     cursors: Arc<crate::gateway::cursors::Cursors>,
+    identity: Arc<Identity>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
 
 /// How often the root ID-Cert's remaining lifetime is checked.
 const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// What a session's end does beyond the log: its cursor goes, and its sockets close with
+/// 4003.
+fn session_ended(
+    store: Store,
+    cursors: Arc<crate::gateway::cursors::Cursors>,
+    channels: Arc<Channels>,
+) -> crate::identity::sessions::OnEnd {
+    Box::new(move |session| {
+        cursors.forget(&session.session_id);
+        let (store, session_id) = (store.clone(), session.session_id.clone());
+        actix_web::rt::spawn(async move {
+            if let Err(error) = store.delete_session_cursor(&session_id).await {
+                tracing::warn!(%error, "cannot delete an ended session's cursor");
+            }
+        });
+        channels.close_session(
+            &session.fid,
+            &session.session_id,
+            crate::gateway::channel::CloseSocket {
+                code: crate::gateway::frames::close::NOT_AUTHENTICATED,
+                reason: "the session was ended",
+            },
+        );
+    })
+}
 
 impl Application {
     /// Opens the database, migrates it, starts the actors and binds `server.bind`.
@@ -142,12 +170,21 @@ impl Application {
             metrics.clone(),
         );
         let key_resolver = Arc::new(KeyResolver::new(config.federation.trusted_notaries.clone()));
+        let verifier = SignatureVerifier::start(
+            match config.federation.verify_threads {
+                0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+                n => n,
+            },
+            config.federation.max_inflight_requests.max(64) * 2,
+            metrics.verify_batch_size.clone(),
+        );
         let inbox = Inbox::start(
             &config.server.name,
             &config.federation,
             &store,
             log.clone(),
             key_resolver,
+            verifier.clone(),
             metrics.clone(),
         )
         .await?;
@@ -168,6 +205,15 @@ impl Application {
             config.gateway.typing_ttl,
         );
         let cursors = crate::gateway::cursors::Cursors::start(store.clone());
+        let identity = Identity::start(
+            &config,
+            Arc::new(Clock::default()),
+            &store,
+            &log,
+            verifier,
+            session_ended(store.clone(), cursors.clone(), channels.clone()),
+        )
+        .await?;
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -188,14 +234,7 @@ impl Application {
                 u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
             ),
             cursors: cursors.clone(),
-            sessions: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(300))
-                .build(),
-            ended_sessions: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(std::time::Duration::from_secs(600))
-                .build(),
+            identity: identity.clone(),
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {
@@ -231,6 +270,7 @@ impl Application {
             delivery,
             channels,
             cursors,
+            identity,
             renew_certs,
         })
     }
@@ -253,6 +293,11 @@ impl Application {
 
     pub fn channels(&self) -> &Arc<Channels> {
         &self.channels
+    }
+
+    /// Actor identity (tests move its clock).
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
     }
 
     /// Stops the server: `stop(true)` is graceful (in-flight requests finish).

@@ -23,6 +23,7 @@ pub struct Config {
     pub log: LogConfig,
     pub branding: BrandingConfig,
     pub gateway: GatewayConfig,
+    pub identity: IdentityConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -285,6 +286,49 @@ impl Default for GatewayConfig {
     }
 }
 
+/// Actor identity (DESIGN §4.2–§4.5).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Validity of an actor ID-Cert we issue (at most 60 days), cut to the root's validity.
+    #[serde(with = "humantime_serde")]
+    pub actor_cert_lifetime: Duration,
+    /// How long another server may use a certificate entry we answer before asking again
+    /// (`cache_not_valid_after` − `cache_not_valid_before`), 1h..12h.
+    #[serde(with = "humantime_serde")]
+    pub cert_cache_ttl: Duration,
+    /// How long a `GET /.p2/core/v1/challenge` string can be answered.
+    #[serde(with = "humantime_serde")]
+    pub challenge_lifetime: Duration,
+    /// Whether new messages and edits must carry their author's signature.
+    pub require_signed_messages: bool,
+    /// Challenges outstanding at once; the oldest go first past this.
+    pub max_challenges: u64,
+    /// Challenges per second (and burst) one source address may ask for.
+    pub challenge_rate_per_second: u32,
+    pub challenge_burst: u32,
+    /// How often the certificates of foreign sessions are checked, so that one that was
+    /// invalidated at home ends the session (and closes its sockets) without waiting for a
+    /// request.
+    #[serde(with = "humantime_serde")]
+    pub foreign_check_interval: Duration,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            actor_cert_lifetime: Duration::from_secs(30 * 86_400),
+            cert_cache_ttl: Duration::from_secs(3600),
+            challenge_lifetime: Duration::from_secs(300),
+            require_signed_messages: false,
+            max_challenges: 100_000,
+            challenge_rate_per_second: 20,
+            challenge_burst: 40,
+            foreign_check_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -404,6 +448,46 @@ impl Config {
             return Err(invalid(
                 "keys.idcert_lifetime",
                 "must be between 1h and 10 years",
+            ));
+        }
+        let identity = &self.identity;
+        if identity.actor_cert_lifetime < Duration::from_secs(60)
+            || identity.actor_cert_lifetime > Duration::from_secs(60 * 86_400)
+        {
+            return Err(invalid(
+                "identity.actor_cert_lifetime",
+                "must be between 1m and 60d",
+            ));
+        }
+        if !(Duration::from_secs(3600)..=Duration::from_secs(12 * 3600))
+            .contains(&identity.cert_cache_ttl)
+        {
+            return Err(invalid(
+                "identity.cert_cache_ttl",
+                "must be between 1h and 12h",
+            ));
+        }
+        if identity.challenge_lifetime < Duration::from_secs(1)
+            || identity.challenge_lifetime > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "identity.challenge_lifetime",
+                "must be between 1s and 1h",
+            ));
+        }
+        if identity.max_challenges == 0 {
+            return Err(invalid("identity.max_challenges", "must be at least 1"));
+        }
+        if identity.challenge_rate_per_second == 0 || identity.challenge_burst == 0 {
+            return Err(invalid(
+                "identity.challenge_rate_per_second",
+                "challenge_rate_per_second and challenge_burst must be at least 1",
+            ));
+        }
+        if identity.foreign_check_interval < Duration::from_millis(100) {
+            return Err(invalid(
+                "identity.foreign_check_interval",
+                "must be at least 100ms",
             ));
         }
         let gateway = &self.gateway;

@@ -33,6 +33,22 @@ pub enum ErrorKind {
     Overloaded,
     Unavailable,
     Internal,
+    /// An ID-CSR that is not one (400).
+    BadCsr,
+    /// A sign-in challenge that is unknown, expired or used (401).
+    BadChallenge,
+    /// A certificate presented for a sign-in that is not trusted (401).
+    BadCert,
+    /// A certificate in a request body that is not trusted (400, `SY_BAD_CERT` too).
+    CertInput,
+    /// A sensitive action without the right solution (403).
+    SensitiveAction,
+    /// A message without its author's signature where one is required (400).
+    SignatureRequired,
+    /// A message whose author's signature does not check (400, `SY_BAD_SIGNATURE` too).
+    MessageSignature,
+    /// The thing to create exists already (409).
+    AlreadyExists,
 }
 
 impl ErrorKind {
@@ -41,7 +57,14 @@ impl ErrorKind {
             ErrorKind::BadJson
             | ErrorKind::InvalidParam
             | ErrorKind::MissingHeader
-            | ErrorKind::BadHeader => StatusCode::BAD_REQUEST,
+            | ErrorKind::BadHeader
+            | ErrorKind::BadCsr
+            | ErrorKind::CertInput
+            | ErrorKind::SignatureRequired
+            | ErrorKind::MessageSignature => StatusCode::BAD_REQUEST,
+            ErrorKind::BadChallenge | ErrorKind::BadCert => StatusCode::UNAUTHORIZED,
+            ErrorKind::SensitiveAction => StatusCode::FORBIDDEN,
+            ErrorKind::AlreadyExists => StatusCode::CONFLICT,
             ErrorKind::MissingToken
             | ErrorKind::StaleRequest
             | ErrorKind::UnknownKey
@@ -80,6 +103,13 @@ impl ErrorKind {
             ErrorKind::Overloaded => "SY_OVERLOADED",
             ErrorKind::Unavailable => "SY_UNAVAILABLE",
             ErrorKind::Internal => "SY_INTERNAL",
+            ErrorKind::BadCsr => "SY_BAD_CSR",
+            ErrorKind::BadChallenge => "SY_BAD_CHALLENGE",
+            ErrorKind::BadCert | ErrorKind::CertInput => "SY_BAD_CERT",
+            ErrorKind::SensitiveAction => "SY_SENSITIVE_ACTION",
+            ErrorKind::SignatureRequired => "SY_SIGNATURE_REQUIRED",
+            ErrorKind::MessageSignature => "SY_BAD_SIGNATURE",
+            ErrorKind::AlreadyExists => "SY_ALREADY_EXISTS",
         }
     }
 }

@@ -76,33 +76,19 @@ pub async fn login(
 }
 
 /// The session of the request's `Authorization: Bearer <token>`: 401 `SY_MISSING_TOKEN`
-/// without one, 401 `SY_UNKNOWN_TOKEN` for a token of no live session.
+/// without one, 401 `SY_UNKNOWN_TOKEN` for a token of no live session (see
+/// `identity::sessions`, which also checks a foreign session's certificate).
 pub async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
 ) -> Result<entities::sessions::Model, ApiError> {
     let token = super::bearer(req, "session token")?;
-    let hash = accounts::token_hash(token);
-    if let Some(session) = state.sessions.get(&hash) {
-        if !state.ended_sessions.contains_key(&session.session_id) {
-            return Ok(session);
-        }
-    }
-    let session = state
-        .store
-        .session_by_token_hash(&hash)
+    state
+        .identity
+        .sessions
+        .authenticate(token)
         .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::UnknownToken,
-                "the token belongs to no live session",
-            )
-        })?;
-    if !state.ended_sessions.contains_key(&session.session_id) {
-        state.sessions.insert(hash, session.clone());
-    }
-    Ok(session)
+        .map_err(ApiError::from)
 }
 
 #[derive(Deserialize)]
@@ -111,44 +97,34 @@ pub struct SessionRef {
     session_id: String,
 }
 
+/// `DELETE /.p2/core/v1/session` with `{session_id}` as the body or `?session_id=`.
 pub async fn delete_session(
     req: HttpRequest,
-    body: web::Json<SessionRef>,
+    body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = authenticate(&req, &state).await?;
-    let target = state
-        .store
-        .session(&body.session_id)
-        .await
-        .map_err(ApiError::internal)?
-        .filter(|s| s.fid == caller.fid)
-        .ok_or_else(|| {
-            ApiError::new(ErrorKind::NotFound, "no live session of yours has this id")
-        })?;
-    accounts::end_session(
-        &state.log,
-        &state.config.server.name,
-        &target.fid,
-        &target.session_id,
-    )
-    .await
-    .map_err(answer)?;
-    // Its token stops working here at once (a lookup racing with the end cannot bring it
-    // back into the cache), its sockets close, and its cursor goes.
-    state.ended_sessions.insert(target.session_id.clone(), ());
-    state.sessions.invalidate(&target.token_hash);
-    state.cursors.forget(&target.session_id);
-    if let Err(error) = state.store.delete_session_cursor(&target.session_id).await {
-        tracing::warn!(%error, "cannot delete an ended session's cursor");
-    }
-    state.channels.close_session(
-        &target.fid,
-        &target.session_id,
-        crate::gateway::channel::CloseSocket {
-            code: crate::gateway::frames::close::NOT_AUTHENTICATED,
-            reason: "the session was ended",
-        },
-    );
+    let target: SessionRef = if body.is_empty() {
+        web::Query::<SessionRef>::from_query(req.query_string())
+            .map_err(|e| {
+                ApiError::new(
+                    ErrorKind::InvalidParam,
+                    format!("name the session: a body {{\"session_id\"}} or ?session_id=: {e}"),
+                )
+            })?
+            .into_inner()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                ErrorKind::BadJson,
+                format!("the body must be {{\"session_id\": <id>}}: {e}"),
+            )
+        })?
+    };
+    state
+        .identity
+        .sessions
+        .delete(&caller, &target.session_id)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }

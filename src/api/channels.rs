@@ -3,8 +3,9 @@
 //! - `POST /api/v1/channels {name}` → 201 `{id, ref, name}`;
 //! - `POST /api/v1/channels/{id}/invite {fid}` (local or remote fid) → 200 `{seq}`;
 //! - `POST …/join`, `POST …/leave` → 200 `{seq}`;
-//! - `POST /api/v1/channels/{id}/messages {body}` → 201 `{message_id, seq}`;
-//! - `PATCH …/messages/{message_id} {body}`, `DELETE …/messages/{message_id}` → 200 `{seq}`;
+//! - `POST /api/v1/channels/{id}/messages {body, signed?}` → 201 `{message_id, seq}`;
+//! - `PATCH …/messages/{message_id} {body, signed?}`, `DELETE …/messages/{message_id}` →
+//!   200 `{seq}`; `signed` is the author's signature (DESIGN §4.4);
 //! - `GET /api/v1/channels/{id}/messages?before=<seq>&limit=<1..100>` → 200 `{messages}`,
 //!   newest first; deleted messages stay as `{deleted: true}` without a body.
 //!
@@ -17,10 +18,15 @@ use serde_json::json;
 use super::auth::authenticate;
 use crate::app::AppState;
 use crate::error::{ApiError, ErrorKind};
-use crate::gateway::actions::{channel_ref, ActionError, Caller};
+use crate::gateway::actions::{channel_ref, ActionError, Caller, MessageSignatures};
+use crate::identity::signed::Signed;
 use crate::store::AppendError;
 
 fn answer(error: ActionError) -> ApiError {
+    let error = match error {
+        ActionError::Identity(error) => return ApiError::from(error),
+        other => other,
+    };
     let kind = match &error {
         ActionError::Invalid(_) => ErrorKind::InvalidParam,
         ActionError::NotFound(_) => ErrorKind::NotFound,
@@ -36,6 +42,7 @@ fn answer(error: ActionError) -> ApiError {
             )
         }
         ActionError::Store(_) => return ApiError::internal(error),
+        ActionError::Identity(_) => return ApiError::internal(error),
     };
     ApiError::new(kind, error.to_string())
 }
@@ -46,12 +53,20 @@ where
     F: for<'a> AsyncFnOnce(Caller<'a>) -> Result<T, ActionError>,
 {
     let session = authenticate(req, state).await?;
+    let signatures = MessageSignatures {
+        sessions: &state.identity.sessions,
+        required: state.config.identity.require_signed_messages,
+        window_ms: i64::try_from(state.config.federation.replay_window.as_millis())
+            .unwrap_or(i64::MAX),
+    };
     let caller = Caller {
         store: &state.store,
         log: &state.log,
         membership: state.inbox.membership(),
         us: &state.config.server.name,
         fid: &session.fid,
+        session: &session,
+        signatures: &signatures,
     };
     action(caller).await.map_err(answer)
 }
@@ -119,6 +134,8 @@ pub async fn leave(
 #[serde(deny_unknown_fields)]
 pub struct Body {
     body: String,
+    /// The author's signature (DESIGN §4.4).
+    signed: Option<Signed>,
 }
 
 pub async fn post_message(
@@ -128,7 +145,8 @@ pub async fn post_message(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (message_id, seq) = as_caller(&req, &state, async |c| {
-        c.post(&channel_ref(&path, c.us)?, &body.body).await
+        c.post(&channel_ref(&path, c.us)?, &body.body, body.signed.as_ref())
+            .await
     })
     .await?;
     Ok(HttpResponse::Created().json(json!({"message_id": message_id, "seq": seq})))
@@ -141,8 +159,13 @@ pub async fn edit_message(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let seq = as_caller(&req, &state, async |c| {
-        c.edit(&channel_ref(&path.0, c.us)?, &path.1, &body.body)
-            .await
+        c.edit(
+            &channel_ref(&path.0, c.us)?,
+            &path.1,
+            &body.body,
+            body.signed.as_ref(),
+        )
+        .await
     })
     .await?;
     Ok(HttpResponse::Ok().json(json!({"seq": seq})))

@@ -64,7 +64,10 @@ pub async fn inbox(
         .await
         .map_err(count)?;
     let peer = super::peer_ip(&req);
-    let answer = state.inbox.receive(&client, &headers, peer, &body).await?;
+    let answer = state
+        .inbox
+        .receive(&client, &state.identity.sessions, &headers, peer, &body)
+        .await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

@@ -14,6 +14,7 @@ mod auth;
 mod channels;
 mod federation;
 mod gateway;
+mod identity;
 mod notary;
 mod polyproto;
 
@@ -71,6 +72,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route(
         "/.p2/core/v1/session",
         web::delete().to(auth::delete_session),
+    )
+    .route("/.p2/core/v1/idcert", web::post().to(identity::issue))
+    .route(
+        "/.p2/core/v1/idcert/actor/{fid}",
+        web::get().to(identity::actor_certs),
+    )
+    .route("/.p2/core/v1/challenge", web::get().to(identity::challenge))
+    .route("/.p2/core/v1/session/auth", web::post().to(identity::sign_in))
+    .route(
+        "/.p2/core/v1/session/idcert/extern",
+        web::put().to(identity::extern_certificate),
+    )
+    .route(
+        "/.p2/core/v1/services/discover/{fid}",
+        web::get().to(identity::discover),
+    )
+    .route(
+        "/.p2/core/v1/services/discover/{fid}/{service}",
+        web::get().to(identity::discover),
+    )
+    .route("/.p2/core/v1/services", web::post().to(identity::add_service))
+    .route(
+        "/.p2/core/v1/services",
+        web::delete().to(identity::remove_service),
+    )
+    .route(
+        "/.p2/core/v1/services/primary",
+        web::put().to(identity::set_primary),
     )
     .route("/api/v1/auth/ws-ticket", web::post().to(gateway::ws_ticket))
     .route("/ws", web::get().to(gateway::ws))

@@ -3,7 +3,8 @@
 //! - `GET /.p2/core/v1/key/server[?timestamp=<unix seconds>]`: the server's public key as a
 //!   PEM SubjectPublicKeyInfo, the current one or the one that was current at `timestamp`;
 //! - `GET /.p2/core/v1/idcert/server[?timestamp=<unix seconds>]`: the server's self-signed
-//!   root ID-Cert as PEM, the current one or the one valid at `timestamp`;
+//!   root ID-Cert as PEM, the current one or the one valid at `timestamp`; with `Accept:
+//!   application/json`, the polyproto crate's `CacheableIdCert` of it;
 //! - `PUT /.p2/core/v1/key/server` (admin token): rotates the key and answers the new key's
 //!   ID-Cert as PEM;
 //! - `GET /.well-known/polyproto-core`: `{"api": "<public base URL>/.p2/core/"}`.
@@ -62,6 +63,7 @@ pub async fn server_key(
 }
 
 pub async fn server_idcert(
+    req: HttpRequest,
     query: web::Query<AtQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
@@ -71,6 +73,9 @@ pub async fn server_idcert(
             "this server had no ID-Cert valid at that time",
         )
     })?;
+    if super::identity::wants_json(&req) {
+        return Ok(HttpResponse::Ok().json(super::identity::cacheable_root(&state, &cert)));
+    }
     Ok(HttpResponse::Ok()
         .content_type(PEM)
         .body(cert.pem.to_string()))

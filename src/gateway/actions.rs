@@ -4,7 +4,9 @@
 //! - creating a channel makes its creator a joined member of a channel homed here;
 //! - only a joined member invites, posts, or reads history; only an invited user joins; an
 //!   invited or joined member leaves;
-//! - only a message's author edits or deletes it.
+//! - only a message's author edits or deletes it;
+//! - a message or edit may carry its author's signature, checked against the session's
+//!   certificate before anything is written (`identity::signed`).
 //!
 //! Membership is read from the projection, which holds remote channels too (their invites and
 //! joins reach us through the inbox). Events in a channel homed elsewhere travel to its home
@@ -20,6 +22,8 @@ use crate::core::event::NewEvent;
 use crate::core::ids;
 use crate::core::projection::{self, Membership, ProjectionOp};
 use crate::federation::inbox::membership::MembershipView;
+use crate::identity::sessions::{Session, Sessions};
+use crate::identity::signed::{check_from_client, Signed, SignedMessage};
 use crate::store::{AppendError, EventLogHandle, Store, StoreError};
 
 const MAX_NAME_CHARS: usize = 100;
@@ -39,9 +43,13 @@ pub enum ActionError {
     Append(#[from] AppendError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A message signature refused (DESIGN §4.4), or a home server that cannot be asked.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
-/// A local user acting, with what the action needs.
+/// A user acting through a session here (local, or an actor of another server signed in
+/// here), with what the action needs.
 pub struct Caller<'a> {
     pub store: &'a Store,
     pub log: &'a EventLogHandle,
@@ -50,6 +58,19 @@ pub struct Caller<'a> {
     /// Our server name.
     pub us: &'a str,
     pub fid: &'a str,
+    /// The caller's session, whose certificate signs its messages.
+    pub session: &'a Session,
+    /// Checks message signatures (DESIGN §4.4).
+    pub signatures: &'a MessageSignatures<'a>,
+}
+
+/// What checking a message's signature needs.
+pub struct MessageSignatures<'a> {
+    pub sessions: &'a Sessions,
+    /// `identity.require_signed_messages`.
+    pub required: bool,
+    /// `federation.replay_window`, ms.
+    pub window_ms: i64,
 }
 
 fn random_id(bytes: usize) -> String {
@@ -129,8 +150,16 @@ impl Caller<'_> {
         Ok(seq)
     }
 
-    /// The caller's membership of `channel`; 404 when the channel is unknown to them.
+    /// The caller's membership of `channel`; 404 when the channel is unknown to them. An
+    /// actor of another server signed in here acts in this server's channels only (its home
+    /// server speaks for it everywhere else).
     async fn standing(&self, channel: &str) -> Result<Option<Membership>, ActionError> {
+        let home = ids::parse_channel_ref(channel).map_or("", |(_, home)| home);
+        if self.session.idcert_serial.is_some() && home != self.us {
+            return Err(ActionError::Forbidden(format!(
+                "{channel} is homed at {home}: a session signed in here acts in this server's channels; take part in {home}'s through your home server"
+            )));
+        }
         let membership = self.membership.get(channel, self.fid).await?;
         if membership.is_none() && self.store.channel(channel).await?.is_none() {
             return Err(ActionError::NotFound(format!("no channel {channel}")));
@@ -212,16 +241,63 @@ impl Caller<'_> {
         }
     }
 
-    /// Posts a message: `(message_id, seq)`.
-    pub async fn post(&self, channel: &str, body: &str) -> Result<(String, u64), ActionError> {
+    /// Checks a message's signature (when it has one, or when one is required).
+    async fn check_signature(
+        &self,
+        action: &str,
+        channel: &str,
+        message_id: Option<&str>,
+        body: &str,
+        signed: Option<&Signed>,
+    ) -> Result<(), ActionError> {
+        let message = SignedMessage {
+            action,
+            body,
+            channel,
+            message_id,
+            sender: self.fid,
+            ts: signed.map_or(0, |s| s.ts),
+        };
+        let checks = self.signatures;
+        check_from_client(
+            checks.sessions,
+            self.session,
+            &message,
+            signed,
+            checks.required,
+            now_ms(),
+            checks.window_ms,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A message's content: its id, body and, when signed, the `signed` object unchanged.
+    fn message_content(message_id: &str, body: &str, signed: Option<&Signed>) -> serde_json::Value {
+        let mut content = json!({"message_id": message_id, "body": body});
+        if let Some(signed) = signed {
+            content["signed"] = json!(signed);
+        }
+        content
+    }
+
+    /// Posts a message, signed or not: `(message_id, seq)`.
+    pub async fn post(
+        &self,
+        channel: &str,
+        body: &str,
+        signed: Option<&Signed>,
+    ) -> Result<(String, u64), ActionError> {
         check_body(body)?;
         self.require_joined(channel).await?;
+        self.check_signature("new", channel, None, body, signed)
+            .await?;
         let message_id = random_id(12);
         let seq = self
             .append(self.event(
                 "message.new",
                 channel,
-                json!({"message_id": message_id, "body": body}),
+                Self::message_content(&message_id, body, signed),
             ))
             .await?;
         Ok((message_id, seq))
@@ -247,13 +323,16 @@ impl Caller<'_> {
         channel: &str,
         message_id: &str,
         body: &str,
+        signed: Option<&Signed>,
     ) -> Result<u64, ActionError> {
         check_body(body)?;
         self.require_author(channel, message_id).await?;
+        self.check_signature("edit", channel, Some(message_id), body, signed)
+            .await?;
         self.append(self.event(
             "message.edit",
             channel,
-            json!({"message_id": message_id, "body": body}),
+            Self::message_content(message_id, body, signed),
         ))
         .await
     }

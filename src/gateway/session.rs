@@ -683,14 +683,15 @@ impl Session {
             );
             return;
         };
-        // Nothing else is read until the token is checked.
-        let hash = crate::identity::accounts::token_hash(token);
+        // Nothing else is read until the token is checked (by the one session resolver,
+        // which also checks a foreign session's certificate).
+        let token = token.to_owned();
         let state = self.state.clone();
         ctx.wait(
-            async move { state.store.session_by_token_hash(&hash).await }
+            async move { state.identity.sessions.authenticate(&token).await }
                 .into_actor(self)
                 .map(move |found, actor, ctx| match found {
-                    Ok(Some(session)) => {
+                    Ok(session) => {
                         let identity = Identity {
                             fid: session.fid,
                             session_id: session.session_id,
@@ -698,7 +699,7 @@ impl Session {
                         };
                         actor.begin(identity, resume, ctx);
                     }
-                    Ok(None) => actor.close(
+                    Err(crate::identity::IdentityError::UnknownToken(_)) => actor.close(
                         close::BAD_TOKEN,
                         "the token belongs to no live session",
                         ctx,

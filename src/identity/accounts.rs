@@ -219,6 +219,83 @@ pub async fn login(
     }
 }
 
+type PerAccount = governor::RateLimiter<
+    String,
+    governor::state::keyed::DefaultKeyedStateStore<String>,
+    governor::clock::DefaultClock,
+    governor::middleware::NoOpMiddleware,
+>;
+
+/// The sensitive-action check (DESIGN §4.5): `X-P2-Sensitive-Solution` carries the account's
+/// password (the polyproto spec allows one). Checked with argon2 like a login, under the same
+/// bound on hashes at once, and at most 10 times a minute per account.
+pub struct SensitiveActions {
+    per_account: PerAccount,
+}
+
+impl Default for SensitiveActions {
+    fn default() -> Self {
+        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN));
+        SensitiveActions {
+            per_account: governor::RateLimiter::keyed(quota),
+        }
+    }
+}
+
+impl SensitiveActions {
+    /// Checks `solution` for the local actor `fid`.
+    pub async fn check(
+        &self,
+        hashers: &Hashers,
+        store: &Store,
+        fid: &str,
+        solution: Option<&str>,
+    ) -> Result<(), super::IdentityError> {
+        use super::IdentityError;
+        let Some(solution) = solution else {
+            return Err(IdentityError::Sensitive(
+                "this is a sensitive action: send X-P2-Sensitive-Solution: <your password>".into(),
+            ));
+        };
+        if let Err(not_until) = self.per_account.check_key(&fid.to_owned()) {
+            use governor::clock::Clock as _;
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            return Err(IdentityError::Limited {
+                message: "too many sensitive-action attempts for this account".into(),
+                retry_after: wait.as_secs_f64().ceil() as u64,
+            });
+        }
+        let account = match ids::parse_fid(fid) {
+            Some((local, _)) => store.account(local).await?,
+            None => None,
+        };
+        let Some(account) = account.filter(|a| a.fid == fid) else {
+            return Err(IdentityError::Sensitive(
+                "only an account of this server has a password to confirm a sensitive action".into(),
+            ));
+        };
+        let permit = hashers.permit().await.map_err(|_| IdentityError::HomeUnavailable {
+            message: "too many password checks at once; retry shortly".into(),
+            retry_after: 1,
+        })?;
+        let valid = verify_password(account.password_hash, solution.to_owned()).await;
+        drop(permit);
+        if valid {
+            Ok(())
+        } else {
+            Err(IdentityError::Sensitive(
+                "X-P2-Sensitive-Solution is not this account's password".into(),
+            ))
+        }
+    }
+
+    /// Forgets the rate state of quiet accounts.
+    pub fn tidy(&self) {
+        self.per_account.retain_recent();
+        self.per_account.shrink_to_fit();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@
 //! call these functions; nothing else parses a certificate.
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
-use x509_cert::der::asn1::{BitString, Ia5StringRef, PrintableStringRef, Utf8StringRef};
+use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, Utf8StringRef};
 use x509_cert::der::{Decode, DecodePem, Encode, Tag, Tagged};
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
@@ -363,9 +363,19 @@ impl CacheWindow {
     }
 }
 
-/// The BIT STRING of a raw public key, for building SubjectPublicKeyInfo values.
-pub fn key_bits(key: &VerifyingKey) -> Option<BitString> {
-    BitString::from_bytes(key.as_bytes()).ok()
+/// The fid an actor certificate names, unchecked (to know whose home to ask).
+pub fn subject_fid(pem: &str) -> Option<String> {
+    let cert = Certificate::from_pem(pem.trim()).ok()?;
+    actor_subject(&cert.tbs_certificate.subject)
+        .ok()
+        .map(|(fid, _)| fid)
+}
+
+/// The subject key of a certificate we issued ourselves (read back from the log, so not
+/// checked again).
+pub fn subject_key(pem: &str) -> Option<VerifyingKey> {
+    let cert = Certificate::from_pem(pem.trim()).ok()?;
+    ed25519_key(&cert.tbs_certificate.subject_public_key_info)
 }
 
 #[cfg(test)]

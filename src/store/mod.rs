@@ -414,6 +414,62 @@ impl Store {
     }
 
     /// The root ID-Certs we issued, oldest first.
+    /// Our actor certificates that have not expired at `now` (unix seconds).
+    pub async fn actor_idcerts_unexpired(
+        &self,
+        now: i64,
+    ) -> Result<Vec<entities::actor_idcerts::Model>, StoreError> {
+        use entities::actor_idcerts;
+        Ok(actor_idcerts::Entity::find()
+            .filter(actor_idcerts::Column::NotAfter.gte(now))
+            .order_by_asc(actor_idcerts::Column::IssuedSeq)
+            .all(self.readers())
+            .await?)
+    }
+
+    /// Our actor certificates of `fid` whose validity contains `at` (unix seconds), oldest
+    /// first: questions about the past, which memory does not hold.
+    pub async fn actor_idcerts_at(
+        &self,
+        fid: &str,
+        at: i64,
+    ) -> Result<Vec<entities::actor_idcerts::Model>, StoreError> {
+        use entities::actor_idcerts;
+        Ok(actor_idcerts::Entity::find()
+            .filter(actor_idcerts::Column::Fid.eq(fid))
+            .filter(actor_idcerts::Column::NotBefore.lte(at))
+            .filter(actor_idcerts::Column::NotAfter.gte(at))
+            .order_by_asc(actor_idcerts::Column::IssuedSeq)
+            .all(self.readers())
+            .await?)
+    }
+
+    /// The services of `fid` (of `service` when given), oldest first.
+    pub async fn services(
+        &self,
+        fid: &str,
+        service: Option<&str>,
+    ) -> Result<Vec<entities::services::Model>, StoreError> {
+        use entities::services;
+        let mut query = services::Entity::find().filter(services::Column::Fid.eq(fid));
+        if let Some(service) = service {
+            query = query.filter(services::Column::Service.eq(service));
+        }
+        Ok(query
+            .order_by_asc(services::Column::CreatedSeq)
+            .all(self.readers())
+            .await?)
+    }
+
+    /// The live sessions of other servers' actors (foreign sessions).
+    pub async fn foreign_sessions(&self) -> Result<Vec<entities::sessions::Model>, StoreError> {
+        use entities::sessions;
+        Ok(sessions::Entity::find()
+            .filter(sessions::Column::IdcertSerial.is_not_null())
+            .all(self.readers())
+            .await?)
+    }
+
     pub async fn server_idcerts(&self) -> Result<Vec<entities::server_idcerts::Model>, StoreError> {
         use entities::server_idcerts;
         Ok(server_idcerts::Entity::find()

@@ -4,6 +4,10 @@
 //! - An event of a channel homed here goes to every other server with an invited or joined
 //!   member, plus the invitee's server for an invite and the leaver's for a leave, except the
 //!   server the event came from (it has its own copy).
+//! - An event an actor of another server made here (signed in by key trial, DESIGN §4.3)
+//!   does not go to that actor's home server: what it does on the server it signed in to
+//!   stays in that server's channel, and its home refuses another server speaking for its
+//!   users.
 //! - An event of ours in a channel homed elsewhere goes to that channel's home server.
 //! - A `sender_key.distribute` of ours goes to the recipient's server.
 //! - Nothing else leaves this server.
@@ -128,6 +132,11 @@ pub fn targets(entry: &LogEntry, us: &str, members: &MemberServers) -> BTreeSet<
                     }
                 }
                 out.remove(&entry.origin);
+                if entry.origin == us {
+                    if let Some(home) = entry.sender.as_deref().and_then(server_of) {
+                        out.remove(home);
+                    }
+                }
             } else if entry.origin == us {
                 out.insert(home.to_owned());
             }
@@ -260,6 +269,7 @@ mod tests {
             targets(&leave, us, &members),
             ["b.test"].map(String::from).into()
         );
+        // A leave made here by an actor of c.test signed in here stays here too.
         let own_leave = entry(
             5,
             us,
@@ -268,7 +278,29 @@ mod tests {
             "general@a.test",
             json!({}),
         );
-        assert!(targets(&own_leave, us, &members).contains("c.test"));
+        assert!(!targets(&own_leave, us, &members).contains("c.test"));
+
+        // An actor of c.test signed in here: its own events do not go back to c.test.
+        members.apply(
+            &[ProjectionOp::SetMembership {
+                channel: "general@a.test".into(),
+                fid: "carol@c.test".into(),
+                state: Membership::Joined,
+            }],
+            us,
+        );
+        let foreign = entry(
+            8,
+            us,
+            "message.new",
+            "carol@c.test",
+            "general@a.test",
+            json!({"message_id": "m2", "body": "hi"}),
+        );
+        assert_eq!(
+            targets(&foreign, us, &members),
+            ["b.test"].map(String::from).into()
+        );
 
         // Our user's event in another server's channel goes to that channel's home only.
         let remote = entry(6, us, "message.new", "alice@a.test", "x@b.test", message);

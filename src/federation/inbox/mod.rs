@@ -17,7 +17,8 @@
 //!     │          ids already committed → "duplicate"
 //!  body JSON, 1..100 events ─ 400 SY_BAD_JSON
 //!     │
-//!  per event: wire → log event (core::inbound), channel authorisation → "rejected"
+//!  per event: wire → log event (core::inbound), channel authorisation, a relayed message's
+//!     │        author signature (identity::signed) → "rejected"; author's home down → 503
 //!     │
 //!  one append (group commit) → "accepted" {seq} / "duplicate"; Origin told what committed
 //! ```
@@ -26,7 +27,6 @@
 
 pub mod membership;
 pub mod origin;
-pub mod verifier;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,7 +54,10 @@ use crate::telemetry::Metrics;
 
 use self::membership::MembershipView;
 use self::origin::{Admit, Committed, Counters, Limited, Origins, Policy, PolicySource};
-use self::verifier::{SignatureVerifier, VerifyError};
+use crate::federation::verifier::{SignatureVerifier, VerifyError};
+use crate::identity::foreign::ForeignEntry;
+use crate::identity::sessions::Sessions;
+use crate::identity::signed::{self, RelayVerdict};
 
 /// The path the inbox is served at, as it appears in the signed bytes.
 pub const INBOX_PATH: &str = "/federation/inbox";
@@ -180,6 +183,7 @@ impl Inbox {
         store: &Store,
         log: EventLogHandle,
         resolver: Arc<KeyResolver>,
+        verifier: SignatureVerifier,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Inbox>, InboxStartError> {
         let admin = store
@@ -198,10 +202,6 @@ impl Inbox {
                 )
             })
             .collect();
-        let threads = match config.verify_threads {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
-            n => n,
-        };
         let per_second =
             NonZeroU32::new(config.preverify_rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.preverify_burst).unwrap_or(NonZeroU32::MIN);
@@ -213,11 +213,7 @@ impl Inbox {
             preverify: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
             origins: Origins::new(config, admin),
             resolver,
-            verifier: SignatureVerifier::start(
-                threads,
-                config.max_inflight_requests.max(64) * 2,
-                metrics.verify_batch_size.clone(),
-            ),
+            verifier,
             membership: MembershipView::start(store.clone(), &log),
             store: store.clone(),
             log,
@@ -376,12 +372,13 @@ impl Inbox {
     pub async fn receive(
         &self,
         client: &OutboundClient,
+        sessions: &Sessions,
         headers: &SignedHeaders,
         peer: IpAddr,
         body: &[u8],
     ) -> Result<Value, ApiError> {
         let started = Instant::now();
-        let answer = self.pipeline(client, headers, peer, body).await;
+        let answer = self.pipeline(client, sessions, headers, peer, body).await;
         self.metrics
             .inbox_request_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -415,6 +412,7 @@ impl Inbox {
     async fn pipeline(
         &self,
         client: &OutboundClient,
+        sessions: &Sessions,
         headers: &SignedHeaders,
         peer: IpAddr,
         body: &[u8],
@@ -464,6 +462,8 @@ impl Inbox {
         let mut seen = RequestView::default();
         let mut rejected = 0u64;
         let mut duplicates = 0u64;
+        // Other servers' certificates that signed accepted messages (recorded with them).
+        let mut certificates: Vec<ForeignEntry> = Vec::new();
         for (index, (event, already)) in events.iter().zip(committed_before).enumerate() {
             let Some(id) = inbound::event_id(event) else {
                 // The result is keyed by the id as sent when it is a string of sane length,
@@ -490,10 +490,13 @@ impl Inbox {
                 continue;
             }
             let checked = match inbound::to_log_event(origin, event) {
-                Ok(prepared) => self
-                    .authorize(origin, &prepared, &mut seen)
-                    .await?
-                    .map(|()| prepared),
+                Ok(prepared) => match self.authorize(origin, &prepared, &mut seen).await? {
+                    Ok(()) => self
+                        .check_signature(sessions, &prepared, &mut certificates)
+                        .await?
+                        .map(|()| prepared),
+                    Err(rejection) => Err(rejection),
+                },
                 Err(rejection) => Err(rejection),
             };
             match checked {
@@ -527,13 +530,25 @@ impl Inbox {
                     }
                 })
                 .collect();
-            let outcomes = self.log.append_prepared(accepted).await.map_err(|error| {
+            // The certificates new to us are recorded after the events, in the same commit.
+            let mut batch = accepted;
+            let mut recorded = Vec::new();
+            for entry in &certificates {
+                if let Some(event) = sessions.seen_event(entry).and_then(|e| e.prepare().ok()) {
+                    batch.push(event);
+                    recorded.push(entry);
+                }
+            }
+            let outcomes = self.log.append_prepared(batch).await.map_err(|error| {
                 ApiError::new(
                     ErrorKind::Unavailable,
                     "the events could not be committed; nothing was recorded, retry the request",
                 )
                 .with_cause(error)
             })?;
+            for entry in recorded {
+                sessions.foreign().recorded(entry);
+            }
             for (ops, outcome) in memberships.iter().zip(&outcomes) {
                 if let AppendOutcome::Appended { seq } = outcome {
                     self.membership.apply(*seq, ops);
@@ -607,6 +622,40 @@ impl Inbox {
                 ),
             )
             .retry_after(60),
+        })
+    }
+
+    /// A relayed message's author signature (DESIGN §4.4): a bad one rejects the event
+    /// (`SY_BAD_SIGNATURE`); an author's home that cannot be asked fails the request (503).
+    async fn check_signature(
+        &self,
+        sessions: &Sessions,
+        event: &PreparedEvent,
+        certificates: &mut Vec<ForeignEntry>,
+    ) -> Result<Result<(), Rejection>, ApiError> {
+        let verdict = signed::check_relayed(
+            sessions,
+            &self.server_name,
+            event,
+            self.replay_window_secs.saturating_mul(1000),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        Ok(match verdict {
+            RelayVerdict::Accept(Some(entry)) => {
+                if !certificates
+                    .iter()
+                    .any(|e| e.cert.fid == entry.cert.fid && e.cert.serial == entry.cert.serial)
+                {
+                    certificates.push(entry);
+                }
+                Ok(())
+            }
+            RelayVerdict::Accept(None) => Ok(()),
+            RelayVerdict::Reject(error) => Err(Rejection {
+                errcode: "SY_BAD_SIGNATURE",
+                error,
+            }),
         })
     }
 

@@ -1,0 +1,435 @@
+//! Sessions (DESIGN §4.3, §5): the one place that turns a bearer token into a session, signs
+//! an actor of another server in, and ends a session.
+//!
+//! ```text
+//!  authenticate(token)
+//!    cache by token hash (an ended session is never revived) ─ else the sessions projection
+//!    a foreign session: its certificate (ForeignCerts), trusted only inside its cache window
+//!      untrusted (invalidated, expired, gone) ─▶ the session ends: 401, sockets closed 4003
+//!      home unreachable past the window ─▶ 503 + Retry-After
+//!
+//!  sign_in({challenge, fid, serial, signature})            POST /.p2/core/v1/session/auth
+//!    1 challenge consumed ─ 401 SY_BAD_CHALLENGE
+//!    2 fid of another server ─ 400 SY_INVALID_PARAM
+//!    3 the home's root and the certificate, checked and cached ─ 401 SY_BAD_CERT / 503
+//!    4 the signature over the challenge, on the verifier threads ─ 401 SY_BAD_SIGNATURE
+//!    one append: [actor.foreign_idcert_seen], session.created {foreign, serial}
+//! ```
+//! A foreign session gets a random session id of ours (so that no other server can name one
+//! of our sessions) and remembers the session id its certificate names, which is the one it
+//! is answered and deletes by. Everything a session's end must do beyond the log (its
+//! sockets, its cursor) is the `on_end` hook the application gives.
+
+use std::sync::Arc;
+
+use rand::Rng;
+use serde_json::json;
+
+use super::accounts::token_hash;
+use super::actor_certs::ActorCerts;
+use super::challenges::Challenges;
+use super::foreign::{ForeignCerts, ForeignEntry, ForeignError};
+use super::IdentityError;
+use crate::clock::Clock;
+use crate::core::event::{is_decimal_serial, NewEvent};
+use crate::core::ids;
+use crate::federation::signing::PendingCheck;
+use crate::federation::verifier::{SignatureVerifier, VerifyError};
+use crate::store::{EventLogHandle, Store};
+
+pub type Session = entities::sessions::Model;
+
+/// What a session's end must do outside the log: close its sockets, drop its cursor.
+pub type OnEnd = Box<dyn Fn(&Session) + Send + Sync>;
+
+/// A sign-in answer: `{"challenge", "fid", "serial", "signature"}`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChallengeAnswer {
+    pub challenge: String,
+    pub fid: String,
+    pub serial: String,
+    pub signature: String,
+}
+
+/// A foreign session, as answered once to its client.
+#[derive(Debug, Clone)]
+pub struct ForeignSession {
+    pub token: String,
+    /// The session id the certificate names.
+    pub session_id: String,
+    pub fid: String,
+}
+
+/// Why a session ended, for the logs.
+#[derive(Clone, Copy, Debug)]
+pub enum EndReason {
+    /// The user asked (`DELETE /.p2/core/v1/session`).
+    Deleted,
+    /// A foreign session's certificate is no longer trusted.
+    CertificateUntrusted,
+}
+
+impl EndReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Deleted => "deleted",
+            EndReason::CertificateUntrusted => "certificate_untrusted",
+        }
+    }
+}
+
+pub struct Sessions {
+    server_name: String,
+    clock: Arc<Clock>,
+    store: Store,
+    log: EventLogHandle,
+    verifier: SignatureVerifier,
+    foreign: Arc<ForeignCerts>,
+    actor_certs: Arc<ActorCerts>,
+    /// Live sessions by the hash of their token, in front of the `sessions` projection.
+    by_token: moka::sync::Cache<String, Session>,
+    /// Sessions ended within the cache's lifetime, which no cached entry may revive.
+    ended: moka::sync::Cache<String, ()>,
+    on_end: OnEnd,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::thread_rng().fill(raw.as_mut_slice());
+    hex::encode(raw)
+}
+
+impl Sessions {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        server_name: &str,
+        clock: Arc<Clock>,
+        store: Store,
+        log: EventLogHandle,
+        verifier: SignatureVerifier,
+        foreign: Arc<ForeignCerts>,
+        actor_certs: Arc<ActorCerts>,
+        on_end: OnEnd,
+    ) -> Sessions {
+        Sessions {
+            server_name: server_name.to_owned(),
+            clock,
+            store,
+            log,
+            verifier,
+            foreign,
+            actor_certs,
+            by_token: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(600))
+                .build(),
+            on_end,
+        }
+    }
+
+    /// The live session of `token`: 401 `SY_UNKNOWN_TOKEN` for a token of no live session
+    /// (or of a foreign session whose certificate is no longer trusted, which ends it), 503
+    /// when a foreign session's home must be asked and cannot be.
+    pub async fn authenticate(&self, token: &str) -> Result<Session, IdentityError> {
+        let hash = token_hash(token);
+        let unknown = || IdentityError::UnknownToken("the token belongs to no live session".into());
+        let session = match self.by_token.get(&hash) {
+            Some(session) => session,
+            None => {
+                let session = self
+                    .store
+                    .session_by_token_hash(&hash)
+                    .await?
+                    .ok_or_else(unknown)?;
+                if !self.ended.contains_key(&session.session_id) {
+                    self.by_token.insert(hash, session.clone());
+                }
+                session
+            }
+        };
+        if self.ended.contains_key(&session.session_id) {
+            return Err(unknown());
+        }
+        if let Some(serial) = session.idcert_serial.as_deref() {
+            let now = self.clock.now_secs();
+            match self.foreign.actor_cert(&session.fid, serial, now, None).await {
+                Ok(_) => {}
+                Err(ForeignError::Untrusted(reason)) => {
+                    tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
+                    self.end(&session, EndReason::CertificateUntrusted).await?;
+                    return Err(unknown());
+                }
+                Err(error) => return Err(home_unavailable(error)),
+            }
+        }
+        Ok(session)
+    }
+
+    /// Ends `session`: its token stops working at once (a lookup racing with the end cannot
+    /// bring it back), its certificate (ours) is invalidated in the same append, and the
+    /// `on_end` hook closes its sockets.
+    pub async fn end(&self, session: &Session, reason: EndReason) -> Result<(), IdentityError> {
+        let now = self.clock.now_secs();
+        let mut events = vec![NewEvent {
+            event_id: format!("session-end:{}", session.session_id),
+            origin: self.server_name.clone(),
+            event_type: "session.deleted".into(),
+            sender: Some(session.fid.clone()),
+            channel: None,
+            origin_ts: self.clock.now_ms(),
+            content: json!({"session_id": session.session_id, "reason": reason.as_str()}),
+        }];
+        let invalidated = self.actor_certs.session_end_event(&session.session_id, now);
+        if let Some((_, event)) = &invalidated {
+            events.push(event.clone());
+        }
+        self.log.append(events).await?;
+        self.ended.insert(session.session_id.clone(), ());
+        self.by_token.invalidate(&session.token_hash);
+        if let Some((serial, _)) = invalidated {
+            self.actor_certs.invalidated(serial, now);
+        }
+        (self.on_end)(session);
+        Ok(())
+    }
+
+    /// Ends the caller's session `session_id` (`DELETE /.p2/core/v1/session`). A foreign
+    /// caller names its session by the id its certificate carries.
+    pub async fn delete(&self, caller: &Session, session_id: &str) -> Result<(), IdentityError> {
+        let not_found = || IdentityError::NotFound("no live session of yours has this id".into());
+        let target = if caller.home_session_id.as_deref() == Some(session_id) {
+            Some(caller.clone())
+        } else {
+            self.store
+                .session(session_id)
+                .await?
+                .filter(|s| s.fid == caller.fid)
+        };
+        let target = target.ok_or_else(not_found)?;
+        if self.ended.contains_key(&target.session_id) {
+            return Err(not_found());
+        }
+        self.end(&target, EndReason::Deleted).await
+    }
+
+    /// Signs an actor of another server in by key trial (DESIGN §4.3).
+    pub async fn sign_in(
+        &self,
+        challenges: &Challenges,
+        answer: &ChallengeAnswer,
+    ) -> Result<ForeignSession, IdentityError> {
+        challenges.redeem(&answer.challenge)?;
+        let fid = answer.fid.as_str();
+        let (_, home) = ids::parse_fid(fid).ok_or_else(|| {
+            IdentityError::InvalidParam(format!("{fid:?} is not a federation id (local@server)"))
+        })?;
+        if home == self.server_name {
+            return Err(IdentityError::InvalidParam(format!(
+                "{fid} is an actor of this server: sign in with a password"
+            )));
+        }
+        if !is_decimal_serial(&answer.serial) {
+            return Err(IdentityError::InvalidParam(
+                "serial must be the certificate's serial in decimal".into(),
+            ));
+        }
+        let signature: [u8; 64] = hex::decode(&answer.signature)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| {
+                IdentityError::InvalidParam("signature must be hex of a 64-byte Ed25519 signature".into())
+            })?;
+        let now = self.clock.now_secs();
+        let entry = self
+            .foreign
+            .actor_cert(fid, &answer.serial, now, None)
+            .await
+            .map_err(|error| match error {
+                ForeignError::Untrusted(reason) => IdentityError::BadCert(reason),
+                other => home_unavailable(other),
+            })?;
+        let valid = self
+            .verify(PendingCheck {
+                message: answer.challenge.as_bytes().to_vec(),
+                signature: ed25519_dalek::Signature::from_bytes(&signature),
+                key: entry.cert.key,
+            })
+            .await?;
+        if !valid {
+            return Err(IdentityError::BadSignature(format!(
+                "the signature does not verify with the key of {fid}'s certificate {}",
+                answer.serial
+            )));
+        }
+        let session_id = random_hex(16);
+        let token = format!("sy_{}", random_hex(32));
+        let seen = self.foreign.seen_event(&self.server_name, &entry);
+        let mut events: Vec<NewEvent> = seen.into_iter().collect();
+        events.push(NewEvent {
+            event_id: format!("session:{session_id}"),
+            origin: self.server_name.clone(),
+            event_type: "session.created".into(),
+            sender: Some(fid.to_owned()),
+            channel: None,
+            origin_ts: self.clock.now_ms(),
+            content: json!({
+                "session_id": session_id,
+                "token_hash": token_hash(&token),
+                "foreign": true,
+                "serial": entry.cert.serial,
+                "home_session_id": entry.cert.session_id,
+            }),
+        });
+        self.log.append(events).await?;
+        self.foreign.recorded(&entry);
+        tracing::info!(%fid, serial = %entry.cert.serial, "a foreign actor signed in");
+        Ok(ForeignSession {
+            token,
+            session_id: entry.cert.session_id.clone(),
+            fid: fid.to_owned(),
+        })
+    }
+
+    /// Replaces a foreign session's certificate with `pem` (`PUT …/session/idcert/extern`):
+    /// the same actor and session, issued and vouched for by its home now.
+    pub async fn update_certificate(
+        &self,
+        session: &Session,
+        pem: &str,
+    ) -> Result<(), IdentityError> {
+        let Some(home_session_id) = session.home_session_id.as_deref() else {
+            return Err(IdentityError::Forbidden(
+                "only a foreign session presents a certificate of its home server".into(),
+            ));
+        };
+        let entry = self.foreign.presented(pem).await.map_err(|error| match error {
+            ForeignError::Untrusted(reason) => IdentityError::CertInput(reason),
+            other => home_unavailable(other),
+        })?;
+        if entry.cert.fid != session.fid || entry.cert.session_id != home_session_id {
+            return Err(IdentityError::Forbidden(format!(
+                "the certificate is {}'s for session {:?}; this session is {}'s {:?}",
+                entry.cert.fid, entry.cert.session_id, session.fid, home_session_id
+            )));
+        }
+        let mut events: Vec<NewEvent> = self
+            .foreign
+            .seen_event(&self.server_name, &entry)
+            .into_iter()
+            .collect();
+        events.push(NewEvent {
+            event_id: format!(
+                "session-cert:{}:{}",
+                session.session_id, entry.cert.serial
+            ),
+            origin: self.server_name.clone(),
+            event_type: "session.idcert_updated".into(),
+            sender: Some(session.fid.clone()),
+            channel: None,
+            origin_ts: self.clock.now_ms(),
+            content: json!({"session_id": session.session_id, "serial": entry.cert.serial}),
+        });
+        self.log.append(events).await?;
+        self.foreign.recorded(&entry);
+        self.by_token.insert(
+            session.token_hash.clone(),
+            Session {
+                idcert_serial: Some(entry.cert.serial.clone()),
+                ..session.clone()
+            },
+        );
+        Ok(())
+    }
+
+    /// The certificate a session signs with now: ours for a local session, its home's for a
+    /// foreign one (`None` when it has none).
+    pub async fn signing_certificate(
+        &self,
+        session: &Session,
+    ) -> Result<Option<(String, ed25519_dalek::VerifyingKey)>, IdentityError> {
+        let now = self.clock.now_secs();
+        match session.idcert_serial.as_deref() {
+            None => Ok(self
+                .actor_certs
+                .of_session(&session.session_id, now)
+                .map(|c| (c.serial.to_string(), c.key))),
+            Some(serial) => match self.foreign.actor_cert(&session.fid, serial, now, None).await {
+                Ok(entry) => Ok(Some((entry.cert.serial, entry.cert.key))),
+                Err(ForeignError::Untrusted(_)) => Ok(None),
+                Err(error) => Err(home_unavailable(error)),
+            },
+        }
+    }
+
+    /// Checks every foreign session's certificate; ends those no longer trusted. Run every
+    /// `identity.foreign_check_interval`, so an idle socket is closed too.
+    pub async fn check_foreign_sessions(&self) {
+        let sessions = match self.store.foreign_sessions().await {
+            Ok(sessions) => sessions,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list foreign sessions to check");
+                return;
+            }
+        };
+        let now = self.clock.now_secs();
+        for session in sessions {
+            let Some(serial) = session.idcert_serial.as_deref() else {
+                continue;
+            };
+            if self.ended.contains_key(&session.session_id) {
+                continue;
+            }
+            if let Err(ForeignError::Untrusted(reason)) =
+                self.foreign.actor_cert(&session.fid, serial, now, None).await
+            {
+                tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
+                if let Err(error) = self.end(&session, EndReason::CertificateUntrusted).await {
+                    tracing::warn!(%error, "cannot end a foreign session");
+                }
+            }
+        }
+    }
+
+    /// Checks one signature on the verifier threads.
+    pub async fn verify(&self, check: PendingCheck) -> Result<bool, IdentityError> {
+        self.verifier.verify(check).await.map_err(|error| match error {
+            VerifyError::Overloaded => IdentityError::HomeUnavailable {
+                message: "too many signatures waiting to be checked; retry shortly".into(),
+                retry_after: 1,
+            },
+            VerifyError::Stopped => IdentityError::Internal(error.to_string()),
+        })
+    }
+
+    /// The foreign certificates (for signed messages and the certificate routes).
+    pub fn foreign(&self) -> &ForeignCerts {
+        &self.foreign
+    }
+
+    /// Our own actor certificates.
+    pub fn actor_certs(&self) -> &ActorCerts {
+        &self.actor_certs
+    }
+
+    /// Records that `entry` was accepted (the inbox appends the event with the message).
+    pub fn seen_event(&self, entry: &ForeignEntry) -> Option<NewEvent> {
+        self.foreign.seen_event(&self.server_name, entry)
+    }
+}
+
+/// A home server that cannot be asked: 503 with `Retry-After` (a fenced name is refused).
+pub fn home_unavailable(error: ForeignError) -> IdentityError {
+    match error {
+        ForeignError::Unreachable { retry_after, .. } => IdentityError::HomeUnavailable {
+            message: error.to_string(),
+            retry_after,
+        },
+        ForeignError::Fenced(reason) => IdentityError::Forbidden(reason),
+        ForeignError::Untrusted(reason) => IdentityError::BadCert(reason),
+    }
+}
