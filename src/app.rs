@@ -8,6 +8,7 @@ use std::sync::Arc;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::federation::client::{OutboundClient, Resolver};
 use crate::federation::delivery::Delivery;
@@ -19,7 +20,6 @@ use crate::federation::keys::server::KeyServer;
 use crate::federation::signing::KeyRing;
 use crate::federation::verifier::SignatureVerifier;
 use crate::gateway::channel::Channels;
-use crate::clock::Clock;
 use crate::identity::server_certs::{ServerCertError, ServerCerts};
 use crate::identity::Identity;
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};

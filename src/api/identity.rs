@@ -79,7 +79,8 @@ fn pem_body(body: &[u8], what: &str) -> Result<String, IdentityError> {
     }
     let text = std::str::from_utf8(body).map_err(|_| invalid("it is not UTF-8"))?;
     if text.trim_start().starts_with('"') {
-        return serde_json::from_str::<String>(text).map_err(|_| invalid("a malformed JSON string"));
+        return serde_json::from_str::<String>(text)
+            .map_err(|_| invalid("a malformed JSON string"));
     }
     Ok(text.to_owned())
 }
@@ -179,7 +180,10 @@ fn timestamp(text: Option<&str>) -> Result<Option<i64>, ApiError> {
     .transpose()
 }
 
-fn entry_json(cert: &IssuedActorCert, window: &crate::identity::actor_certs::SignedWindow) -> Value {
+fn entry_json(
+    cert: &IssuedActorCert,
+    window: &crate::identity::actor_certs::SignedWindow,
+) -> Value {
     json!({
         "id_cert": &*cert.pem,
         "invalidated": cert.invalidated_at.is_some(),
@@ -345,13 +349,19 @@ pub struct DiscoverQuery {
 }
 
 /// `GET /.p2/core/v1/services/discover/{fid}[/{service}]`.
-pub async fn discover(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn discover(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let fid = req.match_info().get("fid").unwrap_or_default().to_owned();
     let service = req.match_info().get("service").map(str::to_owned);
     let query = web::Query::<DiscoverQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::new(ErrorKind::InvalidParam, format!("bad query: {e}")))?;
     if query.limit == Some(0) {
-        return Err(ApiError::new(ErrorKind::InvalidParam, "limit must be at least 1"));
+        return Err(ApiError::new(
+            ErrorKind::InvalidParam,
+            "limit must be at least 1",
+        ));
     }
     let registered = match ids::parse_fid(&fid) {
         Some((local, server)) if server == state.config.server.name => state
@@ -407,12 +417,23 @@ pub async fn add_service(
     let service = &body.service;
     let added = identity
         .services
-        .add(&session.fid, &service.service, &service.url, service.primary, async || {
-            identity
-                .sensitive
-                .check(&state.hashers, &state.store, &session.fid, solution.as_deref())
-                .await
-        })
+        .add(
+            &session.fid,
+            &service.service,
+            &service.url,
+            service.primary,
+            async || {
+                identity
+                    .sensitive
+                    .check(
+                        &state.hashers,
+                        &state.store,
+                        &session.fid,
+                        solution.as_deref(),
+                    )
+                    .await
+            },
+        )
         .await?;
     Ok(HttpResponse::Created().json(added))
 }
@@ -444,7 +465,12 @@ pub async fn remove_service(
         .remove(&session.fid, &query.name, &query.url, async || {
             identity
                 .sensitive
-                .check(&state.hashers, &state.store, &session.fid, solution.as_deref())
+                .check(
+                    &state.hashers,
+                    &state.store,
+                    &session.fid,
+                    solution.as_deref(),
+                )
                 .await
         })
         .await?;
@@ -466,7 +492,12 @@ pub async fn set_primary(
         .set_primary(&session.fid, &body.name, &body.url, async || {
             identity
                 .sensitive
-                .check(&state.hashers, &state.store, &session.fid, solution.as_deref())
+                .check(
+                    &state.hashers,
+                    &state.store,
+                    &session.fid,
+                    solution.as_deref(),
+                )
                 .await
         })
         .await?;

@@ -79,7 +79,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::get().to(identity::actor_certs),
     )
     .route("/.p2/core/v1/challenge", web::get().to(identity::challenge))
-    .route("/.p2/core/v1/session/auth", web::post().to(identity::sign_in))
+    .route(
+        "/.p2/core/v1/session/auth",
+        web::post().to(identity::sign_in),
+    )
     .route(
         "/.p2/core/v1/session/idcert/extern",
         web::put().to(identity::extern_certificate),
@@ -92,7 +95,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/.p2/core/v1/services/discover/{fid}/{service}",
         web::get().to(identity::discover),
     )
-    .route("/.p2/core/v1/services", web::post().to(identity::add_service))
+    .route(
+        "/.p2/core/v1/services",
+        web::post().to(identity::add_service),
+    )
     .route(
         "/.p2/core/v1/services",
         web::delete().to(identity::remove_service),

@@ -235,7 +235,9 @@ pub struct SensitiveActions {
 
 impl Default for SensitiveActions {
     fn default() -> Self {
-        let quota = governor::Quota::per_minute(std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota = governor::Quota::per_minute(
+            std::num::NonZeroU32::new(10).unwrap_or(std::num::NonZeroU32::MIN),
+        );
         SensitiveActions {
             per_account: governor::RateLimiter::keyed(quota),
         }
@@ -271,13 +273,17 @@ impl SensitiveActions {
         };
         let Some(account) = account.filter(|a| a.fid == fid) else {
             return Err(IdentityError::Sensitive(
-                "only an account of this server has a password to confirm a sensitive action".into(),
+                "only an account of this server has a password to confirm a sensitive action"
+                    .into(),
             ));
         };
-        let permit = hashers.permit().await.map_err(|_| IdentityError::HomeUnavailable {
-            message: "too many password checks at once; retry shortly".into(),
-            retry_after: 1,
-        })?;
+        let permit = hashers
+            .permit()
+            .await
+            .map_err(|_| IdentityError::HomeUnavailable {
+                message: "too many password checks at once; retry shortly".into(),
+                retry_after: 1,
+            })?;
         let valid = verify_password(account.password_hash, solution.to_owned()).await;
         drop(permit);
         if valid {

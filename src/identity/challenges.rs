@@ -85,7 +85,9 @@ impl Challenges {
             IdentityError::BadChallenge("the challenge is unknown or was used".into())
         })?;
         if self.clock.now_secs() >= expires {
-            return Err(IdentityError::BadChallenge("the challenge has expired".into()));
+            return Err(IdentityError::BadChallenge(
+                "the challenge has expired".into(),
+            ));
         }
         Ok(())
     }

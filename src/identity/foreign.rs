@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::checker::{check_actor, check_cache_window, check_root, ActorCert, CacheWindow, RootCert};
+use super::checker::{
+    check_actor, check_cache_window, check_root, ActorCert, CacheWindow, RootCert,
+};
 use crate::clock::Clock;
 use crate::core::event::{is_decimal_serial, NewEvent};
 use crate::core::ids;
@@ -158,9 +160,9 @@ impl ForeignCerts {
             .get(home)
             .map_or(FIRST_BACKOFF, |n| (n.backoff * 2).min(MAX_BACKOFF));
         let fenced = match &error {
-            FetchError::Fenced { detail, .. } => Some(format!(
-                "this server does not fetch from {home}: {detail}"
-            )),
+            FetchError::Fenced { detail, .. } => {
+                Some(format!("this server does not fetch from {home}: {detail}"))
+            }
             _ => None,
         };
         tracing::info!(%home, %error, backoff_s = backoff.as_secs(), "a home server could not be fetched from");
@@ -190,9 +192,9 @@ impl ForeignCerts {
                 self.negative.invalidate(home);
                 Ok(body.to_vec())
             }
-            Err(FetchError::Status { url, status }) if status.is_client_error() => Err(
-                ForeignError::Untrusted(format!("{url} answered {status}")),
-            ),
+            Err(FetchError::Status { url, status }) if status.is_client_error() => {
+                Err(ForeignError::Untrusted(format!("{url} answered {status}")))
+            }
             Err(FetchError::Busy) => Err(ForeignError::Unreachable {
                 home: home.to_owned(),
                 retry_after: 1,
@@ -214,9 +216,8 @@ impl ForeignCerts {
                 let body = self.get(home, "/.p2/core/v1/idcert/server").await?;
                 let pem = String::from_utf8(body)
                     .map_err(|_| ForeignError::Untrusted(format!("{home}'s root is not text")))?;
-                let root = check_root(&pem, home, now).map_err(|e| {
-                    ForeignError::Untrusted(format!("{home}'s root ID-Cert: {e}"))
-                })?;
+                let root = check_root(&pem, home, now)
+                    .map_err(|e| ForeignError::Untrusted(format!("{home}'s root ID-Cert: {e}")))?;
                 Ok(Arc::new(HomeRoot { root }))
             })
             .await
@@ -327,7 +328,9 @@ impl ForeignCerts {
             match self.check_entry(home, fid, raw, &root.root).await {
                 Ok(entry) => entries.push(entry),
                 // A cache signature by a key we do not hold yet: the home may have rotated.
-                Err(ForeignError::Untrusted(reason)) if !retried && self.refetch_root(home).await => {
+                Err(ForeignError::Untrusted(reason))
+                    if !retried && self.refetch_root(home).await =>
+                {
                     tracing::debug!(%fid, %reason, "refetching the home's root once");
                     retried = true;
                     root = self.root(home).await?;

@@ -157,7 +157,11 @@ impl Sessions {
         }
         if let Some(serial) = session.idcert_serial.as_deref() {
             let now = self.clock.now_secs();
-            match self.foreign.actor_cert(&session.fid, serial, now, None).await {
+            match self
+                .foreign
+                .actor_cert(&session.fid, serial, now, None)
+                .await
+            {
                 Ok(_) => {}
                 Err(ForeignError::Untrusted(reason)) => {
                     tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
@@ -242,7 +246,9 @@ impl Sessions {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(|| {
-                IdentityError::InvalidParam("signature must be hex of a 64-byte Ed25519 signature".into())
+                IdentityError::InvalidParam(
+                    "signature must be hex of a 64-byte Ed25519 signature".into(),
+                )
             })?;
         let now = self.clock.now_secs();
         let entry = self
@@ -307,10 +313,14 @@ impl Sessions {
                 "only a foreign session presents a certificate of its home server".into(),
             ));
         };
-        let entry = self.foreign.presented(pem).await.map_err(|error| match error {
-            ForeignError::Untrusted(reason) => IdentityError::CertInput(reason),
-            other => home_unavailable(other),
-        })?;
+        let entry = self
+            .foreign
+            .presented(pem)
+            .await
+            .map_err(|error| match error {
+                ForeignError::Untrusted(reason) => IdentityError::CertInput(reason),
+                other => home_unavailable(other),
+            })?;
         if entry.cert.fid != session.fid || entry.cert.session_id != home_session_id {
             return Err(IdentityError::Forbidden(format!(
                 "the certificate is {}'s for session {:?}; this session is {}'s {:?}",
@@ -323,10 +333,7 @@ impl Sessions {
             .into_iter()
             .collect();
         events.push(NewEvent {
-            event_id: format!(
-                "session-cert:{}:{}",
-                session.session_id, entry.cert.serial
-            ),
+            event_id: format!("session-cert:{}:{}", session.session_id, entry.cert.serial),
             origin: self.server_name.clone(),
             event_type: "session.idcert_updated".into(),
             sender: Some(session.fid.clone()),
@@ -358,7 +365,11 @@ impl Sessions {
                 .actor_certs
                 .of_session(&session.session_id, now)
                 .map(|c| (c.serial.to_string(), c.key))),
-            Some(serial) => match self.foreign.actor_cert(&session.fid, serial, now, None).await {
+            Some(serial) => match self
+                .foreign
+                .actor_cert(&session.fid, serial, now, None)
+                .await
+            {
                 Ok(entry) => Ok(Some((entry.cert.serial, entry.cert.key))),
                 Err(ForeignError::Untrusted(_)) => Ok(None),
                 Err(error) => Err(home_unavailable(error)),
@@ -384,8 +395,10 @@ impl Sessions {
             if self.ended.contains_key(&session.session_id) {
                 continue;
             }
-            if let Err(ForeignError::Untrusted(reason)) =
-                self.foreign.actor_cert(&session.fid, serial, now, None).await
+            if let Err(ForeignError::Untrusted(reason)) = self
+                .foreign
+                .actor_cert(&session.fid, serial, now, None)
+                .await
             {
                 tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
                 if let Err(error) = self.end(&session, EndReason::CertificateUntrusted).await {
@@ -397,13 +410,16 @@ impl Sessions {
 
     /// Checks one signature on the verifier threads.
     pub async fn verify(&self, check: PendingCheck) -> Result<bool, IdentityError> {
-        self.verifier.verify(check).await.map_err(|error| match error {
-            VerifyError::Overloaded => IdentityError::HomeUnavailable {
-                message: "too many signatures waiting to be checked; retry shortly".into(),
-                retry_after: 1,
-            },
-            VerifyError::Stopped => IdentityError::Internal(error.to_string()),
-        })
+        self.verifier
+            .verify(check)
+            .await
+            .map_err(|error| match error {
+                VerifyError::Overloaded => IdentityError::HomeUnavailable {
+                    message: "too many signatures waiting to be checked; retry shortly".into(),
+                    retry_after: 1,
+                },
+                VerifyError::Stopped => IdentityError::Internal(error.to_string()),
+            })
     }
 
     /// The foreign certificates (for signed messages and the certificate routes).

@@ -140,7 +140,9 @@ pub async fn check_from_client(
     if verify(sessions, message, signed, key).await? {
         Ok(())
     } else {
-        Err(bad("the signature does not verify with this session's certificate"))
+        Err(bad(
+            "the signature does not verify with this session's certificate",
+        ))
     }
 }
 
@@ -173,7 +175,9 @@ pub async fn check_relayed(
         return Ok(RelayVerdict::Reject("\"signed\" is malformed".into()));
     };
     let (Some(sender), Some(channel)) = (event.sender.as_deref(), event.channel.as_deref()) else {
-        return Ok(RelayVerdict::Reject("a signed message needs a sender and a channel".into()));
+        return Ok(RelayVerdict::Reject(
+            "a signed message needs a sender and a channel".into(),
+        ));
     };
     let text = |key: &str| event.content.get(key).and_then(Value::as_str);
     let message = SignedMessage {

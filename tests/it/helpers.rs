@@ -108,6 +108,7 @@ pub struct TestApp {
     pub address: String,
     pub inbox: std::sync::Arc<switchyard::federation::inbox::Inbox>,
     pub channels: std::sync::Arc<switchyard::gateway::channel::Channels>,
+    pub identity: std::sync::Arc<switchyard::identity::Identity>,
     pub log: EventLogHandle,
     pub store: Store,
     pub db: TestDb,
@@ -126,6 +127,7 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
     let log = app.event_log().clone();
     let inbox = app.inbox().clone();
     let channels = app.channels().clone();
+    let identity = app.identity().clone();
     let store = app.store().clone();
     let server = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -133,6 +135,7 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
         address,
         inbox,
         channels,
+        identity,
         log,
         store,
         db,

@@ -1,97 +1,14 @@
 //! The server root ID-Cert against the public polyproto SDK (crate `polyproto` 0.21): it must
 //! parse, validate as a home server certificate, and re-encode to exactly our bytes.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::{Verifier, VerifyingKey};
 use polyproto::certs::idcert::IdCertHs;
-use polyproto::certs::PublicKeyInfo;
-use polyproto::der::asn1::BitString;
 use polyproto::der::{DecodePem, Encode};
-use polyproto::errors::{CertificateConversionError, InvalidInput, PublicKeyError};
-use polyproto::key::PublicKey;
-use polyproto::signature::Signature;
-use polyproto::spki::{AlgorithmIdentifierOwned, ObjectIdentifier, SignatureBitStringEncoding};
 use switchyard::federation::signing::ServerKey;
 use switchyard::identity::idcert::{issue_server_root, random_serial};
 
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Ed25519Signature(ed25519_dalek::Signature);
-
-impl fmt::Display for Ed25519Signature {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0.to_bytes()))
-    }
-}
-
-impl SignatureBitStringEncoding for Ed25519Signature {
-    fn to_bitstring(&self) -> polyproto::der::Result<BitString> {
-        BitString::from_bytes(&self.0.to_bytes())
-    }
-}
-
-impl Signature for Ed25519Signature {
-    type Signature = ed25519_dalek::Signature;
-
-    fn as_signature(&self) -> &Self::Signature {
-        &self.0
-    }
-
-    fn algorithm_identifier() -> AlgorithmIdentifierOwned {
-        AlgorithmIdentifierOwned {
-            oid: ObjectIdentifier::new_unwrap("1.3.101.112"),
-            parameters: None,
-        }
-    }
-
-    fn from_bytes(signature: &[u8]) -> Result<Self, InvalidInput> {
-        let bytes: [u8; 64] = signature
-            .try_into()
-            .map_err(|_| InvalidInput::Malformed("64 bytes".into()))?;
-        Ok(Ed25519Signature(ed25519_dalek::Signature::from_bytes(
-            &bytes,
-        )))
-    }
-
-    fn as_bytes(&self) -> Vec<u8> {
-        self.0.to_bytes().to_vec()
-    }
-}
-
-#[derive(Debug, PartialEq, Eq, Clone)]
-struct Ed25519PublicKey(VerifyingKey);
-
-impl PublicKey<Ed25519Signature> for Ed25519PublicKey {
-    fn verify_signature(
-        &self,
-        signature: &Ed25519Signature,
-        data: &[u8],
-    ) -> Result<(), PublicKeyError> {
-        self.0
-            .verify(data, &signature.0)
-            .map_err(|_| PublicKeyError::BadSignature)
-    }
-
-    fn public_key_info(&self) -> Result<PublicKeyInfo, PublicKeyError> {
-        Ok(PublicKeyInfo {
-            algorithm: Ed25519Signature::algorithm_identifier(),
-            public_key_bitstring: BitString::from_bytes(self.0.as_bytes())
-                .map_err(|_| PublicKeyError::BadPublicKeyInfo)?,
-        })
-    }
-
-    fn try_from_public_key_info(info: PublicKeyInfo) -> Result<Self, CertificateConversionError> {
-        let bytes: [u8; 32] = info
-            .public_key_bitstring
-            .raw_bytes()
-            .try_into()
-            .map_err(|_| InvalidInput::Malformed("32 bytes".into()))?;
-        let key =
-            VerifyingKey::from_bytes(&bytes).map_err(|e| InvalidInput::Malformed(e.to_string()))?;
-        Ok(Ed25519PublicKey(key))
-    }
-}
+use crate::p2::{Ed25519PublicKey, Ed25519Signature};
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).expect("clock").as_secs()

@@ -124,6 +124,49 @@ async fn seed(app: &crate::helpers::TestLog) {
         .append(vec![account, session, second, ended])
         .await
         .expect("append");
+
+    // Identity: an actor certificate issued then invalidated, another server's certificate
+    // seen by a foreign session that changes certificates, and services.
+    let pem = "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n";
+    let fingerprint = format!("sha256:{}", "ab".repeat(32));
+    let identity = |id: &str, kind: &str, sender: &str, content: serde_json::Value| {
+        let mut e = event(o, id, kind, sender, content);
+        e.channel = None;
+        e
+    };
+    app.log
+        .append(vec![
+            identity("actor-cert:77", "actor.idcert_issued", "alice@a.example", json!({
+                "serial": "77", "fid": "alice@a.example", "session_id": "s1",
+                "fingerprint": fingerprint, "not_before": 1, "not_after": 9, "pem": pem})),
+            identity("actor-cert:78", "actor.idcert_issued", "alice@a.example", json!({
+                "serial": "78", "fid": "alice@a.example", "session_id": "s1",
+                "fingerprint": fingerprint, "not_before": 2, "not_after": 9, "pem": pem})),
+            identity("actor-cert-invalidated:77", "actor.idcert_invalidated", "alice@a.example",
+                json!({"serial": "77", "invalidated_at": 2, "reason": "renewed"})),
+            identity("foreign-cert:1", "actor.foreign_idcert_seen", "bob@b.example", json!({
+                "serial": "123456789012345678901234567890", "fid": "bob@b.example",
+                "session_id": "home-session", "fingerprint": fingerprint, "not_before": 1,
+                "not_after": 9, "pem": pem})),
+            identity("session:f1", "session.created", "bob@b.example", json!({
+                "session_id": "f1", "token_hash": "da7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                "foreign": true, "serial": "123456789012345678901234567890",
+                "home_session_id": "home-session"})),
+            identity("session-cert:f1:5", "session.idcert_updated", "bob@b.example",
+                json!({"session_id": "f1", "serial": "5"})),
+            identity("service:1", "service.added", "alice@a.example",
+                json!({"service": "chat", "url": "https://one.example", "primary": true})),
+            identity("service:2", "service.added", "alice@a.example",
+                json!({"service": "chat", "url": "https://two.example", "primary": false})),
+            identity("service:3", "service.added", "alice@a.example",
+                json!({"service": "chat", "url": "https://three.example", "primary": false})),
+            identity("service:4", "service.primary_set", "alice@a.example",
+                json!({"service": "chat", "url": "https://two.example"})),
+            identity("service:5", "service.removed", "alice@a.example",
+                json!({"service": "chat", "url": "https://two.example", "new_primary": "https://three.example"})),
+        ])
+        .await
+        .expect("append");
 }
 
 #[actix_web::test]
@@ -136,7 +179,7 @@ async fn replay_reproduces_identical_projections() {
         .replay_into(&target.store().await)
         .await
         .expect("replay");
-    assert_eq!(report.events, 33);
+    assert_eq!(report.events, 44);
     assert!(report.identical(), "{report:?}");
     for table in &report.tables {
         assert!(
@@ -147,7 +190,7 @@ async fn replay_reproduces_identical_projections() {
     }
     // The copied log verifies on its own.
     let copy = target.store().await;
-    assert_eq!(copy.verify_chain().await.expect("verify").verified, 33);
+    assert_eq!(copy.verify_chain().await.expect("verify").verified, 44);
     // Replaying into a non-empty database is refused.
     assert!(app.store.replay_into(&copy).await.is_err());
 }
