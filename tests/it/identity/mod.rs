@@ -3,6 +3,7 @@
 //! checks what we issue.
 
 mod certs;
+mod foreign;
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
