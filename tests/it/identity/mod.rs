@@ -4,6 +4,8 @@
 
 mod certs;
 mod foreign;
+mod services;
+mod signed;
 
 use ed25519_dalek::VerifyingKey;
 use serde_json::Value;
