@@ -211,6 +211,7 @@ impl Application {
             &store,
             &log,
             verifier,
+            &metrics,
             session_ended(store.clone(), cursors.clone(), channels.clone()),
         )
         .await?;

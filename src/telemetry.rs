@@ -65,6 +65,11 @@ pub struct Metrics {
     pub gateway_deliveries: IntCounter,
     /// Time a Channel actor takes to hand one event to all its subscribers.
     pub gateway_fanout_seconds: Histogram,
+    /// Fetches from actors' home servers (roots and certificates), by result: ok,
+    /// unreachable, refused (not a public address), untrusted (the home said no).
+    pub identity_home_fetches: IntCounterVec,
+    /// Foreign sign-ins (`POST /.p2/core/v1/session/auth`), by answer (ok or the errcode).
+    pub identity_sign_ins: IntCounterVec,
 }
 
 impl Metrics {
@@ -193,6 +198,22 @@ impl Metrics {
                 0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
             ]),
         )?;
+        let identity_home_fetches = IntCounterVec::new(
+            Opts::new(
+                "identity_home_fetches_total",
+                "Fetches from actors' home servers (roots, certificates), by result (ok, unreachable, refused, untrusted)",
+            ),
+            &["result"],
+        )?;
+        let identity_sign_ins = IntCounterVec::new(
+            Opts::new(
+                "identity_sign_ins_total",
+                "Foreign sign-ins by key trial, by answer (ok or the errcode)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(identity_home_fetches.clone()))?;
+        registry.register(Box::new(identity_sign_ins.clone()))?;
         registry.register(Box::new(gateway_sockets.clone()))?;
         registry.register(Box::new(gateway_closes.clone()))?;
         registry.register(Box::new(gateway_deliveries.clone()))?;
@@ -231,6 +252,8 @@ impl Metrics {
             gateway_closes,
             gateway_deliveries,
             gateway_fanout_seconds,
+            identity_home_fetches,
+            identity_sign_ins,
         })
     }
 

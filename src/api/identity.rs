@@ -315,10 +315,21 @@ pub async fn sign_in(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = &state.identity;
-    let session = identity
+    let signed_in = identity
         .sessions
         .sign_in(&identity.challenges, &body)
-        .await?;
+        .await
+        .map_err(ApiError::from);
+    let result = match &signed_in {
+        Ok(_) => "ok",
+        Err(error) => error.kind.errcode(),
+    };
+    state
+        .metrics
+        .identity_sign_ins
+        .with_label_values(&[result])
+        .inc();
+    let session = signed_in?;
     Ok(HttpResponse::Ok().json(json!({
         "token": session.token,
         "session_id": session.session_id,

@@ -93,6 +93,8 @@ struct Negative {
 pub struct ForeignCerts {
     clock: Arc<Clock>,
     fetcher: FencedFetcher,
+    /// `identity_home_fetches_total`, by result.
+    fetches: prometheus::IntCounterVec,
     roots: moka::future::Cache<String, Arc<HomeRoot>>,
     /// Roots valid at a past time, by `(home, unix seconds)`.
     past_roots: moka::sync::Cache<(String, i64), Arc<HomeRoot>>,
@@ -104,10 +106,15 @@ pub struct ForeignCerts {
 }
 
 impl ForeignCerts {
-    pub fn new(clock: Arc<Clock>, fetcher: FencedFetcher) -> ForeignCerts {
+    pub fn new(
+        clock: Arc<Clock>,
+        fetcher: FencedFetcher,
+        fetches: prometheus::IntCounterVec,
+    ) -> ForeignCerts {
         ForeignCerts {
             clock,
             fetcher,
+            fetches,
             roots: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
@@ -187,7 +194,15 @@ impl ForeignCerts {
     /// not trusted); anything else that fails is the home being unreachable.
     async fn get(&self, home: &str, path: &str) -> Result<Vec<u8>, ForeignError> {
         self.refused_lately(home)?;
-        match self.fetcher.get(home, path, MAX_ANSWER_BYTES).await {
+        let answer = self.fetcher.get(home, path, MAX_ANSWER_BYTES).await;
+        let result = match &answer {
+            Ok(_) => "ok",
+            Err(FetchError::Status { status, .. }) if status.is_client_error() => "untrusted",
+            Err(FetchError::Fenced { .. }) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.fetches.with_label_values(&[result]).inc();
+        match answer {
             Ok(body) => {
                 self.negative.invalidate(home);
                 Ok(body.to_vec())

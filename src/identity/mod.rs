@@ -115,6 +115,7 @@ impl Identity {
         store: &crate::store::Store,
         log: &crate::store::EventLogHandle,
         verifier: crate::federation::verifier::SignatureVerifier,
+        metrics: &crate::telemetry::Metrics,
         on_end: sessions::OnEnd,
     ) -> Result<std::sync::Arc<Identity>, StoreError> {
         use std::sync::Arc;
@@ -131,6 +132,7 @@ impl Identity {
         let foreign = Arc::new(foreign::ForeignCerts::new(
             clock.clone(),
             crate::federation::client::FencedFetcher::start(&config.federation),
+            metrics.identity_home_fetches.clone(),
         ));
         let identity = Arc::new(Identity {
             sessions: sessions::Sessions::new(

@@ -60,9 +60,9 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write as _};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -78,6 +78,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::common::{self, call, free_port, string_field, ChildGuard, ScratchDir};
 
 /// The environment variable that hands the subscriber's bearer token to the clients process
 /// (kept off its command line).
@@ -471,63 +473,6 @@ fn resume_frame(seq: u64, token: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// A child process, killed and reaped when dropped (also on every error path).
-struct ChildGuard {
-    name: &'static str,
-    child: Child,
-}
-
-impl ChildGuard {
-    fn spawn(name: &'static str, command: &mut Command) -> anyhow::Result<ChildGuard> {
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start the {name} process ({command:?})"))?;
-        Ok(ChildGuard { name, child })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// An error if the process has ended.
-    fn ensure_running(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait()? {
-            Some(status) => bail!("the {} process exited: {status}", self.name),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        // Fails only when the process has already been reaped; nothing left to do then.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A scratch directory under the system's temp dir, removed when dropped.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn create() -> anyhow::Result<ScratchDir> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.subsec_nanos());
-        let path =
-            std::env::temp_dir().join(format!("switchyard-fanout-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(ScratchDir(path))
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        if let Err(error) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("fanout: cannot remove {}: {error}", self.0.display());
-        }
-    }
-}
-
 /// The clients process and its request/answer channel (one line each way).
 struct ClientsProcess {
     stdin: ChildStdin,
@@ -552,12 +497,12 @@ impl ClientsProcess {
                 .stderr(Stdio::inherit()),
         )?;
         let stdin = guard
-            .child
+            .child_mut()
             .stdin
             .take()
             .context("clients stdin not piped")?;
         let stdout = guard
-            .child
+            .child_mut()
             .stdout
             .take()
             .context("clients stdout not piped")?;
@@ -794,8 +739,12 @@ async fn start_bare(args: &FanoutArgs) -> anyhow::Result<Server> {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit()),
     )?;
-    let stdin = guard.child.stdin.take();
-    let stdout = guard.child.stdout.take().context("bare stdout not piped")?;
+    let stdin = guard.child_mut().stdin.take();
+    let stdout = guard
+        .child_mut()
+        .stdout
+        .take()
+        .context("bare stdout not piped")?;
     let mut lines = lines_of(stdout);
     let first = tokio::time::timeout(Duration::from_secs(30), lines.recv())
         .await
@@ -817,116 +766,25 @@ async fn start_bare(args: &FanoutArgs) -> anyhow::Result<Server> {
 }
 
 /// A free port on 127.0.0.1 (bound and released; the server binds it right after).
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Sends a JSON request and returns the answer's JSON, or an error naming the status.
-async fn call(
-    client: &awc::Client,
-    url: &str,
-    token: Option<&str>,
-    body: &Value,
-) -> anyhow::Result<Value> {
-    let mut request = client
-        .post(url)
-        .insert_header(("content-type", "application/json"));
-    if let Some(token) = token {
-        request = request.insert_header(("authorization", format!("Bearer {token}")));
-    }
-    let mut response = request
-        .send_body(body.to_string())
-        .await
-        .map_err(|error| anyhow!("POST {url}: {error}"))?;
-    let status = response.status();
-    let bytes = response
-        .body()
-        .limit(1 << 20)
-        .await
-        .with_context(|| format!("POST {url}: unreadable answer"))?;
-    ensure!(
-        status.is_success(),
-        "POST {url}: {status}: {}",
-        String::from_utf8_lossy(&bytes)
-    );
-    if bytes.is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(&bytes).with_context(|| format!("POST {url}: answer is not JSON"))
-}
-
-fn string_field(value: &Value, key: &str) -> anyhow::Result<String> {
-    match &value[key] {
-        Value::String(text) => Ok(text.clone()),
-        Value::Number(number) => Ok(number.to_string()),
-        other => bail!("expected `{key}` in the answer, got {other} in {value}"),
-    }
-}
-
 async fn start_switchyard(
     args: &FanoutArgs,
     dir: &Path,
     client: &awc::Client,
 ) -> anyhow::Result<Server> {
     let port = free_port()?;
-    let config = dir.join("switchyard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[server]
-name = "127.0.0.1:{port}"
-bind = "127.0.0.1:{port}"
-public_base_url = "http://127.0.0.1:{port}"
-registration_mode = "open"
-[database]
-url = "sqlite://{db}?mode=rwc"
-[keys]
-path = "{key}"
-[log]
-level = "warn"
-[gateway]
-heartbeat_interval = "30s"
-max_sockets_per_user = {clients}
-"#,
-            clients = args.clients,
-            db = dir.join("sy.db").display(),
-            key = dir.join("signing.key").display(),
+    let guard = common::start_switchyard(
+        &args.server_bin,
+        dir,
+        &format!("127.0.0.1:{port}"),
+        port,
+        &format!(
+            "[gateway]\nheartbeat_interval = \"30s\"\nmax_sockets_per_user = {}",
+            args.clients
         ),
-    )?;
-    let log_path = dir.join("switchyard.log");
-    let mut guard = ChildGuard::spawn(
-        "switchyard",
-        Command::new(&args.server_bin)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log_path)?),
-    )?;
+        client,
+    )
+    .await?;
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Err(error) = guard.ensure_running() {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("{error}; its last log lines:\n{}", tail.join("\n"));
-        }
-        let healthy = client
-            .get(format!("{base}/health"))
-            .send()
-            .await
-            .is_ok_and(|response| response.status().is_success());
-        if healthy {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "switchyard did not answer /health in 60 s"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
 
     let register = |username: String| {
         let url = format!("{base}/api/v1/auth/register");
@@ -1117,7 +975,7 @@ async fn measure(
     kind: TargetKind,
     client: &awc::Client,
 ) -> anyhow::Result<TargetResult> {
-    let dir = ScratchDir::create()?;
+    let dir = ScratchDir::create("fanout")?;
     let mut server = match kind {
         TargetKind::Bare => start_bare(args).await?,
         TargetKind::Switchyard => start_switchyard(args, &dir.0, client).await?,

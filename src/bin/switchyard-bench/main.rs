@@ -12,8 +12,13 @@
 //!   against a bare actix-ws broadcast server (the ceiling): deliveries/s, delivery latency,
 //!   gaps, duplicates, RSS per idle socket (see `fanout.rs`). `fanout-clients` and
 //!   `bare-broadcast` are its child processes.
+//! - `identity`: actor identity against release servers: ID-Cert issuances/s, foreign
+//!   sign-ins/s with the home's certificates cached, signed against unsigned posts, and the
+//!   certificate route against `GET /health` (see `identity.rs`).
 
+mod common;
 mod fanout;
+mod identity;
 mod inbox;
 
 /// mimalloc: the log writer, the database worker and the HTTP workers hand buffers to one
@@ -82,6 +87,8 @@ enum Command {
     FanoutClients(fanout::ClientsArgs),
     /// The ceiling server of `fanout`: a bare actix-ws broadcast.
     BareBroadcast(fanout::BareArgs),
+    /// Actor identity: issuances, sign-ins, signed posts, the certificate route.
+    Identity(identity::IdentityArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -103,6 +110,7 @@ fn main() -> anyhow::Result<()> {
             Command::Fanout(args) => fanout::run(args).await,
             Command::FanoutClients(args) => fanout::run_clients(args).await,
             Command::BareBroadcast(args) => fanout::run_bare(args).await,
+            Command::Identity(args) => identity::run(args).await,
         }
     })
 }

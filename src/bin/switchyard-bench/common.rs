@@ -1,0 +1,188 @@
+//! What the benchmarks share: child processes, scratch directories, free ports, JSON calls,
+//! and starting a release `switchyard serve` on a scratch directory.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, ensure, Context as _};
+use serde_json::Value;
+
+/// A child process, killed when dropped.
+pub struct ChildGuard {
+    name: &'static str,
+    child: Child,
+}
+
+impl ChildGuard {
+    pub fn spawn(name: &'static str, command: &mut Command) -> anyhow::Result<ChildGuard> {
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot start the {name} process ({command:?})"))?;
+        Ok(ChildGuard { name, child })
+    }
+
+    pub fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error if the process has ended.
+    pub fn ensure_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            Some(status) => bail!("the {} process exited: {status}", self.name),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        // Fails only when the process has already been reaped; nothing left to do then.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A scratch directory under the system's temp dir, removed when dropped.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    pub fn create(purpose: &str) -> anyhow::Result<ScratchDir> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "switchyard-{purpose}-{}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("cannot remove {}: {error}", self.0.display());
+        }
+    }
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Sends a JSON request and returns the answer's JSON, or an error naming the status.
+pub async fn call(
+    client: &awc::Client,
+    url: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let mut request = client
+        .post(url)
+        .insert_header(("content-type", "application/json"));
+    if let Some(token) = token {
+        request = request.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    let mut response = request
+        .send_body(body.to_string())
+        .await
+        .map_err(|error| anyhow!("POST {url}: {error}"))?;
+    let status = response.status();
+    let bytes = response
+        .body()
+        .limit(1 << 20)
+        .await
+        .with_context(|| format!("POST {url}: unreadable answer"))?;
+    ensure!(
+        status.is_success(),
+        "POST {url}: {status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).with_context(|| format!("POST {url}: answer is not JSON"))
+}
+
+pub fn string_field(value: &Value, key: &str) -> anyhow::Result<String> {
+    match &value[key] {
+        Value::String(text) => Ok(text.clone()),
+        Value::Number(number) => Ok(number.to_string()),
+        other => bail!("expected `{key}` in the answer, got {other} in {value}"),
+    }
+}
+
+/// Starts `switchyard serve` (the binary `bin`) in `dir` as `name` on 127.0.0.1:`port`, with
+/// `extra` TOML appended to its configuration, and waits for `/health`.
+pub async fn start_switchyard(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    port: u16,
+    extra: &str,
+    client: &awc::Client,
+) -> anyhow::Result<ChildGuard> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[server]
+name = "{name}"
+bind = "127.0.0.1:{port}"
+public_base_url = "http://127.0.0.1:{port}"
+registration_mode = "open"
+[database]
+url = "sqlite://{db}?mode=rwc"
+[keys]
+path = "{key}"
+[log]
+level = "warn"
+{extra}
+"#,
+            db = dir.join("sy.db").display(),
+            key = dir.join("signing.key").display(),
+        ),
+    )?;
+    let log_path = dir.join("switchyard.log");
+    let mut guard = ChildGuard::spawn(
+        "switchyard",
+        Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path)?),
+    )?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Err(error) = guard.ensure_running() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("{error}; its last log lines:\n{}", tail.join("\n"));
+        }
+        let healthy = client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if healthy {
+            return Ok(guard);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "switchyard did not answer /health in 60 s"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}

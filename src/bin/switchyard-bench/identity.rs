@@ -1,0 +1,746 @@
+//! `identity`: the figures of actor identity (DESIGN §4), against release servers started
+//! here on scratch SQLite databases.
+//!
+//! ```text
+//!  coordinator (this process, one thread)
+//!   ├─▶ home.bench   `switchyard serve`: issues the certificates, hosts the posters' channel
+//!   └─▶ visit.bench  `switchyard serve`: signs home.bench's actors in by key trial
+//! ```
+//! 1. Issuance: `--issuances` sessions of one user (logins, prepared first; each costs an
+//!    argon2 hash), one ID-CSR each (keys and CSRs made before the clock starts), then
+//!    `POST /.p2/core/v1/idcert` with `--concurrency` requests in flight: issuances/s, p50/p99.
+//! 2. Sign-in: `--actors` of those certificates sign in on visit.bench once each (its cache
+//!    of home.bench's roots and certificates is then warm), then for `--seconds` each of
+//!    `--concurrency` loops asks a challenge, signs it, and posts `session/auth`:
+//!    sign-ins/s, p50/p99 of the pair, and how many fetches visit.bench made from home.bench
+//!    meanwhile (its `identity_home_fetches_total`; cached means none).
+//! 3. Signed against unsigned posts: `--posters` users, each with a certificate, in one
+//!    channel; each posts with one request in flight for `--seconds`, unsigned, then signed
+//!    (signatures made by the poster as it goes, as a client would), twice in alternation:
+//!    posts/s and p50/p99 of each, and the cost of signing as unsigned/signed posts/s.
+//! 4. `GET /.p2/core/v1/idcert/actor/{fid}` over `--connections` keep-alive connections for
+//!    `--seconds`, next to `GET /health` on the same server (the cheapest route: the stack's
+//!    ceiling), with a minimal HTTP/1.1 client: requests/s and p50/p99 of each, and the ratio.
+//!
+//! Targets (issue 10): issuances/s and sign-ins/s ≥ 2,000; signed ≤ 1.3× the unsigned cost;
+//! the certificate route ≥ 20,000 requests/s at 64 connections.
+
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _};
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use x509_cert::der::asn1::{BitString, SetOfVec};
+use x509_cert::der::{Any, Decode as _, Encode as _, EncodePem as _};
+
+use crate::common::{self, call, free_port, string_field, ScratchDir};
+
+const PASSWORD: &str = "identity-bench-password";
+
+#[derive(clap::Args)]
+pub struct IdentityArgs {
+    /// The `switchyard` release binary.
+    #[arg(long, default_value = "target/release/switchyard")]
+    server_bin: PathBuf,
+    /// Certificates issued in the issuance figure (one session each).
+    #[arg(long, default_value_t = 4000)]
+    issuances: usize,
+    /// Actors whose certificates sign in again and again in the sign-in figure.
+    #[arg(long, default_value_t = 64)]
+    actors: usize,
+    /// Requests in flight in the issuance and sign-in figures.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Concurrent posters in the signed/unsigned figure.
+    #[arg(long, default_value_t = 16)]
+    posters: usize,
+    /// Keep-alive connections of the certificate-route figure.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds each timed phase runs.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+/// Latencies of one phase and its wall time.
+struct Timing {
+    latencies: Vec<Duration>,
+    wall: Duration,
+    failures: usize,
+}
+
+impl Timing {
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index =
+            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[index - 1]
+    }
+
+    fn line(&mut self, what: &str, unit: &str) -> String {
+        format!(
+            "{what:<44} {:>9.0} {unit}/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} in {:.1} s, {} failed)",
+            self.rate(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.latencies.len(),
+            self.wall.as_secs_f64(),
+            self.failures,
+        )
+    }
+}
+
+fn http_client(connections: usize) -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().limit(connections))
+        .timeout(Duration::from_secs(30))
+        .finish()
+}
+
+/// A request with a text body; the status and the body.
+async fn send(
+    client: &awc::Client,
+    method: &str,
+    url: &str,
+    token: Option<&str>,
+    body: Option<(&str, String)>,
+) -> anyhow::Result<(u16, Vec<u8>)> {
+    let mut request = client.request(method.parse()?, url);
+    if let Some(token) = token {
+        request = request.insert_header(("authorization", format!("Bearer {token}")));
+    }
+    let mut response = match body {
+        Some((content_type, body)) => {
+            request
+                .insert_header(("content-type", content_type))
+                .send_body(body)
+                .await
+        }
+        None => request.send().await,
+    }
+    .map_err(|e| anyhow::anyhow!("{method} {url}: {e}"))?;
+    let bytes = response.body().limit(1 << 20).await?;
+    Ok((response.status().as_u16(), bytes.to_vec()))
+}
+
+/// The ID-CSR a polyproto client sends for `fid`'s session `session_id` (raw PKCS #10
+/// capability attributes, as the crate writes them).
+fn csr(fid: &str, session_id: &str, key: &SigningKey) -> anyhow::Result<String> {
+    use x509_cert::attr::Attribute;
+    use x509_cert::der::oid::AssociatedOid as _;
+    use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
+    use x509_cert::request::{CertReq, CertReqInfo, Version};
+    use x509_cert::spki::{AlgorithmIdentifierOwned, SubjectPublicKeyInfoOwned};
+    let ed25519 = AlgorithmIdentifierOwned {
+        oid: switchyard::identity::idcert::ED25519,
+        parameters: None,
+    };
+    let attribute = |oid, der: Vec<u8>| -> anyhow::Result<Attribute> {
+        Ok(Attribute {
+            oid,
+            values: SetOfVec::try_from(vec![Any::from_der(&der)?])?,
+        })
+    };
+    let usage = KeyUsage(KeyUsages::DigitalSignature.into()).to_der()?;
+    let constraints = BasicConstraints {
+        ca: false,
+        path_len_constraint: None,
+    }
+    .to_der()?;
+    let info = CertReqInfo {
+        version: Version::V1,
+        subject: switchyard::identity::idcert::actor_dn(fid, session_id)?,
+        public_key: SubjectPublicKeyInfoOwned {
+            algorithm: ed25519.clone(),
+            subject_public_key: BitString::from_bytes(key.verifying_key().as_bytes())?,
+        },
+        attributes: SetOfVec::try_from(vec![
+            attribute(KeyUsage::OID, usage)?,
+            attribute(BasicConstraints::OID, constraints)?,
+        ])?,
+    };
+    let signature = key.sign(&info.to_der()?);
+    let request = CertReq {
+        info,
+        algorithm: ed25519,
+        signature: BitString::from_bytes(&signature.to_bytes())?,
+    };
+    Ok(request.to_pem(x509_cert::der::pem::LineEnding::LF)?)
+}
+
+/// A user's session on a server, with its certificate's key and serial.
+#[derive(Clone)]
+struct Certified {
+    fid: String,
+    token: String,
+    key: SigningKey,
+    serial: String,
+}
+
+/// Runs `work(i)` for `i` in `0..count` with `concurrency` in flight; the timing of each.
+async fn run_all<F, Fut>(count: usize, concurrency: usize, work: F) -> Timing
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use futures_util::StreamExt as _;
+    let started = Instant::now();
+    let work = &work;
+    let results: Vec<(Duration, bool)> = futures_util::stream::iter(0..count)
+        .map(|i| async move {
+            let at = Instant::now();
+            let ok = work(i)
+                .await
+                .map_err(|e| eprintln!("identity: {e:#}"))
+                .is_ok();
+            (at.elapsed(), ok)
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    Timing {
+        wall: started.elapsed(),
+        failures: results.iter().filter(|(_, ok)| !ok).count(),
+        latencies: results
+            .into_iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(d, _)| d)
+            .collect(),
+    }
+}
+
+/// Runs `loops` copies of `work(loop, n)` back to back for `duration`.
+async fn run_for<F, Fut>(loops: usize, duration: Duration, work: F) -> Timing
+where
+    F: Fn(usize, usize) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let until = started + duration;
+    let work = &work;
+    let per_loop = futures_util::future::join_all((0..loops).map(|l| async move {
+        let mut latencies = Vec::new();
+        let mut failures = 0;
+        let mut n = 0;
+        while Instant::now() < until {
+            let at = Instant::now();
+            match work(l, n).await {
+                Ok(()) => latencies.push(at.elapsed()),
+                Err(error) => {
+                    failures += 1;
+                    if failures <= 3 {
+                        eprintln!("identity: {error:#}");
+                    }
+                }
+            }
+            n += 1;
+        }
+        (latencies, failures)
+    }))
+    .await;
+    let wall = started.elapsed();
+    let mut timing = Timing {
+        latencies: Vec::new(),
+        wall,
+        failures: 0,
+    };
+    for (latencies, failures) in per_loop {
+        timing.latencies.extend(latencies);
+        timing.failures += failures;
+    }
+    timing
+}
+
+/// One counter of a Prometheus text page (the sum over its label sets matching `labels`).
+async fn counter(
+    client: &awc::Client,
+    base: &str,
+    name: &str,
+    labels: &str,
+) -> anyhow::Result<f64> {
+    let (_, body) = send(client, "GET", &format!("{base}/metrics"), None, None).await?;
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// Keep-alive GETs of `path` over `connections` connections for `duration`, with the least
+/// client there is: one request written, the answer read by its Content-Length.
+async fn hammer(
+    port: u16,
+    path: &str,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Timing> {
+    let request =
+        Rc::new(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").into_bytes());
+    let started = Instant::now();
+    let until = started + duration;
+    let tasks = (0..connections).map(|_| {
+        let request = request.clone();
+        async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            let mut buffer = vec![0u8; 64 * 1024];
+            let mut latencies = Vec::new();
+            while Instant::now() < until {
+                let at = Instant::now();
+                stream.write_all(&request).await?;
+                let mut filled = 0;
+                let (head_end, length) = loop {
+                    let n = stream.read(&mut buffer[filled..]).await?;
+                    ensure!(n > 0, "the server closed the connection");
+                    filled += n;
+                    if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = std::str::from_utf8(&buffer[..end])?;
+                        ensure!(
+                            head.starts_with("HTTP/1.1 200"),
+                            "answer: {}",
+                            head.lines().next().unwrap_or("")
+                        );
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                let (name, value) = l.split_once(':')?;
+                                name.eq_ignore_ascii_case("content-length")
+                                    .then(|| value.trim().parse::<usize>().ok())?
+                            })
+                            .context("no Content-Length")?;
+                        break (end + 4, length);
+                    }
+                    ensure!(filled < buffer.len(), "an answer's head is over 64 KiB");
+                };
+                while filled < head_end + length {
+                    ensure!(
+                        head_end + length <= buffer.len(),
+                        "an answer is over 64 KiB"
+                    );
+                    let n = stream.read(&mut buffer[filled..]).await?;
+                    ensure!(n > 0, "the server closed the connection");
+                    filled += n;
+                }
+                latencies.push(at.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }
+    });
+    let mut timing = Timing {
+        latencies: Vec::new(),
+        wall: Duration::ZERO,
+        failures: 0,
+    };
+    for result in futures_util::future::join_all(tasks).await {
+        match result {
+            Ok(latencies) => timing.latencies.extend(latencies),
+            Err(error) => {
+                timing.failures += 1;
+                eprintln!("identity: a connection failed: {error:#}");
+            }
+        }
+    }
+    timing.wall = started.elapsed();
+    Ok(timing)
+}
+
+fn signed_message(
+    key: &SigningKey,
+    serial: &str,
+    body: &str,
+    channel: &str,
+    sender: &str,
+) -> Value {
+    let ts = switchyard::clock::now_ms();
+    let bytes = switchyard::identity::signed::SignedMessage {
+        action: "new",
+        body,
+        channel,
+        message_id: None,
+        sender,
+        ts,
+    }
+    .bytes();
+    let signature =
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(key.sign(&bytes).to_bytes());
+    json!({"serial": serial, "ts": ts, "signature": signature})
+}
+
+/// Logs `username` in once per session wanted (the first registers).
+async fn sessions(
+    client: &awc::Client,
+    base: &str,
+    username: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let registered = call(
+        client,
+        &format!("{base}/api/v1/auth/register"),
+        None,
+        &json!({"username": username, "password": PASSWORD}),
+    )
+    .await?;
+    let first = (
+        string_field(&registered, "fid")?,
+        string_field(&registered, "token")?,
+        string_field(&registered, "session_id")?,
+    );
+    let mut out = vec![first];
+    use futures_util::StreamExt as _;
+    let more: Vec<anyhow::Result<(String, String, String)>> = futures_util::stream::iter(1..count)
+        .map(|_| async {
+            let login = call(
+                client,
+                &format!("{base}/api/v1/auth/login"),
+                None,
+                &json!({"username": username, "password": PASSWORD}),
+            )
+            .await?;
+            Ok((
+                string_field(&login, "fid")?,
+                string_field(&login, "token")?,
+                string_field(&login, "session_id")?,
+            ))
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for session in more {
+        out.push(session?);
+    }
+    Ok(out)
+}
+
+/// Issues one certificate per session; answers them certified.
+async fn certify(
+    client: &awc::Client,
+    base: &str,
+    sessions: Vec<(String, String, String)>,
+    concurrency: usize,
+) -> anyhow::Result<(Vec<Certified>, Timing)> {
+    let prepared: Vec<(Certified, String)> = sessions
+        .into_iter()
+        .map(|(fid, token, session_id)| {
+            let key = SigningKey::generate(&mut rand::rngs::OsRng);
+            let request = csr(&fid, &session_id, &key)?;
+            anyhow::Ok((
+                Certified {
+                    fid,
+                    token,
+                    key,
+                    serial: String::new(),
+                },
+                request,
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let serials: Vec<std::cell::RefCell<String>> = prepared
+        .iter()
+        .map(|_| std::cell::RefCell::new(String::new()))
+        .collect();
+    let url = format!("{base}/.p2/core/v1/idcert");
+    let timing = run_all(prepared.len(), concurrency, |i| {
+        let (certified, request) = &prepared[i];
+        let (url, serials) = (&url, &serials);
+        async move {
+            let (status, body) = send(
+                client,
+                "POST",
+                url,
+                Some(&certified.token),
+                Some(("application/x-pem-file", request.clone())),
+            )
+            .await?;
+            if status != 201 {
+                bail!(
+                    "POST /.p2/core/v1/idcert: {status} {}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+            let answer: Value = serde_json::from_slice(&body)?;
+            *serials[i].borrow_mut() = string_field(&answer, "serial")?;
+            Ok(())
+        }
+    })
+    .await;
+    let certified = prepared
+        .into_iter()
+        .zip(serials)
+        .filter(|(_, serial)| !serial.borrow().is_empty())
+        .map(|((mut c, _), serial)| {
+            c.serial = serial.into_inner();
+            c
+        })
+        .collect();
+    Ok((certified, timing))
+}
+
+async fn sign_in(client: &awc::Client, base: &str, actor: &Certified) -> anyhow::Result<()> {
+    let (status, body) = send(
+        client,
+        "GET",
+        &format!("{base}/.p2/core/v1/challenge"),
+        None,
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "challenge: {status} {}",
+        String::from_utf8_lossy(&body)
+    );
+    let challenge: Value = serde_json::from_slice(&body)?;
+    let challenge = string_field(&challenge, "challenge")?;
+    let signature = hex::encode(actor.key.sign(challenge.as_bytes()).to_bytes());
+    let body = json!({"challenge": challenge, "fid": actor.fid, "serial": actor.serial, "signature": signature});
+    let (status, answer) = send(
+        client,
+        "POST",
+        &format!("{base}/.p2/core/v1/session/auth"),
+        None,
+        Some(("application/json", body.to_string())),
+    )
+    .await?;
+    ensure!(
+        status == 200,
+        "session/auth: {status} {}",
+        String::from_utf8_lossy(&answer)
+    );
+    Ok(())
+}
+
+pub async fn run(args: IdentityArgs) -> anyhow::Result<()> {
+    ensure!(
+        args.server_bin.exists(),
+        "{} does not exist: cargo build --release --bin switchyard",
+        args.server_bin.display()
+    );
+    let scratch = ScratchDir::create("identity")?;
+    let client = http_client(args.concurrency.max(args.posters) + 8);
+    let (home_port, visit_port) = (free_port()?, free_port()?);
+    let home = format!("http://127.0.0.1:{home_port}");
+    let visit = format!("http://127.0.0.1:{visit_port}");
+    let _home_server = common::start_switchyard(
+        &args.server_bin,
+        &scratch.0.join("home"),
+        "home.bench",
+        home_port,
+        "",
+        &client,
+    )
+    .await?;
+    let _visit_server = common::start_switchyard(
+        &args.server_bin,
+        &scratch.0.join("visit"),
+        "visit.bench",
+        visit_port,
+        &format!(
+            "[identity]\nchallenge_rate_per_second = 1000000\nchallenge_burst = 1000000\n[federation.resolve]\n\"home.bench\" = \"{home}\""
+        ),
+        &client,
+    )
+    .await?;
+    let seconds = Duration::from_secs(args.seconds);
+    println!(
+        "identity: release servers on SQLite in {}; {} issuances, {} actors signing in, {} posters, {} connections, {} s phases",
+        scratch.0.display(),
+        args.issuances,
+        args.actors,
+        args.posters,
+        args.connections,
+        args.seconds
+    );
+
+    // 1. Issuance.
+    let prep = Instant::now();
+    let logged_in = sessions(&client, &home, "issuer", args.issuances).await?;
+    println!(
+        "  prepared {} sessions (logins, argon2 each) in {:.1} s",
+        logged_in.len(),
+        prep.elapsed().as_secs_f64()
+    );
+    let (certified, mut issued) = certify(&client, &home, logged_in, args.concurrency).await?;
+    let mut lines = vec![issued.line(
+        &format!("POST /.p2/core/v1/idcert, {} in flight", args.concurrency),
+        "issuances",
+    )];
+    println!("  {}", lines[0]);
+
+    // 2. Sign-ins, the home's certificates cached.
+    let actors: Vec<Certified> = certified.iter().take(args.actors).cloned().collect();
+    ensure!(!actors.is_empty(), "no certificate was issued");
+    for actor in &actors {
+        sign_in(&client, &visit, actor)
+            .await
+            .context("warming visit.bench's cache")?;
+    }
+    let fetches_before = counter(
+        &client,
+        &visit,
+        "switchyard_identity_home_fetches_total",
+        "",
+    )
+    .await?;
+    let mut signed_in = run_for(args.concurrency, seconds, |l, n| {
+        let actor = &actors[(l + n) % actors.len()];
+        let (client, visit) = (&client, &visit);
+        async move { sign_in(client, visit, actor).await }
+    })
+    .await;
+    let fetches = counter(
+        &client,
+        &visit,
+        "switchyard_identity_home_fetches_total",
+        "",
+    )
+    .await?
+        - fetches_before;
+    lines.push(format!(
+        "{}   home fetches meanwhile: {fetches:.0}",
+        signed_in.line(
+            &format!("challenge + session/auth, {} in flight", args.concurrency),
+            "sign-ins"
+        )
+    ));
+    println!("  {}", lines[1]);
+
+    // 3. Signed against unsigned posts.
+    let mut posters = Vec::new();
+    for k in 0..args.posters {
+        let session = sessions(&client, &home, &format!("poster{k}"), 1).await?;
+        let (mut certified, _) = certify(&client, &home, session, 1).await?;
+        posters.push(certified.pop().context("a poster's certificate")?);
+    }
+    let owner = &posters[0];
+    let created = call(
+        &client,
+        &format!("{home}/api/v1/channels"),
+        Some(&owner.token),
+        &json!({"name": "posts"}),
+    )
+    .await?;
+    let channel = string_field(&created, "ref")?;
+    let channel_url = format!("{home}/api/v1/channels/{channel}");
+    for poster in &posters[1..] {
+        call(
+            &client,
+            &format!("{channel_url}/invite"),
+            Some(&owner.token),
+            &json!({"fid": poster.fid}),
+        )
+        .await?;
+        call(
+            &client,
+            &format!("{channel_url}/join"),
+            Some(&poster.token),
+            &json!({}),
+        )
+        .await?;
+    }
+    let messages = format!("{channel_url}/messages");
+    let mut rates = Vec::new();
+    for round in 0..2 {
+        for signed in [false, true] {
+            let mut timing = run_for(args.posters, seconds, |l, n| {
+                let poster = &posters[l];
+                let (client, messages, channel) = (&client, &messages, &channel);
+                async move {
+                    let body = format!("r{round} p{l} n{n}");
+                    let mut request = json!({"body": body});
+                    if signed {
+                        request["signed"] = signed_message(
+                            &poster.key,
+                            &poster.serial,
+                            &body,
+                            channel,
+                            &poster.fid,
+                        );
+                    }
+                    call(client, messages, Some(&poster.token), &request)
+                        .await
+                        .map(|_| ())
+                }
+            })
+            .await;
+            let what = format!(
+                "POST …/messages {}, {} posters (round {})",
+                if signed { "signed  " } else { "unsigned" },
+                args.posters,
+                round + 1
+            );
+            rates.push((signed, timing.rate()));
+            let line = timing.line(&what, "posts");
+            println!("  {line}");
+            lines.push(line);
+        }
+    }
+    let mean = |want: bool| {
+        let picked: Vec<f64> = rates
+            .iter()
+            .filter(|(s, _)| *s == want)
+            .map(|(_, r)| *r)
+            .collect();
+        picked.iter().sum::<f64>() / picked.len().max(1) as f64
+    };
+    let signing_cost = mean(false) / mean(true).max(1e-9);
+
+    // 4. The certificate route against the cheapest route of the same server.
+    let fid = &certified[0].fid;
+    let mut health = hammer(home_port, "/health", args.connections, seconds).await?;
+    let mut certs = hammer(
+        home_port,
+        &format!("/.p2/core/v1/idcert/actor/{fid}"),
+        args.connections,
+        seconds,
+    )
+    .await?;
+    let health_line = health.line(
+        &format!("GET /health, {} connections (ceiling)", args.connections),
+        "requests",
+    );
+    let certs_line = certs.line(
+        &format!(
+            "GET /.p2/core/v1/idcert/actor/{{fid}}, {} conns",
+            args.connections
+        ),
+        "requests",
+    );
+    println!("  {health_line}\n  {certs_line}");
+    let route_ratio = certs.rate() / health.rate().max(1e-9);
+
+    println!("targets:");
+    let verdict = |met: bool| if met { "met" } else { "MISSED" };
+    println!(
+        "  issuances/s                       {:>9.0}   target >= 2000    {}",
+        issued.rate(),
+        verdict(issued.rate() >= 2000.0)
+    );
+    println!(
+        "  sign-ins/s (certificates cached)  {:>9.0}   target >= 2000    {}",
+        signed_in.rate(),
+        verdict(signed_in.rate() >= 2000.0)
+    );
+    println!(
+        "  signed cost (unsigned/signed)     {:>9.2}x  target <= 1.3x    {}",
+        signing_cost,
+        verdict(signing_cost <= 1.3)
+    );
+    println!(
+        "  GET idcert/actor requests/s       {:>9.0}   target >= 20000   {}   ({:.2} of GET /health)",
+        certs.rate(),
+        verdict(certs.rate() >= 20_000.0),
+        route_ratio
+    );
+    Ok(())
+}
