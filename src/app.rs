@@ -89,28 +89,37 @@ pub struct Application {
 const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a session's end does beyond the log: its cursor goes, and its sockets close with
-/// 4003.
+/// 4003. A foreign session that cannot be verified now keeps its cursor, and its sockets close
+/// with 4000 (resumable).
 fn session_ended(
     store: Store,
     cursors: Arc<crate::gateway::cursors::Cursors>,
     channels: Arc<Channels>,
 ) -> crate::identity::sessions::OnEnd {
-    Box::new(move |session| {
-        cursors.forget(&session.session_id);
-        let (store, session_id) = (store.clone(), session.session_id.clone());
-        actix_web::rt::spawn(async move {
-            if let Err(error) = store.delete_session_cursor(&session_id).await {
-                tracing::warn!(%error, "cannot delete an ended session's cursor");
+    use crate::gateway::channel::CloseSocket;
+    use crate::gateway::frames::close;
+    use crate::identity::sessions::Closing;
+    Box::new(move |session, closing| {
+        let close = match closing {
+            Closing::Ended => {
+                cursors.forget(&session.session_id);
+                let (store, session_id) = (store.clone(), session.session_id.clone());
+                actix_web::rt::spawn(async move {
+                    if let Err(error) = store.delete_session_cursor(&session_id).await {
+                        tracing::warn!(%error, "cannot delete an ended session's cursor");
+                    }
+                });
+                CloseSocket {
+                    code: close::NOT_AUTHENTICATED,
+                    reason: "the session was ended",
+                }
             }
-        });
-        channels.close_session(
-            &session.fid,
-            &session.session_id,
-            crate::gateway::channel::CloseSocket {
-                code: crate::gateway::frames::close::NOT_AUTHENTICATED,
-                reason: "the session was ended",
+            Closing::Unverified => CloseSocket {
+                code: close::RESUME,
+                reason: "the session's certificate cannot be checked now; resume later",
             },
-        );
+        };
+        channels.close_session(&session.fid, &session.session_id, close);
     })
 }
 

@@ -57,9 +57,15 @@ impl From<IdentityError> for ApiError {
                 )
                 .with_cause(error)
             }
-            IdentityError::Store(_) | IdentityError::Internal(_) => {
-                return ApiError::internal(error)
+            // The database could not be read (a pool timeout, a restart): survivable.
+            IdentityError::Store(_) => {
+                return ApiError::new(
+                    ErrorKind::Unavailable,
+                    "the database could not be read; nothing was recorded, retry",
+                )
+                .with_cause(error)
             }
+            IdentityError::Internal(_) => return ApiError::internal(error),
         };
         ApiError::new(kind, error.to_string())
     }
@@ -129,6 +135,7 @@ pub async fn issue(
             &session.session_id,
             &csr,
             now,
+            || identity.sessions.is_live(&session.session_id),
             async || {
                 identity
                     .sensitive
@@ -151,6 +158,7 @@ pub async fn issue(
                 ErrorKind::Unavailable,
                 "this server's root ID-Cert is being renewed; retry shortly",
             ),
+            IssueError::SessionEnded => ApiError::new(ErrorKind::UnknownToken, "the session ended"),
             other => ApiError::internal(other),
         })?;
     Ok(HttpResponse::Created().json(json!({
@@ -217,6 +225,20 @@ pub async fn actor_certs(
     };
     let identity = &state.identity;
     if server != state.config.server.name {
+        // Only actors we hold certificates of: an anonymous question must not make this
+        // server fetch from any name it is given.
+        let held = identity.sessions.foreign().holds(fid)
+            || state
+                .store
+                .has_foreign_idcert(fid)
+                .await
+                .map_err(|e| ApiError::from(IdentityError::Store(e)))?;
+        if !held {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("this server holds no certificate of {fid}"),
+            ));
+        }
         let answer = identity
             .sessions
             .foreign()
@@ -245,8 +267,7 @@ pub async fn actor_certs(
             .into_iter()
             .rev()
             .filter(|row| session_id.is_none_or(|s| row.session_id == s))
-            .filter_map(IssuedActorCert::from_row)
-            .map(std::sync::Arc::new)
+            .filter_map(|row| identity.actor_certs.past(row))
             .collect(),
         _ => identity.actor_certs.entries(fid, at, session_id, now),
     };

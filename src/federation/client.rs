@@ -14,8 +14,8 @@
 //! `federation.plain_http_hosts`: an IP literal is checked before any connection, a DNS name
 //! by the resolver of its own client, which refuses a name with any loopback, private,
 //! link-local or otherwise non-public address, so the connection only ever goes to an address
-//! that was checked. Its answers are bounded in size, its requests by the outbound timeouts
-//! and by a bounded queue to one thread of its own.
+//! that was checked; it follows no redirect. Its answers are bounded in size, its requests by
+//! the outbound timeouts, a bounded queue to one thread of its own and 64 fetches at once.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -64,22 +64,6 @@ impl Resolver {
                 .plain_http_hosts
                 .iter()
                 .any(|h| h == crate::identity::idcert::host_of(server_name))
-    }
-
-    /// The hosts that may resolve to any address: the plain-HTTP hosts and the hosts of the
-    /// `[federation.resolve]` URLs.
-    fn listed_hosts(&self) -> Vec<String> {
-        let url_hosts = self.resolve.values().filter_map(|url| {
-            let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
-            let authority = rest.split('/').next().unwrap_or(rest);
-            let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-            Some(crate::identity::idcert::host_of(authority).to_owned())
-        });
-        self.plain_http_hosts
-            .iter()
-            .cloned()
-            .chain(url_hosts)
-            .collect()
     }
 }
 
@@ -141,6 +125,8 @@ pub enum FetchError {
     Unreachable { url: String, detail: String },
     #[error("{url} answered {status}")]
     Status { url: String, status: StatusCode },
+    #[error("the answer of {url} is over {limit} bytes")]
+    TooLarge { url: String, limit: usize },
     #[error("the answer of {url} is over {limit} bytes or unreadable: {detail}")]
     Body {
         url: String,
@@ -178,7 +164,11 @@ fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
 }
 
 /// An awc client with the outbound timeouts and TLS settings over `connector`.
-fn build_client<S, IO>(connector: awc::Connector<S>, config: &FederationConfig) -> awc::Client
+fn build_client<S, IO>(
+    connector: awc::Connector<S>,
+    config: &FederationConfig,
+    follow_redirects: bool,
+) -> awc::Client
 where
     IO: actix_rt::net::ActixStream + std::fmt::Debug + 'static,
     S: actix_web::dev::Service<
@@ -192,19 +182,23 @@ where
     if let Some(tls) = tls_config() {
         connector = connector.rustls_0_23(tls);
     }
-    awc::Client::builder()
+    let builder = awc::Client::builder()
         .connector(connector)
         .timeout(config.request_timeout)
         .add_default_header((
             "User-Agent",
             concat!("switchyard/", env!("CARGO_PKG_VERSION")),
-        ))
-        .finish()
+        ));
+    if follow_redirects {
+        builder.finish()
+    } else {
+        builder.disable_redirects().finish()
+    }
 }
 
 impl OutboundClient {
     pub fn new(resolver: Arc<Resolver>, config: &FederationConfig) -> OutboundClient {
-        let client = build_client(awc::Connector::new(), config);
+        let client = build_client(awc::Connector::new(), config, true);
         OutboundClient { client, resolver }
     }
 
@@ -298,11 +292,8 @@ impl OutboundClient {
     }
 }
 
-/// Resolves names for the fenced client: a listed host to any address, any other name only
-/// when every address it has is public.
-struct PublicOnly {
-    listed: Vec<String>,
-}
+/// Resolves names for the fenced client: only a name whose every address is public.
+struct PublicOnly;
 
 impl actix_tls::connect::Resolve for PublicOnly {
     fn lookup<'a>(
@@ -313,15 +304,12 @@ impl actix_tls::connect::Resolve for PublicOnly {
     {
         Box::pin(async move {
             let addresses: Vec<SocketAddr> = tokio::net::lookup_host((host, port)).await?.collect();
-            let listed = self.listed.iter().any(|h| h == host);
-            if !listed {
-                if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
-                    return Err(format!(
-                        "{host} resolves to {}, which is not a public address",
-                        private.ip()
-                    )
-                    .into());
-                }
+            if let Some(private) = addresses.iter().find(|a| !is_public(a.ip())) {
+                return Err(format!(
+                    "{host} resolves to {}, which is not a public address",
+                    private.ip()
+                )
+                .into());
             }
             Ok(addresses)
         })
@@ -331,6 +319,8 @@ impl actix_tls::connect::Resolve for PublicOnly {
 struct FetchJob {
     server_name: String,
     path: String,
+    /// The operator named this server: any address, through the unfenced client.
+    listed: bool,
     limit: usize,
     reply: tokio::sync::oneshot::Sender<Result<Bytes, FetchError>>,
 }
@@ -346,6 +336,8 @@ pub struct FencedFetcher {
 
 /// Fetches waiting for the fenced fetcher's thread at most.
 const FENCED_QUEUE: usize = 1024;
+/// Fetches the fenced fetcher runs at once.
+const FENCED_CONCURRENCY: usize = 64;
 
 impl FencedFetcher {
     /// Starts the fetcher's thread.
@@ -353,25 +345,35 @@ impl FencedFetcher {
         let resolver = Arc::new(Resolver::new(config));
         let (queue, mut jobs) = tokio::sync::mpsc::channel::<FetchJob>(FENCED_QUEUE);
         let arbiter = actix_rt::Arbiter::new();
-        let listed = resolver.listed_hosts();
         let config = config.clone();
         let base = resolver.clone();
-        // The client is built on the fetcher's own thread: awc clients are not `Send`.
+        // The clients are built on the fetcher's own thread: awc clients are not `Send`.
+        // Neither follows redirects: a redirect would lead the fenced one past its fence.
         arbiter.spawn_fn(move || {
             actix_rt::spawn(async move {
-                let connector = awc::Connector::new().connector(
-                    actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
-                        PublicOnly { listed },
-                    ))
-                    .service(),
+                let fenced = build_client(
+                    awc::Connector::new().connector(
+                        actix_tls::connect::Connector::new(actix_tls::connect::Resolver::custom(
+                            PublicOnly,
+                        ))
+                        .service(),
+                    ),
+                    &config,
+                    false,
                 );
-                let client = build_client(connector, &config);
+                let listed = build_client(awc::Connector::new(), &config, false);
+                // Bounded fetches at once, so that answers in memory are bounded too.
+                let running = Arc::new(tokio::sync::Semaphore::new(FENCED_CONCURRENCY));
                 while let Some(job) = jobs.recv().await {
-                    let client = client.clone();
+                    let Ok(permit) = running.clone().acquire_owned().await else {
+                        break;
+                    };
+                    let client = if job.listed { &listed } else { &fenced }.clone();
                     let url = format!("{}{}", base.base_url(&job.server_name), job.path);
                     actix_web::rt::spawn(async move {
                         let answer = fetch(&client, &job.server_name, url, job.limit).await;
                         let _ = job.reply.send(answer);
+                        drop(permit);
                     });
                 }
                 actix_rt::Arbiter::current().stop();
@@ -398,7 +400,8 @@ impl FencedFetcher {
         path: &str,
         limit: usize,
     ) -> Result<Bytes, FetchError> {
-        if !self.resolver.operator_listed(server_name) {
+        let listed = self.resolver.operator_listed(server_name);
+        if !listed {
             let host = crate::identity::idcert::host_of(server_name);
             if let Ok(ip) = host.parse::<IpAddr>() {
                 if !is_public(ip) {
@@ -416,6 +419,7 @@ impl FencedFetcher {
             .try_send(FetchJob {
                 server_name: server_name.to_owned(),
                 path: path.to_owned(),
+                listed,
                 limit,
                 reply,
             })
@@ -450,15 +454,14 @@ async fn fetch(
             status: response.status(),
         });
     }
-    response
-        .body()
-        .limit(limit)
-        .await
-        .map_err(|e| FetchError::Body {
+    response.body().limit(limit).await.map_err(|e| match e {
+        awc::error::PayloadError::Overflow => FetchError::TooLarge { url, limit },
+        other => FetchError::Body {
             url,
             limit,
-            detail: e.to_string(),
-        })
+            detail: other.to_string(),
+        },
+    })
 }
 
 #[cfg(test)]

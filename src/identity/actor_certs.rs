@@ -56,6 +56,8 @@ pub enum IssueError {
     Build(#[from] super::idcert::IdCertError),
     #[error("four random serials in a row were taken")]
     NoFreeSerial,
+    #[error("the session ended")]
+    SessionEnded,
     #[error(transparent)]
     Append(#[from] AppendError),
     #[error(transparent)]
@@ -190,6 +192,9 @@ pub struct ActorCerts {
     lifetime_secs: i64,
     index: RwLock<Index>,
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Certificates read back for questions about the past, kept a minute so that their
+    /// signed windows are shared too.
+    past: moka::sync::Cache<i64, Arc<IssuedActorCert>>,
 }
 
 impl ActorCerts {
@@ -211,6 +216,10 @@ impl ActorCerts {
             lifetime_secs: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX),
             index: RwLock::new(index),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            past: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(std::time::Duration::from_secs(60))
+                .build(),
         })
     }
 
@@ -227,6 +236,11 @@ impl ActorCerts {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         session_id.hash(&mut hasher);
         &self.stripes[(hasher.finish() as usize) % self.stripes.len()]
+    }
+
+    /// Holds off any issuance for `session_id` (a session ending takes it).
+    pub async fn lock(&self, session_id: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.stripe(session_id).lock().await
     }
 
     /// The valid certificate of `session_id` at `now`, if it has one.
@@ -281,6 +295,17 @@ impl ActorCerts {
         out
     }
 
+    /// A certificate of the projection (a question about the past), shared for a minute.
+    pub fn past(&self, row: entities::actor_idcerts::Model) -> Option<Arc<IssuedActorCert>> {
+        if let Some(cert) = self.past.get(&row.serial) {
+            return Some(cert);
+        }
+        let serial = row.serial;
+        let cert = Arc::new(IssuedActorCert::from_row(row)?);
+        self.past.insert(serial, cert.clone());
+        Some(cert)
+    }
+
     /// Drops certificates that expired before `now` from memory (the projection keeps them).
     pub fn prune(&self, now: i64) {
         let mut index = self.write();
@@ -293,7 +318,8 @@ impl ActorCerts {
 
     /// Issues a certificate from `csr_pem` for the local session `session_id` of `fid`.
     /// `renewal` runs only when the session already holds a valid certificate (the
-    /// sensitive-action check); the old one is invalidated in the same append.
+    /// sensitive-action check); the old one is invalidated in the same append. `live` is
+    /// asked under the session's lock: a session that ended meanwhile gets nothing.
     #[allow(clippy::too_many_arguments)]
     pub async fn issue(
         &self,
@@ -304,11 +330,15 @@ impl ActorCerts {
         session_id: &str,
         csr_pem: &str,
         now: i64,
+        live: impl FnOnce() -> bool,
         renewal: impl AsyncFnOnce() -> Result<(), super::IdentityError>,
     ) -> Result<Arc<IssuedActorCert>, IssueError> {
         let csr = csr::parse(csr_pem)?;
         let usage = csr.for_actor(fid, session_id)?;
-        let _one_at_a_time = self.stripe(session_id).lock().await;
+        let _one_at_a_time = self.lock(session_id).await;
+        if !live() {
+            return Err(IssueError::SessionEnded);
+        }
         let previous = self.of_session(session_id, now);
         if previous.is_some() {
             renewal().await.map_err(IssueError::Renewal)?;
@@ -416,7 +446,8 @@ impl ActorCerts {
             .flatten()
             .find(|c| c.serial == serial)
             .cloned();
-        if let Some(cert) = found {
+        // The first invalidation is the one the log keeps.
+        if let Some(cert) = found.filter(|c| c.invalidated_at.is_none()) {
             index.insert(Arc::new(cert.invalidated(at)));
         }
     }

@@ -371,6 +371,13 @@ pub fn subject_fid(pem: &str) -> Option<String> {
         .map(|(fid, _)| fid)
 }
 
+/// The notBefore of a PEM certificate (unix seconds), unchecked: to ask for the root of its
+/// issue time.
+pub fn not_before(pem: &str) -> Option<i64> {
+    let cert = Certificate::from_pem(pem.trim()).ok()?;
+    Some(validity(&cert).0)
+}
+
 /// The subject key of a certificate we issued ourselves (read back from the log, so not
 /// checked again).
 pub fn subject_key(pem: &str) -> Option<VerifyingKey> {

@@ -4,19 +4,24 @@
 //!
 //! ```text
 //!  actor_cert(fid, serial, at)
-//!    negative cache: the home failed lately ─▶ Unreachable (503) / Fenced (403), no fetch
-//!    entries of fid (moka, one fetch in flight per actor):
+//!    entries of fid: cached (moka, weighed in bytes), else fetched, one fetch in flight per
+//!    actor, unless the home (or this very answer) failed lately:
 //!      GET <home>/.p2/core/v1/idcert/actor/<fid>   (FencedFetcher: public addresses only)
-//!      each entry: chain to the home's root (GET <home>/.p2/core/v1/idcert/server, cached,
-//!      refetched once when a signature fails; the root at the certificate's issue time when
-//!      the current one did not sign it), the actor profile, the fid asked, the cache
-//!      signature by the home's current key
+//!      each entry (at most 256): chained to the home's root (GET …/idcert/server, cached,
+//!      refetched at most once a minute when a cache signature fails; at most one root of an
+//!      earlier time per answer, for certificates issued before a rotation), the actor
+//!      profile, the fid asked, the cache signature by the home's current key
 //!    the entry of `serial`, its window open now (else refetch once), not invalidated, the
 //!    certificate valid at `at`
 //! ```
-//! An entry whose window has closed is never used: the next use refetches. Fetch failures
-//! are remembered (10 s, doubling to 10 min) so that no name makes this server fetch in a
-//! loop.
+//! An entry whose window has closed is never used: the next use refetches. A window that
+//! opens a little in our future (the home's clock runs ahead) is accepted within the replay
+//! window. What a home answers decides only when it is an answer about the certificate (404,
+//! an invalidation, a bad signature, an answer over the size limit): those are
+//! [`ForeignError::Untrusted`]. Anything that may pass (no connection, a timeout, 5xx, 429,
+//! a redirect, an unreadable answer) is [`ForeignError::Unreachable`]: the caller answers 503
+//! and nothing ends. Failures are remembered (10 s, doubling to 10 min), per home or per
+//! answer, so that no request makes this server fetch in a loop.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,8 +37,13 @@ use crate::core::event::{is_decimal_serial, NewEvent};
 use crate::core::ids;
 use crate::federation::client::{FencedFetcher, FetchError};
 
-/// Largest answer read from a home server.
-const MAX_ANSWER_BYTES: usize = 256 * 1024;
+/// Largest answer read from a home server (an actor with many sessions has a certificate per
+/// session, about 1.3 KB each in an answer).
+const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+/// Entries of one answer that are checked; the rest are left out.
+const MAX_ENTRIES: usize = 256;
+/// Bytes of answers kept in the cache of actors' entries.
+const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// At most one forced refetch of a home's root per this time.
@@ -45,13 +55,11 @@ const ENTRIES_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Why another server's actor certificate is not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForeignError {
-    /// The home server cannot be reached (now, or lately): try again later.
+    /// The home server cannot be asked now (or failed lately): try again later.
     #[error("{home} cannot be reached to check the certificate; retry in {retry_after} s")]
     Unreachable { home: String, retry_after: u64 },
-    /// This server does not fetch from that name (a non-public address).
-    #[error("{0}")]
-    Fenced(String),
-    /// The certificate is not trusted: unknown, invalidated, expired, badly signed.
+    /// The certificate is not trusted: unknown, invalidated, expired, badly signed, or its
+    /// home is at an address this server does not fetch from.
     #[error("{0}")]
     Untrusted(String),
 }
@@ -75,29 +83,32 @@ impl ForeignEntry {
 #[derive(Debug)]
 struct ActorEntries {
     entries: Vec<ForeignEntry>,
+    /// The answer's size, for the cache's weigher.
+    bytes: u32,
 }
 
-/// A home server's root ID-Certs we have checked: the current one, and older ones by the
-/// time they were asked for.
-#[derive(Debug)]
-struct HomeRoot {
-    root: RootCert,
-}
-
+/// A home (or one of its answers) that failed lately, and what its callers get meanwhile.
 struct Negative {
     until: Instant,
     backoff: Duration,
-    fenced: Option<String>,
+    error: ForeignError,
+}
+
+/// The roots of earlier times fetched while checking one answer: at most one fetch each.
+#[derive(Default)]
+struct PastRoots {
+    roots: Vec<RootCert>,
+    fetched: bool,
 }
 
 pub struct ForeignCerts {
     clock: Arc<Clock>,
     fetcher: FencedFetcher,
+    /// How far in our future a window may open (the home's clock may run ahead), seconds.
+    skew: i64,
     /// `identity_home_fetches_total`, by result.
     fetches: prometheus::IntCounterVec,
-    roots: moka::future::Cache<String, Arc<HomeRoot>>,
-    /// Roots valid at a past time, by `(home, unix seconds)`.
-    past_roots: moka::sync::Cache<(String, i64), Arc<HomeRoot>>,
+    roots: moka::future::Cache<String, Arc<RootCert>>,
     actors: moka::future::Cache<String, Arc<ActorEntries>>,
     negative: moka::sync::Cache<String, Arc<Negative>>,
     root_refetched: moka::sync::Cache<String, ()>,
@@ -109,22 +120,21 @@ impl ForeignCerts {
     pub fn new(
         clock: Arc<Clock>,
         fetcher: FencedFetcher,
+        skew: Duration,
         fetches: prometheus::IntCounterVec,
     ) -> ForeignCerts {
         ForeignCerts {
             clock,
             fetcher,
+            skew: i64::try_from(skew.as_secs()).unwrap_or(300),
             fetches,
             roots: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(3600))
                 .build(),
-            past_roots: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(3600))
-                .build(),
             actors: moka::future::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(CACHE_BYTES)
+                .weigher(|_: &String, entries: &Arc<ActorEntries>| entries.bytes)
                 .time_to_live(ENTRIES_LIFETIME)
                 .build(),
             negative: moka::sync::Cache::builder()
@@ -144,117 +154,144 @@ impl ForeignCerts {
         self.fetcher.fetches()
     }
 
-    fn refused_lately(&self, home: &str) -> Result<(), ForeignError> {
-        if let Some(negative) = self.negative.get(home) {
+    /// Whether a window can be used at `now`: open, or opening within the allowed skew.
+    fn usable(&self, window: &CacheWindow, now: i64) -> bool {
+        window.not_before - self.skew <= now && now < window.not_after
+    }
+
+    /// The error `key` (a home, or a home and a path) failed with lately, if it did.
+    fn refused_lately(&self, key: &str) -> Result<(), ForeignError> {
+        if let Some(negative) = self.negative.get(key) {
             let now = Instant::now();
             if now < negative.until {
-                return Err(match &negative.fenced {
-                    Some(detail) => ForeignError::Fenced(detail.clone()),
-                    None => ForeignError::Unreachable {
-                        home: home.to_owned(),
+                return Err(match &negative.error {
+                    ForeignError::Unreachable { home, .. } => ForeignError::Unreachable {
+                        home: home.clone(),
                         retry_after: negative.until.duration_since(now).as_secs().max(1),
                     },
+                    other => other.clone(),
                 });
             }
         }
         Ok(())
     }
 
-    /// Remembers that `home` failed, and answers the error its callers get.
-    fn failed(&self, home: &str, error: FetchError) -> ForeignError {
+    /// Remembers that `key` failed with `error` (10 s, doubling to 10 min) and answers it.
+    fn remember(&self, key: &str, error: ForeignError) -> ForeignError {
         let backoff = self
             .negative
-            .get(home)
+            .get(key)
             .map_or(FIRST_BACKOFF, |n| (n.backoff * 2).min(MAX_BACKOFF));
-        let fenced = match &error {
-            FetchError::Fenced { detail, .. } => {
-                Some(format!("this server does not fetch from {home}: {detail}"))
-            }
-            _ => None,
+        let error = match error {
+            ForeignError::Unreachable { home, .. } => ForeignError::Unreachable {
+                home,
+                retry_after: backoff.as_secs(),
+            },
+            other => other,
         };
-        tracing::info!(%home, %error, backoff_s = backoff.as_secs(), "a home server could not be fetched from");
+        tracing::info!(%key, %error, backoff_s = backoff.as_secs(), "a home server's answer could not be used");
         self.negative.insert(
-            home.to_owned(),
+            key.to_owned(),
             Arc::new(Negative {
                 until: Instant::now() + backoff,
                 backoff,
-                fenced: fenced.clone(),
+                error: error.clone(),
             }),
         );
-        match fenced {
-            Some(detail) => ForeignError::Fenced(detail),
-            None => ForeignError::Unreachable {
-                home: home.to_owned(),
-                retry_after: backoff.as_secs(),
-            },
-        }
+        error
     }
 
-    /// `GET <home><path>`: a 404 or another refusal is the home's answer (the certificate is
-    /// not trusted); anything else that fails is the home being unreachable.
+    /// An answer of `home` that cannot be read: treated like the home being unreachable.
+    fn unreadable(&self, home: &str, what: &str) -> ForeignError {
+        tracing::info!(%home, what, "a home server's answer is unreadable");
+        self.remember(
+            home,
+            ForeignError::Unreachable {
+                home: home.to_owned(),
+                retry_after: 0,
+            },
+        )
+    }
+
+    /// `GET <home><path>`, classified (see the module doc).
     async fn get(&self, home: &str, path: &str) -> Result<Vec<u8>, ForeignError> {
+        let answer_key = format!("{home}{path}");
         self.refused_lately(home)?;
+        self.refused_lately(&answer_key)?;
         let answer = self.fetcher.get(home, path, MAX_ANSWER_BYTES).await;
-        let result = match &answer {
-            Ok(_) => "ok",
-            Err(FetchError::Status { status, .. }) if status.is_client_error() => "untrusted",
-            Err(FetchError::Fenced { .. }) => "refused",
-            Err(_) => "unreachable",
+        let unreachable = || ForeignError::Unreachable {
+            home: home.to_owned(),
+            retry_after: 0,
         };
-        self.fetches.with_label_values(&[result]).inc();
-        match answer {
+        let (result, outcome) = match answer {
             Ok(body) => {
                 self.negative.invalidate(home);
-                Ok(body.to_vec())
+                ("ok", Ok(body.to_vec()))
             }
-            Err(FetchError::Status { url, status }) if status.is_client_error() => {
-                Err(ForeignError::Untrusted(format!("{url} answered {status}")))
+            Err(FetchError::Status { url, status }) if matches!(status.as_u16(), 404 | 410) => (
+                "untrusted",
+                Err(self.remember(
+                    &answer_key,
+                    ForeignError::Untrusted(format!("{url} answered {status}")),
+                )),
+            ),
+            Err(error @ FetchError::TooLarge { .. }) => (
+                "untrusted",
+                Err(self.remember(&answer_key, ForeignError::Untrusted(error.to_string()))),
+            ),
+            Err(FetchError::Fenced { detail, .. }) => (
+                "refused",
+                Err(self.remember(
+                    home,
+                    ForeignError::Untrusted(format!(
+                        "this server does not fetch from {home}: {detail}"
+                    )),
+                )),
+            ),
+            Err(FetchError::Busy) => (
+                "unreachable",
+                Err(ForeignError::Unreachable {
+                    home: home.to_owned(),
+                    retry_after: 1,
+                }),
+            ),
+            Err(error) => {
+                tracing::debug!(%home, %error, "a fetch from a home server failed");
+                ("unreachable", Err(self.remember(home, unreachable())))
             }
-            Err(FetchError::Busy) => Err(ForeignError::Unreachable {
-                home: home.to_owned(),
-                retry_after: 1,
-            }),
-            Err(error) => Err(self.failed(home, error)),
-        }
+        };
+        self.fetches.with_label_values(&[result]).inc();
+        outcome
+    }
+
+    /// A root ID-Cert of `home` from `path`, checked at `at`.
+    async fn fetch_root(&self, home: &str, path: &str, at: i64) -> Result<RootCert, ForeignError> {
+        let body = self.get(home, path).await?;
+        let pem = String::from_utf8(body).map_err(|_| self.unreadable(home, "a root"))?;
+        check_root(&pem, home, at).map_err(|e| {
+            self.remember(
+                &format!("{home}{path}"),
+                ForeignError::Untrusted(format!("{home}'s root ID-Cert: {e}")),
+            )
+        })
     }
 
     /// The home's current root, checked (cached; one fetch in flight per home).
-    async fn root(&self, home: &str) -> Result<Arc<HomeRoot>, ForeignError> {
+    async fn root(&self, home: &str) -> Result<Arc<RootCert>, ForeignError> {
         let now = self.clock.now_secs();
         let cached = self.roots.get(home).await;
-        if let Some(root) = cached.filter(|r| r.root.not_before <= now && now <= r.root.not_after) {
+        if let Some(root) = cached.filter(|r| r.not_before <= now && now <= r.not_after) {
             return Ok(root);
         }
         self.roots.invalidate(home).await;
         self.roots
             .try_get_with(home.to_owned(), async {
-                let body = self.get(home, "/.p2/core/v1/idcert/server").await?;
-                let pem = String::from_utf8(body)
-                    .map_err(|_| ForeignError::Untrusted(format!("{home}'s root is not text")))?;
-                let root = check_root(&pem, home, now)
-                    .map_err(|e| ForeignError::Untrusted(format!("{home}'s root ID-Cert: {e}")))?;
-                Ok(Arc::new(HomeRoot { root }))
+                self.fetch_root(home, "/.p2/core/v1/idcert/server", now)
+                    .await
+                    .map(Arc::new)
             })
             .await
             .map_err(|e: Arc<ForeignError>| (*e).clone())
-    }
-
-    /// The home's root that was valid at `at` (unix seconds).
-    async fn root_at(&self, home: &str, at: i64) -> Result<Arc<HomeRoot>, ForeignError> {
-        let key = (home.to_owned(), at);
-        if let Some(root) = self.past_roots.get(&key) {
-            return Ok(root);
-        }
-        let body = self
-            .get(home, &format!("/.p2/core/v1/idcert/server?timestamp={at}"))
-            .await?;
-        let pem = String::from_utf8(body)
-            .map_err(|_| ForeignError::Untrusted(format!("{home}'s root is not text")))?;
-        let root = check_root(&pem, home, at)
-            .map_err(|e| ForeignError::Untrusted(format!("{home}'s root ID-Cert: {e}")))?;
-        let root = Arc::new(HomeRoot { root });
-        self.past_roots.insert(key, root.clone());
-        Ok(root)
     }
 
     /// Drops the cached current root of `home`, at most once a minute.
@@ -267,15 +304,16 @@ impl ForeignCerts {
         true
     }
 
-    /// Checks one entry of `fid`'s answer: the certificate chains to the home's root (the
-    /// one of its issue time if the current one did not sign it), names `fid`, and the cache
-    /// window is signed by the home's current key.
+    /// Checks one entry of `fid`'s answer: the certificate chains to the home's root (or to
+    /// a root of its issue time: at most one such fetch per answer), names `fid`, and the
+    /// cache window is signed by the home's current key.
     async fn check_entry(
         &self,
         home: &str,
         fid: &str,
         raw: &Value,
         current: &RootCert,
+        past: &mut PastRoots,
     ) -> Result<ForeignEntry, ForeignError> {
         let untrusted = |m: String| ForeignError::Untrusted(m);
         let text = |key: &str| raw.get(key).and_then(Value::as_str);
@@ -295,18 +333,25 @@ impl ForeignCerts {
                 .ok_or_else(|| untrusted("an entry has no cache signature".into()))?
                 .to_owned(),
         };
-        // Chain first with the current root; then with the root of the issue time.
-        let peek = super::checker::subject_key(pem)
-            .and_then(|_| x509_not_before(pem))
+        let issued = super::checker::not_before(pem)
             .ok_or_else(|| untrusted("an entry's id_cert is not a certificate".into()))?;
-        let cert = match check_actor(pem, current, peek) {
-            Ok(cert) => cert,
-            Err(first) => {
-                let past = self.root_at(home, peek).await?;
-                check_actor(pem, &past.root, peek)
-                    .map_err(|_| untrusted(format!("{fid}'s certificate {serial}: {first}")))?
-            }
-        };
+        let mut checked = check_actor(pem, current, issued);
+        if checked.is_err() {
+            checked = past
+                .roots
+                .iter()
+                .map(|root| check_actor(pem, root, issued))
+                .find(Result::is_ok)
+                .unwrap_or(checked);
+        }
+        if checked.is_err() && !past.fetched {
+            past.fetched = true;
+            let path = format!("/.p2/core/v1/idcert/server?timestamp={issued}");
+            let root = self.fetch_root(home, &path, issued).await?;
+            checked = check_actor(pem, &root, issued).or(checked);
+            past.roots.push(root);
+        }
+        let cert = checked.map_err(|e| untrusted(format!("{fid}'s certificate {serial}: {e}")))?;
         if cert.fid != fid {
             return Err(untrusted(format!(
                 "{home} answered a certificate of {} for {fid}",
@@ -333,14 +378,18 @@ impl ForeignCerts {
         let body = self
             .get(home, &format!("/.p2/core/v1/idcert/actor/{fid}"))
             .await?;
-        let answer: Vec<Value> = serde_json::from_slice(&body).map_err(|_| {
-            ForeignError::Untrusted(format!("{home} did not answer a list of certificates"))
-        })?;
+        let bytes = u32::try_from(body.len()).unwrap_or(u32::MAX);
+        let answer: Vec<Value> = serde_json::from_slice(&body)
+            .map_err(|_| self.unreadable(home, "a list of certificates"))?;
+        if answer.len() > MAX_ENTRIES {
+            tracing::info!(%fid, entries = answer.len(), "an actor's home answered more certificates than are checked");
+        }
         let mut root = self.root(home).await?;
+        let mut past = PastRoots::default();
         let mut entries = Vec::new();
         let mut retried = false;
-        for raw in answer.iter().take(1000) {
-            match self.check_entry(home, fid, raw, &root.root).await {
+        for raw in answer.iter().take(MAX_ENTRIES) {
+            match self.check_entry(home, fid, raw, &root, &mut past).await {
                 Ok(entry) => entries.push(entry),
                 // A cache signature by a key we do not hold yet: the home may have rotated.
                 Err(ForeignError::Untrusted(reason))
@@ -349,7 +398,7 @@ impl ForeignCerts {
                     tracing::debug!(%fid, %reason, "refetching the home's root once");
                     retried = true;
                     root = self.root(home).await?;
-                    if let Ok(entry) = self.check_entry(home, fid, raw, &root.root).await {
+                    if let Ok(entry) = self.check_entry(home, fid, raw, &root, &mut past).await {
                         entries.push(entry);
                     }
                 }
@@ -359,7 +408,7 @@ impl ForeignCerts {
                 Err(other) => return Err(other),
             }
         }
-        Ok(ActorEntries { entries })
+        Ok(ActorEntries { entries, bytes })
     }
 
     /// `fid`'s entries: cached, else fetched (one fetch in flight per actor). `fresh` drops
@@ -369,6 +418,8 @@ impl ForeignCerts {
             .ok_or_else(|| ForeignError::Untrusted(format!("{fid:?} is not a federation id")))?;
         if fresh {
             self.actors.invalidate(fid).await;
+        } else if let Some(entries) = self.actors.get(fid).await {
+            return Ok(entries);
         }
         self.refused_lately(home)?;
         self.actors
@@ -379,9 +430,14 @@ impl ForeignCerts {
             .map_err(|e: Arc<ForeignError>| (*e).clone())
     }
 
-    /// The certificate `serial` of `fid`, trusted now: its entry's window is open, it is not
-    /// invalidated at or before `signed_at` (any invalidation when `None`), and it is valid
-    /// at `at` (unix seconds).
+    /// Whether entries of `fid` are held in memory.
+    pub fn holds(&self, fid: &str) -> bool {
+        self.actors.contains_key(fid)
+    }
+
+    /// The certificate `serial` of `fid`, trusted now: its entry's window is usable, it is
+    /// not invalidated at or before `signed_at` (any invalidation when `None`), and it is
+    /// valid at `at` (unix seconds).
     pub async fn actor_cert(
         &self,
         fid: &str,
@@ -399,7 +455,7 @@ impl ForeignCerts {
                 .find(|e| e.cert.serial == serial)
                 .cloned();
             match found {
-                Some(entry) if entry.window.open_at(now) => break entry,
+                Some(entry) if self.usable(&entry.window, now) => break entry,
                 // Past its window, or unknown to a list fetched earlier: ask the home again.
                 _ if !fresh => fresh = true,
                 Some(_) => {
@@ -431,21 +487,27 @@ impl ForeignCerts {
     }
 
     /// Checks a certificate a client hands over (`PUT …/session/idcert/extern`): it must
-    /// chain to its home's root and be one its home answers for the actor now.
+    /// chain to its home's root and be the one its home answers for the actor now.
     pub async fn presented(&self, pem: &str) -> Result<ForeignEntry, ForeignError> {
         let now = self.clock.now_secs();
-        let fid = super::checker::subject_fid(pem)
-            .ok_or_else(|| ForeignError::Untrusted("the body is not an actor ID-Cert".into()))?;
-        let (_, home) = ids::parse_fid(&fid)
-            .ok_or_else(|| ForeignError::Untrusted("the body is not an actor ID-Cert".into()))?;
+        let not_one = || ForeignError::Untrusted("the body is not an actor ID-Cert".into());
+        let fid = super::checker::subject_fid(pem).ok_or_else(not_one)?;
+        let (_, home) = ids::parse_fid(&fid).ok_or_else(not_one)?;
         let root = self.root(home).await?;
-        let cert = check_actor(pem, &root.root, now)
-            .map_err(|e| ForeignError::Untrusted(e.to_string()))?;
-        self.actor_cert(&cert.fid, &cert.serial, now, None).await
+        let cert =
+            check_actor(pem, &root, now).map_err(|e| ForeignError::Untrusted(e.to_string()))?;
+        let entry = self.actor_cert(&cert.fid, &cert.serial, now, None).await?;
+        if entry.cert.fingerprint != cert.fingerprint {
+            return Err(ForeignError::Untrusted(format!(
+                "{fid}'s home answers another key for certificate {}",
+                cert.serial
+            )));
+        }
+        Ok(entry)
     }
 
-    /// The entries of `fid` we hold from its home (fetched if needed), unchanged, whose window
-    /// is open now, filtered like our own answers.
+    /// The entries of `fid` we hold from its home (refetched once their windows close),
+    /// unchanged, whose window is open now, filtered like our own answers.
     pub async fn answer(
         &self,
         fid: &str,
@@ -454,13 +516,13 @@ impl ForeignCerts {
     ) -> Result<Vec<Value>, ForeignError> {
         let now = self.clock.now_secs();
         let mut entries = self.entries(fid, false).await?;
-        if entries.entries.iter().any(|e| !e.window.open_at(now)) {
+        if entries.entries.iter().any(|e| !self.usable(&e.window, now)) {
             entries = self.entries(fid, true).await?;
         }
         Ok(entries
             .entries
             .iter()
-            .filter(|e| e.window.open_at(now))
+            .filter(|e| self.usable(&e.window, now))
             .filter(|e| match at {
                 Some(at) => e.cert.valid_at(at),
                 None => e.cert.not_after >= now,
@@ -504,18 +566,4 @@ impl ForeignCerts {
         self.recorded
             .insert((entry.cert.fid.clone(), entry.cert.serial.clone()), ());
     }
-}
-
-/// The notBefore of a PEM certificate, unchecked (to pick the root of its issue time).
-fn x509_not_before(pem: &str) -> Option<i64> {
-    use x509_cert::der::DecodePem;
-    let cert = x509_cert::Certificate::from_pem(pem.trim()).ok()?;
-    i64::try_from(
-        cert.tbs_certificate
-            .validity
-            .not_before
-            .to_unix_duration()
-            .as_secs(),
-    )
-    .ok()
 }

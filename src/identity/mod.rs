@@ -132,6 +132,7 @@ impl Identity {
         let foreign = Arc::new(foreign::ForeignCerts::new(
             clock.clone(),
             crate::federation::client::FencedFetcher::start(&config.federation),
+            config.federation.replay_window,
             metrics.identity_home_fetches.clone(),
         ));
         let identity = Arc::new(Identity {

@@ -39,8 +39,19 @@ use crate::store::{EventLogHandle, Store};
 
 pub type Session = entities::sessions::Model;
 
-/// What a session's end must do outside the log: close its sockets, drop its cursor.
-pub type OnEnd = Box<dyn Fn(&Session) + Send + Sync>;
+/// Why a session's sockets close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// The session ended: its sockets close with 4003 and its cursor goes.
+    Ended,
+    /// A foreign session's certificate cannot be checked now (its window closed and its home
+    /// cannot be reached): its sockets close with a resumable code; the session stays.
+    Unverified,
+}
+
+/// What a session's end (or a foreign session that cannot be verified) must do outside the
+/// log: close its sockets, drop its cursor.
+pub type OnEnd = Box<dyn Fn(&Session, Closing) + Send + Sync>;
 
 /// A sign-in answer: `{"challenge", "fid", "serial", "signature"}`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -174,10 +185,17 @@ impl Sessions {
         Ok(session)
     }
 
+    /// Whether `session_id` has not been ended by this instance lately.
+    pub fn is_live(&self, session_id: &str) -> bool {
+        !self.ended.contains_key(session_id)
+    }
+
     /// Ends `session`: its token stops working at once (a lookup racing with the end cannot
     /// bring it back), its certificate (ours) is invalidated in the same append, and the
-    /// `on_end` hook closes its sockets.
+    /// `on_end` hook closes its sockets. Holds the session's issuance lock throughout, so a
+    /// certificate issued at the same moment is either invalidated here or refused.
     pub async fn end(&self, session: &Session, reason: EndReason) -> Result<(), IdentityError> {
+        let _no_issuance = self.actor_certs.lock(&session.session_id).await;
         let now = self.clock.now_secs();
         let mut events = vec![NewEvent {
             event_id: format!("session-end:{}", session.session_id),
@@ -198,7 +216,7 @@ impl Sessions {
         if let Some((serial, _)) = invalidated {
             self.actor_certs.invalidated(serial, now);
         }
-        (self.on_end)(session);
+        (self.on_end)(session, Closing::Ended);
         Ok(())
     }
 
@@ -221,7 +239,8 @@ impl Sessions {
         self.end(&target, EndReason::Deleted).await
     }
 
-    /// Signs an actor of another server in by key trial (DESIGN §4.3).
+    /// Signs an actor of another server in by key trial (DESIGN §4.3), in the contract's
+    /// order: the challenge, the fid, the certificate, the signature.
     pub async fn sign_in(
         &self,
         challenges: &Challenges,
@@ -232,33 +251,33 @@ impl Sessions {
         let (_, home) = ids::parse_fid(fid).ok_or_else(|| {
             IdentityError::InvalidParam(format!("{fid:?} is not a federation id (local@server)"))
         })?;
-        if home == self.server_name {
+        if home.eq_ignore_ascii_case(&self.server_name) {
             return Err(IdentityError::InvalidParam(format!(
                 "{fid} is an actor of this server: sign in with a password"
             )));
         }
         if !is_decimal_serial(&answer.serial) {
-            return Err(IdentityError::InvalidParam(
-                "serial must be the certificate's serial in decimal".into(),
-            ));
+            return Err(IdentityError::BadCert(format!(
+                "{fid} has no certificate {:?}: a serial is a positive decimal",
+                answer.serial
+            )));
         }
-        let signature: [u8; 64] = hex::decode(&answer.signature)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| {
-                IdentityError::InvalidParam(
-                    "signature must be hex of a 64-byte Ed25519 signature".into(),
-                )
-            })?;
         let now = self.clock.now_secs();
         let entry = self
             .foreign
             .actor_cert(fid, &answer.serial, now, None)
             .await
-            .map_err(|error| match error {
-                ForeignError::Untrusted(reason) => IdentityError::BadCert(reason),
-                other => home_unavailable(other),
-            })?;
+            .map_err(home_unavailable)?;
+        let bad_signature = || {
+            IdentityError::BadSignature(format!(
+                "the signature does not verify with the key of {fid}'s certificate {}",
+                answer.serial
+            ))
+        };
+        let signature: [u8; 64] = hex::decode(&answer.signature)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(bad_signature)?;
         let valid = self
             .verify(PendingCheck {
                 message: answer.challenge.as_bytes().to_vec(),
@@ -267,10 +286,7 @@ impl Sessions {
             })
             .await?;
         if !valid {
-            return Err(IdentityError::BadSignature(format!(
-                "the signature does not verify with the key of {fid}'s certificate {}",
-                answer.serial
-            )));
+            return Err(bad_signature());
         }
         let session_id = random_hex(16);
         let token = format!("sy_{}", random_hex(32));
@@ -395,14 +411,22 @@ impl Sessions {
             if self.ended.contains_key(&session.session_id) {
                 continue;
             }
-            if let Err(ForeignError::Untrusted(reason)) = self
+            match self
                 .foreign
                 .actor_cert(&session.fid, serial, now, None)
                 .await
             {
-                tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
-                if let Err(error) = self.end(&session, EndReason::CertificateUntrusted).await {
-                    tracing::warn!(%error, "cannot end a foreign session");
+                Ok(_) => {}
+                Err(ForeignError::Untrusted(reason)) => {
+                    tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
+                    if let Err(error) = self.end(&session, EndReason::CertificateUntrusted).await {
+                        tracing::warn!(%error, "cannot end a foreign session");
+                    }
+                }
+                // Past its window, and its home cannot say: its sockets stop receiving (a
+                // resumable close; reconnecting waits for the home, 503), the session stays.
+                Err(ForeignError::Unreachable { .. }) => {
+                    (self.on_end)(&session, Closing::Unverified);
                 }
             }
         }
@@ -438,14 +462,14 @@ impl Sessions {
     }
 }
 
-/// A home server that cannot be asked: 503 with `Retry-After` (a fenced name is refused).
+/// What a sign-in answers for a certificate that cannot be used: 401 `SY_BAD_CERT` when it is
+/// not trusted, 503 with `Retry-After` when its home cannot be asked.
 pub fn home_unavailable(error: ForeignError) -> IdentityError {
     match error {
         ForeignError::Unreachable { retry_after, .. } => IdentityError::HomeUnavailable {
             message: error.to_string(),
             retry_after,
         },
-        ForeignError::Fenced(reason) => IdentityError::Forbidden(reason),
         ForeignError::Untrusted(reason) => IdentityError::BadCert(reason),
     }
 }

@@ -444,6 +444,16 @@ impl Store {
             .await?)
     }
 
+    /// Whether another server's certificate of `fid` was ever accepted here.
+    pub async fn has_foreign_idcert(&self, fid: &str) -> Result<bool, StoreError> {
+        use entities::foreign_idcerts;
+        Ok(foreign_idcerts::Entity::find()
+            .filter(foreign_idcerts::Column::Fid.eq(fid))
+            .one(self.readers())
+            .await?
+            .is_some())
+    }
+
     /// The services of `fid` (of `service` when given), oldest first.
     pub async fn services(
         &self,

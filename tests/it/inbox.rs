@@ -830,6 +830,24 @@ async fn only_authors_edit_and_a_home_server_never_speaks_for_our_users() {
     for id in ["steal", "del", "ghost"] {
         assert_eq!(results[id]["errcode"], "SY_FORBIDDEN", "{id}: {answer}");
     }
+    // Reusing alice's message id in a new message does not make bob its author.
+    let (_, _, answer) = p
+        .send(&p.req(&json!({"events": [
+            relay("reuse", "a1", "bob's copy"),
+            edit("hijack", "a1", "bob was here"),
+        ]})))
+        .await;
+    assert_eq!(
+        answer["results"]["hijack"]["errcode"], "SY_FORBIDDEN",
+        "{answer}"
+    );
+    let kept =
+        p.a.store
+            .message("general@a.test", "a1")
+            .await
+            .expect("read")
+            .expect("alice's message");
+    assert_eq!(kept.body.as_deref(), Some("alice's"));
 
     // b.test's own channel: it cannot relay events of a.test's users, even with a member here.
     let mut invite = wire("inv", "channel.invite", json!({"invitee": "alice@a.test"}));

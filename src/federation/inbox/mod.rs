@@ -501,6 +501,7 @@ impl Inbox {
             };
             match checked {
                 Ok(prepared) => {
+                    seen.note(&prepared);
                     results.insert(id.to_owned(), Value::Null);
                     accepted.push(prepared);
                 }
@@ -778,13 +779,16 @@ impl Inbox {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             let message_key = (channel.to_owned(), message_id.to_owned());
-            let author = match seen.messages.get(&message_key) {
-                Some(author) => Some(author.clone()),
-                None => self
-                    .store
-                    .message_sender(channel, message_id)
-                    .await
-                    .map_err(unavailable)?,
+            // The stored message first: a `message.new` earlier in this request reusing an
+            // existing id does not make its sender the author.
+            let author = match self
+                .store
+                .message_sender(channel, message_id)
+                .await
+                .map_err(unavailable)?
+            {
+                Some(author) => Some(author),
+                None => seen.messages.get(&message_key).cloned(),
             };
             match author {
                 Some(Some(author)) if author == sender => {}
@@ -792,32 +796,6 @@ impl Inbox {
                 None => {
                     return forbidden(format!("{message_id} is not a live message of {channel}"))
                 }
-            }
-        }
-        for op in projection::derive(
-            event.event_type,
-            event.sender.as_deref(),
-            event.channel.as_deref(),
-            event.origin_ts,
-            &event.content,
-        ) {
-            match op {
-                ProjectionOp::SetMembership {
-                    channel,
-                    fid,
-                    state,
-                } => {
-                    seen.members.insert((channel, fid), Some(state));
-                }
-                ProjectionOp::InsertMessage {
-                    channel,
-                    message_id,
-                    sender,
-                    ..
-                } => {
-                    seen.messages.entry((channel, message_id)).or_insert(sender);
-                }
-                _ => {}
             }
         }
         Ok(Ok(()))
@@ -832,6 +810,38 @@ struct RequestView {
     messages: HashMap<(String, String), Option<String>>,
     /// Channels homed elsewhere that one of our users is invited to in this request.
     local_member: std::collections::HashSet<String>,
+}
+
+impl RequestView {
+    /// Notes what `event`, accepted, changes (only once every check of it has passed).
+    fn note(&mut self, event: &PreparedEvent) {
+        for op in projection::derive(
+            event.event_type,
+            event.sender.as_deref(),
+            event.channel.as_deref(),
+            event.origin_ts,
+            &event.content,
+        ) {
+            match op {
+                ProjectionOp::SetMembership {
+                    channel,
+                    fid,
+                    state,
+                } => {
+                    self.members.insert((channel, fid), Some(state));
+                }
+                ProjectionOp::InsertMessage {
+                    channel,
+                    message_id,
+                    sender,
+                    ..
+                } => {
+                    self.messages.entry((channel, message_id)).or_insert(sender);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 fn is_membership(kind: EventType) -> bool {

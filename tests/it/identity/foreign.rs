@@ -414,7 +414,7 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
             alice.fid.clone(),
             "x1".into(),
             key.clone(),
-            refused(400, "SY_INVALID_PARAM"),
+            refused(401, "SY_BAD_CERT"),
         ),
         (
             "an unknown serial",
@@ -676,9 +676,16 @@ async fn fetches_a_client_triggers_reach_only_public_addresses_unless_listed() {
         let (status, body, _) = sign_in(&b, &fid, "1", &key, &challenge(&b).await).await;
         assert_eq!(
             (status, body["errcode"].as_str()),
-            (403, Some("SY_FORBIDDEN")),
+            (401, Some("SY_BAD_CERT")),
             "{fid}: {body}"
         );
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not a public address")),
+            "{body}"
+        );
+        // An anonymous question about an actor we hold nothing of fetches nothing.
         let (status, body) = call(
             &b,
             "GET",
@@ -689,7 +696,7 @@ async fn fetches_a_client_triggers_reach_only_public_addresses_unless_listed() {
         .await;
         assert_eq!(
             (status, body["errcode"].as_str()),
-            (403, Some("SY_FORBIDDEN")),
+            (404, Some("SY_NOT_FOUND")),
             "{fid}: {body}"
         );
     }
@@ -698,4 +705,52 @@ async fn fetches_a_client_triggers_reach_only_public_addresses_unless_listed() {
         "no connection was made"
     );
     assert_eq!(head(&b).await, before);
+}
+
+#[actix_web::test]
+async fn a_home_that_redirects_is_not_followed() {
+    // A listed home that answers every question with a redirect to another local port.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    trap.set_nonblocking(true).expect("nonblocking");
+    let trap_port = trap.local_addr().expect("addr").port();
+    let home = actix_web::HttpServer::new(move || {
+        actix_web::App::new().default_service(actix_web::web::to(move || async move {
+            actix_web::HttpResponse::Found()
+                .insert_header(("Location", format!("http://127.0.0.1:{trap_port}/")))
+                .finish()
+        }))
+    })
+    .workers(1)
+    .bind("127.0.0.1:0")
+    .expect("bind");
+    let home_port = home.addrs()[0].port();
+    let home = home.run();
+    let handle = home.handle();
+    actix_web::rt::spawn(home);
+    let b = instance(
+        "b.test",
+        free_port(),
+        &[("redirect.test", home_port)],
+        |_| {},
+    )
+    .await;
+    let (status, body, retry_after) = sign_in(
+        &b,
+        "x@redirect.test",
+        "1",
+        &actor_key(),
+        &challenge(&b).await,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (503, Some("SY_UNAVAILABLE")),
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    assert!(
+        matches!(trap.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the redirect was not followed"
+    );
+    handle.stop(false).await;
 }
