@@ -101,6 +101,15 @@ fn local_session(session: &Session, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The sensitive-action check of `fid` with the request's `X-P2-Sensitive-Solution`.
+async fn confirm(state: &AppState, fid: &str, solution: Option<&str>) -> Result<(), IdentityError> {
+    state
+        .identity
+        .sensitive
+        .check(&state.hashers, &state.store, fid, solution)
+        .await
+}
+
 fn sensitive_solution(req: &HttpRequest) -> Option<String> {
     req.headers()
         .get("X-P2-Sensitive-Solution")
@@ -136,17 +145,7 @@ pub async fn issue(
             &csr,
             now,
             || identity.sessions.is_live(&session.session_id),
-            async || {
-                identity
-                    .sensitive
-                    .check(
-                        &state.hashers,
-                        &state.store,
-                        &session.fid,
-                        solution.as_deref(),
-                    )
-                    .await
-            },
+            async || confirm(&state, &session.fid, solution.as_deref()).await,
         )
         .await
         .map_err(|error| match error {
@@ -454,17 +453,7 @@ pub async fn add_service(
             &service.service,
             &service.url,
             service.primary,
-            async || {
-                identity
-                    .sensitive
-                    .check(
-                        &state.hashers,
-                        &state.store,
-                        &session.fid,
-                        solution.as_deref(),
-                    )
-                    .await
-            },
+            async || confirm(&state, &session.fid, solution.as_deref()).await,
         )
         .await?;
     Ok(HttpResponse::Created().json(added))
@@ -495,15 +484,7 @@ pub async fn remove_service(
     let removed = identity
         .services
         .remove(&session.fid, &query.name, &query.url, async || {
-            identity
-                .sensitive
-                .check(
-                    &state.hashers,
-                    &state.store,
-                    &session.fid,
-                    solution.as_deref(),
-                )
-                .await
+            confirm(&state, &session.fid, solution.as_deref()).await
         })
         .await?;
     Ok(HttpResponse::Ok().json([removed]))
@@ -522,15 +503,7 @@ pub async fn set_primary(
     let changed = identity
         .services
         .set_primary(&session.fid, &body.name, &body.url, async || {
-            identity
-                .sensitive
-                .check(
-                    &state.hashers,
-                    &state.store,
-                    &session.fid,
-                    solution.as_deref(),
-                )
-                .await
+            confirm(&state, &session.fid, solution.as_deref()).await
         })
         .await?;
     Ok(HttpResponse::Ok().json(changed))

@@ -148,7 +148,7 @@ pub async fn check_from_client(
 /// What the inbox decides about one relayed event.
 pub enum RelayVerdict {
     /// Unsigned, or signed and verified; the other server's certificate it was checked with.
-    Accept(Option<ForeignEntry>),
+    Accept(Option<Box<ForeignEntry>>),
     /// Rejected with `SY_BAD_SIGNATURE` for this reason.
     Reject(String),
 }
@@ -217,7 +217,7 @@ pub async fn check_relayed(
             .actor_cert(sender, &signed.serial, signed_at, Some(signed_at))
             .await
         {
-            Ok(entry) => (entry.cert.key, Some(entry)),
+            Ok(entry) => (entry.cert.key, Some(Box::new(entry))),
             Err(ForeignError::Unreachable { home, retry_after }) => {
                 return Err(IdentityError::HomeUnavailable {
                     message: format!(

@@ -779,8 +779,8 @@ impl Bench {
         ))
     }
 
-    /// 4. The certificate route (an actor with one certificate, as most have) against the
-    /// cheapest route of the same server.
+    /// 4. The certificate route (an actor with one certificate, as most have) against
+    ///    the cheapest route of the same server.
     async fn route(&self) -> anyhow::Result<String> {
         let args = &self.args;
         let reader = certified_user(&self.client, &self.home, "reader").await?;

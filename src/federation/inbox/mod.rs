@@ -648,7 +648,7 @@ impl Inbox {
                     .iter()
                     .any(|e| e.cert.fid == entry.cert.fid && e.cert.serial == entry.cert.serial)
                 {
-                    certificates.push(entry);
+                    certificates.push(*entry);
                 }
                 Ok(())
             }

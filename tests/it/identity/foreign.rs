@@ -99,7 +99,8 @@ pub async fn sign_in(
 }
 
 /// The `signed` object of a message (DESIGN §4.4), its bytes made by an independent
-/// canonical JSON encoder (ruma).
+/// canonical JSON encoder (ruma). One argument per signed field, as the contract lists them.
+#[allow(clippy::too_many_arguments)]
 pub fn sign_message(
     key: &SigningKey,
     serial: &str,
@@ -394,7 +395,14 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
         (status, body["errcode"].as_str()),
         (401, Some("SY_BAD_CHALLENGE"))
     );
-    let cases: Vec<(&str, String, String, SigningKey, (u16, &str))> = vec![
+    type Case = (
+        &'static str,
+        String,
+        String,
+        SigningKey,
+        (u16, &'static str),
+    );
+    let cases: Vec<Case> = vec![
         (
             "a malformed fid",
             "not a fid".into(),
