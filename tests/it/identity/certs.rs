@@ -402,3 +402,118 @@ async fn every_refusal_of_an_issuance_has_its_errcode_and_writes_nothing() {
     .await;
     assert_eq!(status, 201, "{body}");
 }
+
+/// Runs `openssl` with `args` in `dir`; its stdout.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// OpenSSL 3 (another implementation) makes the key and the CSR, verifies the certificate
+/// chain we issue, and signs a message the server then accepts.
+#[actix_web::test]
+async fn openssl_makes_the_csr_verifies_the_chain_and_signs_a_message() {
+    let available = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("OpenSSL 3"));
+    if !available {
+        eprintln!(
+            "skipped: OpenSSL 3 is not installed (apt-get install openssl); .ci/run installs it"
+        );
+        return;
+    }
+    let app = spawn_app().await;
+    let alice = register(&app, "alice").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path();
+    openssl(
+        path,
+        &["genpkey", "-algorithm", "ed25519", "-out", "alice.key"],
+    );
+    let subject = format!(
+        "/DC=localhost/UID={}/CN=alice/0.9.2342.19200300.100.1.44={}",
+        alice.fid, alice.session_id
+    );
+    openssl(
+        path,
+        &[
+            "req",
+            "-new",
+            "-key",
+            "alice.key",
+            "-out",
+            "alice.csr",
+            "-subj",
+            &subject,
+            "-addext",
+            "keyUsage=critical,digitalSignature",
+        ],
+    );
+    let csr = std::fs::read_to_string(path.join("alice.csr")).expect("csr");
+    let (status, issued) = issue(&app, &alice.token, &csr, None).await;
+    assert_eq!(status, 201, "{issued}");
+    std::fs::write(
+        path.join("alice.pem"),
+        issued["id_cert"].as_str().expect("pem"),
+    )
+    .expect("write");
+    let mut res = awc::Client::default()
+        .get(format!("{}/.p2/core/v1/idcert/server", app.address))
+        .send()
+        .await
+        .expect("root");
+    std::fs::write(path.join("root.pem"), res.body().await.expect("body")).expect("write");
+    let verified = openssl(path, &["verify", "-CAfile", "root.pem", "alice.pem"]);
+    assert_eq!(String::from_utf8_lossy(&verified).trim(), "alice.pem: OK");
+
+    // A message signed by OpenSSL over the canonical JSON of DESIGN §4.4.
+    let (status, created) = call(
+        &app,
+        "POST",
+        "/api/v1/channels",
+        Some(&alice.token),
+        Some(json!({"name": "x"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let channel = created["ref"].as_str().expect("ref");
+    let ts = switchyard::clock::now_ms();
+    let signed = format!(
+        r#"{{"action":"new","body":"signed by openssl","channel":"{channel}","sender":"{}","ts":{ts}}}"#,
+        alice.fid
+    );
+    std::fs::write(path.join("message"), &signed).expect("write");
+    let signature = openssl(
+        path,
+        &[
+            "pkeyutl",
+            "-sign",
+            "-inkey",
+            "alice.key",
+            "-rawin",
+            "-in",
+            "message",
+        ],
+    );
+    use base64::Engine;
+    let signature = base64::engine::general_purpose::STANDARD_NO_PAD.encode(signature);
+    let (status, posted) = call(
+        &app,
+        "POST",
+        &format!("/api/v1/channels/{channel}/messages"),
+        Some(&alice.token),
+        Some(json!({"body": "signed by openssl", "signed": {"serial": issued["serial"], "ts": ts, "signature": signature}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{posted}");
+}
