@@ -6,7 +6,8 @@
 //!   verification and replay;
 //! - [`federation`]: signing keys and signed requests, key server, notary and key resolver,
 //!   the inbox pipeline (Origin actors) and outbound delivery (Destination actors);
-//! - [`identity`]: polyproto root ID-Certs, accounts and sessions;
+//! - [`identity`]: polyproto ID-Certs (the server's root, actors' certificates and the one
+//!   checker), accounts and sessions (local and foreign), signed messages, services;
 //! - [`gateway`]: Channel actors, the local fan-out of committed events;
 //! - [`api`]: thin HTTP handlers; [`error`]: the one error type clients see;
 //! - [`app`]: wires one instance together; [`config`]: TOML + environment configuration;

@@ -5,9 +5,10 @@
 //! the notary (see [`notary`]), the server key, root ID-Cert and well-known in polyproto form
 //! (see [`polyproto`]),
 //! `POST /admin/v1/keys/rotate` and the origins API (see [`admin`]), `POST /federation/inbox`
-//! and `GET /federation/user-lookup` (see [`federation`]), registration and login (see
-//! [`auth`]), and the JSON
-//! answers for unknown routes and malformed bodies.
+//! and `GET /federation/user-lookup` (see [`federation`]), registration, login and session
+//! ends (see [`auth`]), actor ID-Certs, foreign sign-in and services (see [`identity`]),
+//! channels and the gateway (see [`channels`], [`gateway`]), and the JSON answers for unknown
+//! routes and malformed bodies.
 
 mod admin;
 mod auth;
