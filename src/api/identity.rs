@@ -255,14 +255,13 @@ pub async fn actor_certs(
     let now = identity.clock.now_secs();
     let ttl = i64::try_from(state.config.identity.cert_cache_ttl.as_secs()).unwrap_or(3600);
     let key = state.keys.current();
-    let generation = state.keys.generation();
     let certs: Vec<std::sync::Arc<IssuedActorCert>> = match at {
         // The past is in the projection; memory holds what has not expired.
         Some(at) if at < now => state
             .store
             .actor_idcerts_at(fid, at)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::from(IdentityError::Store(e)))?
             .into_iter()
             .rev()
             .filter(|row| session_id.is_none_or(|s| row.session_id == s))
@@ -276,7 +275,7 @@ pub async fn actor_certs(
             .store
             .account(local)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::from(IdentityError::Store(e)))?
             .is_none()
     {
         return Err(ApiError::new(
@@ -286,7 +285,7 @@ pub async fn actor_certs(
     }
     let entries: Vec<Value> = certs
         .iter()
-        .map(|cert| entry_json(cert, &cert.window(now, ttl, &key, generation)))
+        .map(|cert| entry_json(cert, &cert.window(now, ttl, &key)))
         .collect();
     Ok(HttpResponse::Ok().json(entries))
 }
@@ -363,7 +362,9 @@ pub async fn extern_certificate(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let session = authenticate(&req, &state).await?;
+    // The token only: the certificate this request replaces may be the one no longer trusted.
+    let token = super::bearer(&req, "session token")?;
+    let session = state.identity.sessions.by_token(token).await?;
     let pem = pem_body(&body, "certificate")?;
     state
         .identity
@@ -399,7 +400,7 @@ pub async fn discover(
             .store
             .account(local)
             .await
-            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::from(IdentityError::Store(e)))?
             .is_some(),
         _ => false,
     };

@@ -98,6 +98,16 @@ pub fn is_public(ip: IpAddr) -> bool {
                 let [c, d] = segments[7].to_be_bytes();
                 return is_public(IpAddr::from([a, b, c, d]));
             }
+            if segments[0] == 0x2002 {
+                // 6to4: judge the IPv4 address it carries.
+                let [a, b] = segments[1].to_be_bytes();
+                let [c, d] = segments[2].to_be_bytes();
+                return is_public(IpAddr::from([a, b, c, d]));
+            }
+            if segments[..2] == [0x64, 0xff9b] && segments[2] == 1 {
+                // Local-use NAT64 (RFC 8215): never a public address.
+                return false;
+            }
             if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
                 let [a, b] = segments[6].to_be_bytes();
                 let [c, d] = segments[7].to_be_bytes();
@@ -139,6 +149,8 @@ pub enum FetchError {
 pub struct OutboundClient {
     client: awc::Client,
     resolver: Arc<Resolver>,
+    /// The whole request, body included (awc's own timeout stops at the headers).
+    request_timeout: std::time::Duration,
 }
 
 /// Largest response body read from another server.
@@ -199,7 +211,11 @@ where
 impl OutboundClient {
     pub fn new(resolver: Arc<Resolver>, config: &FederationConfig) -> OutboundClient {
         let client = build_client(awc::Connector::new(), config, true);
-        OutboundClient { client, resolver }
+        OutboundClient {
+            client,
+            resolver,
+            request_timeout: config.request_timeout,
+        }
     }
 
     pub fn resolver(&self) -> &Resolver {
@@ -209,21 +225,22 @@ impl OutboundClient {
     /// `GET <base URL of server_name><path>`, answering the body of a 200.
     pub async fn get(&self, server_name: &str, path: &str) -> Result<Bytes, FetchError> {
         let url = format!("{}{path}", self.resolver.base_url(server_name));
-        let mut response =
-            self.client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| FetchError::Unreachable {
-                    url: url.clone(),
-                    detail: e.to_string(),
-                })?;
+        let response = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| FetchError::Unreachable {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
         if response.status() != StatusCode::OK {
             return Err(FetchError::Status {
                 url,
                 status: response.status(),
             });
         }
+        let mut response = response.timeout(self.request_timeout);
         response
             .body()
             .limit(MAX_RESPONSE_BYTES)
@@ -263,7 +280,7 @@ impl OutboundClient {
         for (name, value) in headers {
             request = request.insert_header((*name, *value));
         }
-        let mut response = request
+        let response = request
             .send_body(body)
             .await
             .map_err(|e| FetchError::Unreachable {
@@ -275,6 +292,7 @@ impl OutboundClient {
             .get("Retry-After")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok());
+        let mut response = response.timeout(self.request_timeout);
         let body = response
             .body()
             .limit(MAX_RESPONSE_BYTES)
@@ -331,6 +349,7 @@ struct FetchJob {
 pub struct FencedFetcher {
     queue: tokio::sync::mpsc::Sender<FetchJob>,
     resolver: Arc<Resolver>,
+    request_timeout: std::time::Duration,
     fetches: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -343,6 +362,7 @@ impl FencedFetcher {
     /// Starts the fetcher's thread.
     pub fn start(config: &FederationConfig) -> FencedFetcher {
         let resolver = Arc::new(Resolver::new(config));
+        let request_timeout = config.request_timeout;
         let (queue, mut jobs) = tokio::sync::mpsc::channel::<FetchJob>(FENCED_QUEUE);
         let arbiter = actix_rt::Arbiter::new();
         let config = config.clone();
@@ -370,8 +390,10 @@ impl FencedFetcher {
                     };
                     let client = if job.listed { &listed } else { &fenced }.clone();
                     let url = format!("{}{}", base.base_url(&job.server_name), job.path);
+                    let timeout = config.request_timeout;
                     actix_web::rt::spawn(async move {
-                        let answer = fetch(&client, &job.server_name, url, job.limit).await;
+                        let answer =
+                            fetch(&client, &job.server_name, url, job.limit, timeout).await;
                         let _ = job.reply.send(answer);
                         drop(permit);
                     });
@@ -382,6 +404,7 @@ impl FencedFetcher {
         FencedFetcher {
             queue,
             resolver,
+            request_timeout,
             fetches: Arc::default(),
         }
     }
@@ -415,6 +438,7 @@ impl FencedFetcher {
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (reply, answer) = tokio::sync::oneshot::channel();
+        let waiting = self.request_timeout * 2 + std::time::Duration::from_secs(1);
         self.queue
             .try_send(FetchJob {
                 server_name: server_name.to_owned(),
@@ -424,7 +448,11 @@ impl FencedFetcher {
                 reply,
             })
             .map_err(|_| FetchError::Busy)?;
-        answer.await.map_err(|_| FetchError::Busy)?
+        // Bounded even if the fetcher's thread stalls: a queued job waits for a permit.
+        match tokio::time::timeout(waiting, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Err(FetchError::Busy),
+        }
     }
 }
 
@@ -433,8 +461,9 @@ async fn fetch(
     server: &str,
     url: String,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, FetchError> {
-    let mut response = client.get(&url).send().await.map_err(|e| {
+    let response = client.get(&url).send().await.map_err(|e| {
         let detail = e.to_string();
         if detail.contains("not a public address") {
             FetchError::Fenced {
@@ -454,6 +483,8 @@ async fn fetch(
             status: response.status(),
         });
     }
+    // awc's request timeout stops at the headers: the body gets one of its own.
+    let mut response = response.timeout(timeout);
     response.body().limit(limit).await.map_err(|e| match e {
         awc::error::PayloadError::Overflow => FetchError::TooLarge { url, limit },
         other => FetchError::Body {
@@ -494,6 +525,9 @@ mod tests {
             "64:ff9b::a00:1",
             "2001:db8::1",
             "::127.0.0.1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::",
+            "64:ff9b:1::808:808",
         ] {
             assert!(!is_public(private.parse().expect("ip")), "{private}");
         }
@@ -503,6 +537,7 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "100.128.0.1",
+            "2002:808:808::1",
         ] {
             assert!(is_public(public.parse().expect("ip")), "{public}");
         }

@@ -87,8 +87,8 @@ pub struct IssuedActorCert {
     pub pem: Arc<str>,
     /// Unix seconds.
     pub invalidated_at: Option<i64>,
-    /// The window signed for the second `.0` with the key of generation `.1`.
-    window: Mutex<Option<(i64, u64, SignedWindow)>>,
+    /// The window signed for the second `.0` with the key `.1`.
+    window: Mutex<Option<(i64, String, SignedWindow)>>,
 }
 
 impl IssuedActorCert {
@@ -129,12 +129,13 @@ impl IssuedActorCert {
         self.invalidated_at.is_none() && self.not_before <= at && at <= self.not_after
     }
 
-    /// The cache window for an answer at `now`, signed by `key` (generation `generation`
-    /// of the key ring: a rotation signs anew).
-    pub fn window(&self, now: i64, ttl: i64, key: &ServerKey, generation: u64) -> SignedWindow {
+    /// The cache window for an answer at `now`, signed by `key` (shared by every answer of
+    /// the same second and key: a rotation signs anew).
+    pub fn window(&self, now: i64, ttl: i64, key: &ServerKey) -> SignedWindow {
+        let key_id = key.key_id();
         let mut memo = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((second, signed_with, window)) = memo.as_ref() {
-            if *second == now && *signed_with == generation {
+            if *second == now && *signed_with == key_id {
                 return window.clone();
             }
         }
@@ -150,7 +151,7 @@ impl IssuedActorCert {
             not_after,
             signature: hex::encode(key.sign(message.as_bytes()).to_bytes()),
         };
-        *memo = Some((now, generation, window.clone()));
+        *memo = Some((now, key_id, window.clone()));
         window
     }
 }
@@ -297,7 +298,12 @@ impl ActorCerts {
 
     /// A certificate of the projection (a question about the past), shared for a minute.
     pub fn past(&self, row: entities::actor_idcerts::Model) -> Option<Arc<IssuedActorCert>> {
-        if let Some(cert) = self.past.get(&row.serial) {
+        // Reused only as the projection has it now: an invalidation replaces it.
+        if let Some(cert) = self
+            .past
+            .get(&row.serial)
+            .filter(|c| c.invalidated_at == row.invalidated_at)
+        {
             return Some(cert);
         }
         let serial = row.serial;
@@ -335,13 +341,24 @@ impl ActorCerts {
     ) -> Result<Arc<IssuedActorCert>, IssueError> {
         let csr = csr::parse(csr_pem)?;
         let usage = csr.for_actor(fid, session_id)?;
+        // The renewal check (a password hash) runs before the session's lock, so that it
+        // never holds up the session's end; it runs under the lock only when a certificate
+        // appeared meanwhile.
+        let mut renewal = Some(renewal);
+        if self.of_session(session_id, now).is_some() {
+            if let Some(check) = renewal.take() {
+                check().await.map_err(IssueError::Renewal)?;
+            }
+        }
         let _one_at_a_time = self.lock(session_id).await;
         if !live() {
             return Err(IssueError::SessionEnded);
         }
         let previous = self.of_session(session_id, now);
         if previous.is_some() {
-            renewal().await.map_err(IssueError::Renewal)?;
+            if let Some(check) = renewal.take() {
+                check().await.map_err(IssueError::Renewal)?;
+            }
         }
         let root = root.ok_or(IssueError::NoRoot)?;
         let not_before = (now - BACKDATE_SECS).max(root.not_before.div_euclid(1000));

@@ -225,8 +225,9 @@ fn validity(cert: &Certificate) -> (i64, i64) {
     (secs(validity.not_before), secs(validity.not_after))
 }
 
-/// Checks `pem` as the root ID-Cert of `server_name`, valid at `at` (unix seconds).
-pub fn check_root(pem: &str, server_name: &str, at: i64) -> Result<RootCert, CertError> {
+/// Checks `pem` as the root ID-Cert of `server_name`, valid at `at` (unix seconds), or
+/// starting at most `skew` seconds after it (its server's clock may run ahead of ours).
+pub fn check_root(pem: &str, server_name: &str, at: i64, skew: i64) -> Result<RootCert, CertError> {
     let cert = parse(pem)?;
     let tbs = &cert.tbs_certificate;
     if tbs.issuer != tbs.subject {
@@ -251,7 +252,7 @@ pub fn check_root(pem: &str, server_name: &str, at: i64) -> Result<RootCert, Cer
         .ok_or_else(|| bad("the root's key is not Ed25519"))?;
     verify_signed_by(&cert, &key)?;
     let (not_before, not_after) = validity(&cert);
-    if !(not_before <= at && at <= not_after) {
+    if !(not_before - skew <= at && at <= not_after) {
         return Err(bad(format!(
             "the root ID-Cert of {server_name} is not valid at {at}"
         )));
@@ -431,7 +432,7 @@ mod tests {
     fn an_actor_certificate_checks_against_its_root() {
         let home = ServerKey::generate();
         let root =
-            check_root(&root_pem(&home, "a.example:8448"), "a.example:8448", NOW).expect("root");
+            check_root(&root_pem(&home, "a.example:8448"), "a.example:8448", NOW, 0).expect("root");
         assert_eq!(root.key, home.verifying_key());
         let (pem, key) = actor(
             &home,
@@ -453,12 +454,17 @@ mod tests {
             &root_pem(&ServerKey::generate(), "a.example"),
             "a.example",
             NOW,
+            0,
         )
         .expect("other");
+        // A root that starts a little after now counts within the skew, not beyond it.
+        let ahead = root_pem(&home, "a.example");
+        assert!(check_root(&ahead, "a.example", NOW - 100, 0).is_err());
+        assert!(check_root(&ahead, "a.example", NOW - 100, 300).is_ok());
         assert!(check_actor(&pem, &other, NOW + 10).is_err());
         // A root is refused for another server's name, and an actor cert is no root.
-        assert!(check_root(&root_pem(&home, "a.example"), "b.example", NOW).is_err());
-        assert!(check_root(&pem, "a.example", NOW + 10).is_err());
+        assert!(check_root(&root_pem(&home, "a.example"), "b.example", NOW, 0).is_err());
+        assert!(check_root(&pem, "a.example", NOW + 10, 0).is_err());
         // The content commitment usage is an actor's too.
         let (committing, _) = actor(
             &home,

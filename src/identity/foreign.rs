@@ -17,11 +17,13 @@
 //! An entry whose window has closed is never used: the next use refetches. A window that
 //! opens a little in our future (the home's clock runs ahead) is accepted within the replay
 //! window. What a home answers decides only when it is an answer about the certificate (404,
-//! an invalidation, a bad signature, an answer over the size limit): those are
+//! an invalidation, a bad signature): those are
 //! [`ForeignError::Untrusted`]. Anything that may pass (no connection, a timeout, 5xx, 429,
-//! a redirect, an unreadable answer) is [`ForeignError::Unreachable`]: the caller answers 503
+//! a redirect, an unreadable or oversized answer) is [`ForeignError::Unreachable`]: the
+//! caller answers 503
 //! and nothing ends. Failures are remembered (10 s, doubling to 10 min), per home or per
-//! answer, so that no request makes this server fetch in a loop.
+//! answer, so that no request makes this server fetch in a loop; a refresh replaces cached
+//! entries only once it has new ones.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +50,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// At most one forced refetch of a home's root per this time.
 const ROOT_REFETCH_INTERVAL: Duration = Duration::from_secs(60);
+/// At most one refetch of an actor's list for a serial it lacked per this time (a question
+/// in between is answered 503 with this `Retry-After`).
+const UNKNOWN_SERIAL_REFETCH: Duration = Duration::from_secs(2);
 /// How long a fetched list of an actor's entries is kept at most (each entry is used only
 /// inside its own window, which is at most 12 h).
 const ENTRIES_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -85,6 +90,17 @@ struct ActorEntries {
     entries: Vec<ForeignEntry>,
     /// The answer's size, for the cache's weigher.
     bytes: u32,
+    /// When they were fetched (a refresh asked before then is answered by them).
+    fetched: Instant,
+}
+
+/// What a failed fetch is remembered against.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    /// The home: every actor of it waits out the backoff.
+    Home,
+    /// This one answer (an earlier root, one actor's list): the home's others go on.
+    Answer,
 }
 
 /// A home (or one of its answers) that failed lately, and what its callers get meanwhile.
@@ -112,6 +128,9 @@ pub struct ForeignCerts {
     actors: moka::future::Cache<String, Arc<ActorEntries>>,
     negative: moka::sync::Cache<String, Arc<Negative>>,
     root_refetched: moka::sync::Cache<String, ()>,
+    /// Actors refetched lately for a serial their list lacked (at most one such refetch per
+    /// actor per [`UNKNOWN_SERIAL_REFETCH`]).
+    unknown_refetched: moka::sync::Cache<String, ()>,
     /// (fid, serial) already recorded as `actor.foreign_idcert_seen`.
     recorded: moka::sync::Cache<(String, String), ()>,
 }
@@ -144,6 +163,10 @@ impl ForeignCerts {
             root_refetched: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(ROOT_REFETCH_INTERVAL)
+                .build(),
+            unknown_refetched: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(UNKNOWN_SERIAL_REFETCH)
                 .build(),
             recorded: moka::sync::Cache::builder().max_capacity(1_000_000).build(),
         }
@@ -201,11 +224,12 @@ impl ForeignCerts {
         error
     }
 
-    /// An answer of `home` that cannot be read: treated like the home being unreachable.
-    fn unreadable(&self, home: &str, what: &str) -> ForeignError {
-        tracing::info!(%home, what, "a home server's answer is unreadable");
+    /// An answer of `home` at `path` that cannot be read: like an unreachable one, for that
+    /// answer only.
+    fn unreadable(&self, home: &str, path: &str) -> ForeignError {
+        tracing::info!(%home, %path, "a home server's answer is unreadable");
         self.remember(
-            home,
+            &format!("{home}{path}"),
             ForeignError::Unreachable {
                 home: home.to_owned(),
                 retry_after: 0,
@@ -213,9 +237,14 @@ impl ForeignCerts {
         )
     }
 
-    /// `GET <home><path>`, classified (see the module doc).
-    async fn get(&self, home: &str, path: &str) -> Result<Vec<u8>, ForeignError> {
+    /// `GET <home><path>`, classified (see the module doc); a transient failure is held
+    /// against `blame`.
+    async fn get(&self, home: &str, path: &str, blame: Blame) -> Result<Vec<u8>, ForeignError> {
         let answer_key = format!("{home}{path}");
+        let transient_key = match blame {
+            Blame::Home => home.to_owned(),
+            Blame::Answer => answer_key.clone(),
+        };
         self.refused_lately(home)?;
         self.refused_lately(&answer_key)?;
         let answer = self.fetcher.get(home, path, MAX_ANSWER_BYTES).await;
@@ -235,10 +264,15 @@ impl ForeignCerts {
                     ForeignError::Untrusted(format!("{url} answered {status}")),
                 )),
             ),
-            Err(error @ FetchError::TooLarge { .. }) => (
-                "untrusted",
-                Err(self.remember(&answer_key, ForeignError::Untrusted(error.to_string()))),
-            ),
+            // Too large to take: nothing can be concluded about the certificates in it, so it
+            // ends nothing (an actor with ~700 certificates at once reaches 1 MiB).
+            Err(error @ FetchError::TooLarge { .. }) => {
+                tracing::warn!(%home, %error, "a home server's answer is over the size limit");
+                (
+                    "unreachable",
+                    Err(self.remember(&answer_key, unreachable())),
+                )
+            }
             Err(FetchError::Fenced { detail, .. }) => (
                 "refused",
                 Err(self.remember(
@@ -257,18 +291,28 @@ impl ForeignCerts {
             ),
             Err(error) => {
                 tracing::debug!(%home, %error, "a fetch from a home server failed");
-                ("unreachable", Err(self.remember(home, unreachable())))
+                (
+                    "unreachable",
+                    Err(self.remember(&transient_key, unreachable())),
+                )
             }
         };
         self.fetches.with_label_values(&[result]).inc();
         outcome
     }
 
-    /// A root ID-Cert of `home` from `path`, checked at `at`.
-    async fn fetch_root(&self, home: &str, path: &str, at: i64) -> Result<RootCert, ForeignError> {
-        let body = self.get(home, path).await?;
-        let pem = String::from_utf8(body).map_err(|_| self.unreadable(home, "a root"))?;
-        check_root(&pem, home, at).map_err(|e| {
+    /// A root ID-Cert of `home` from `path`, checked at `at` (a root that starts within the
+    /// allowed skew of it counts: the home's clock may run ahead).
+    async fn fetch_root(
+        &self,
+        home: &str,
+        path: &str,
+        at: i64,
+        blame: Blame,
+    ) -> Result<RootCert, ForeignError> {
+        let body = self.get(home, path, blame).await?;
+        let pem = String::from_utf8(body).map_err(|_| self.unreadable(home, path))?;
+        check_root(&pem, home, at, self.skew).map_err(|e| {
             self.remember(
                 &format!("{home}{path}"),
                 ForeignError::Untrusted(format!("{home}'s root ID-Cert: {e}")),
@@ -280,13 +324,14 @@ impl ForeignCerts {
     async fn root(&self, home: &str) -> Result<Arc<RootCert>, ForeignError> {
         let now = self.clock.now_secs();
         let cached = self.roots.get(home).await;
-        if let Some(root) = cached.filter(|r| r.not_before <= now && now <= r.not_after) {
+        if let Some(root) = cached.filter(|r| r.not_before - self.skew <= now && now <= r.not_after)
+        {
             return Ok(root);
         }
         self.roots.invalidate(home).await;
         self.roots
             .try_get_with(home.to_owned(), async {
-                self.fetch_root(home, "/.p2/core/v1/idcert/server", now)
+                self.fetch_root(home, "/.p2/core/v1/idcert/server", now, Blame::Home)
                     .await
                     .map(Arc::new)
             })
@@ -328,7 +373,17 @@ impl ForeignCerts {
                 .ok_or_else(|| untrusted("an entry has no cache window".into()))?,
             not_after: number("cache_not_valid_after")
                 .ok_or_else(|| untrusted("an entry has no cache window".into()))?,
-            invalidated_at: raw.get("invalidated_at").and_then(Value::as_i64),
+            invalidated_at: match (raw.get("invalidated"), raw.get("invalidated_at")) {
+                (Some(Value::Bool(true)), Some(at)) => Some(at.as_i64().ok_or_else(|| {
+                    untrusted("an invalidated entry has no invalidated_at".into())
+                })?),
+                (Some(Value::Bool(true)), None) => {
+                    return Err(untrusted(
+                        "an invalidated entry has no invalidated_at".into(),
+                    ))
+                }
+                (_, at) => at.and_then(Value::as_i64),
+            },
             signature: text("cache_signature")
                 .ok_or_else(|| untrusted("an entry has no cache signature".into()))?
                 .to_owned(),
@@ -346,10 +401,12 @@ impl ForeignCerts {
         }
         if checked.is_err() && !past.fetched {
             past.fetched = true;
+            // Whatever happens to this fetch concerns this entry only.
             let path = format!("/.p2/core/v1/idcert/server?timestamp={issued}");
-            let root = self.fetch_root(home, &path, issued).await?;
-            checked = check_actor(pem, &root, issued).or(checked);
-            past.roots.push(root);
+            if let Ok(root) = self.fetch_root(home, &path, issued, Blame::Answer).await {
+                checked = check_actor(pem, &root, issued).or(checked);
+                past.roots.push(root);
+            }
         }
         let cert = checked.map_err(|e| untrusted(format!("{fid}'s certificate {serial}: {e}")))?;
         if cert.fid != fid {
@@ -375,12 +432,12 @@ impl ForeignCerts {
 
     /// Fetches and checks `fid`'s entries.
     async fn fetch_entries(&self, fid: &str, home: &str) -> Result<ActorEntries, ForeignError> {
-        let body = self
-            .get(home, &format!("/.p2/core/v1/idcert/actor/{fid}"))
-            .await?;
+        let fetched = Instant::now();
+        let path = format!("/.p2/core/v1/idcert/actor/{fid}");
+        let body = self.get(home, &path, Blame::Home).await?;
         let bytes = u32::try_from(body.len()).unwrap_or(u32::MAX);
-        let answer: Vec<Value> = serde_json::from_slice(&body)
-            .map_err(|_| self.unreadable(home, "a list of certificates"))?;
+        let answer: Vec<Value> =
+            serde_json::from_slice(&body).map_err(|_| self.unreadable(home, &path))?;
         if answer.len() > MAX_ENTRIES {
             tracing::info!(%fid, entries = answer.len(), "an actor's home answered more certificates than are checked");
         }
@@ -408,17 +465,17 @@ impl ForeignCerts {
                 Err(other) => return Err(other),
             }
         }
-        Ok(ActorEntries { entries, bytes })
+        Ok(ActorEntries {
+            entries,
+            bytes,
+            fetched,
+        })
     }
 
-    /// `fid`'s entries: cached, else fetched (one fetch in flight per actor). `fresh` drops
-    /// the cached ones first.
-    async fn entries(&self, fid: &str, fresh: bool) -> Result<Arc<ActorEntries>, ForeignError> {
-        let (_, home) = ids::parse_fid(fid)
-            .ok_or_else(|| ForeignError::Untrusted(format!("{fid:?} is not a federation id")))?;
-        if fresh {
-            self.actors.invalidate(fid).await;
-        } else if let Some(entries) = self.actors.get(fid).await {
+    /// `fid`'s entries: cached, else fetched (one fetch in flight per actor).
+    async fn entries(&self, fid: &str) -> Result<Arc<ActorEntries>, ForeignError> {
+        let home = home_of(fid)?;
+        if let Some(entries) = self.actors.get(fid).await {
             return Ok(entries);
         }
         self.refused_lately(home)?;
@@ -428,6 +485,37 @@ impl ForeignCerts {
             })
             .await
             .map_err(|e: Arc<ForeignError>| (*e).clone())
+    }
+
+    /// `fid`'s entries fetched again. The cached ones stay until the new ones are in (a
+    /// failed refresh leaves them usable inside their windows), and callers that asked while
+    /// another refresh ran share its answer.
+    async fn refresh(&self, fid: &str) -> Result<Arc<ActorEntries>, ForeignError> {
+        use moka::ops::compute::{CompResult, Op};
+        let home = home_of(fid)?;
+        let asked = Instant::now();
+        let result = self
+            .actors
+            .entry(fid.to_owned())
+            .and_try_compute_with(|current| async move {
+                if current.is_some_and(|c| c.value().fetched >= asked) {
+                    return Ok(Op::Nop);
+                }
+                self.refused_lately(home)?;
+                self.fetch_entries(fid, home)
+                    .await
+                    .map(|entries| Op::Put(Arc::new(entries)))
+            })
+            .await?;
+        match result {
+            CompResult::Inserted(entry)
+            | CompResult::ReplacedWith(entry)
+            | CompResult::Unchanged(entry) => Ok(entry.into_value()),
+            CompResult::StillNone(_) | CompResult::Removed(_) => Err(ForeignError::Unreachable {
+                home: home.to_owned(),
+                retry_after: 1,
+            }),
+        }
     }
 
     /// Whether entries of `fid` are held in memory.
@@ -446,27 +534,42 @@ impl ForeignCerts {
         signed_at: Option<i64>,
     ) -> Result<ForeignEntry, ForeignError> {
         let now = self.clock.now_secs();
-        let mut fresh = false;
-        let entry = loop {
-            let entries = self.entries(fid, fresh).await?;
-            let found = entries
+        let find = |entries: &ActorEntries| {
+            entries
                 .entries
                 .iter()
                 .find(|e| e.cert.serial == serial)
-                .cloned();
-            match found {
-                Some(entry) if self.usable(&entry.window, now) => break entry,
-                // Past its window, or unknown to a list fetched earlier: ask the home again.
-                _ if !fresh => fresh = true,
-                Some(_) => {
-                    return Err(ForeignError::Untrusted(format!(
-                        "{fid}'s certificate {serial} has no open cache window"
-                    )))
+                .cloned()
+        };
+        let cached = self.entries(fid).await?;
+        let entry = match find(&cached) {
+            Some(entry) if self.usable(&entry.window, now) => entry,
+            found => {
+                // Past its window: ask the home again. Unknown to the list: the certificate
+                // may be newer than it, but one refetch per actor per 2 s answers that.
+                if found.is_none() {
+                    // Asked again lately: nothing can be concluded, retry shortly.
+                    if self.unknown_refetched.contains_key(fid) {
+                        return Err(ForeignError::Unreachable {
+                            home: home_of(fid)?.to_owned(),
+                            retry_after: UNKNOWN_SERIAL_REFETCH.as_secs(),
+                        });
+                    }
+                    self.unknown_refetched.insert(fid.to_owned(), ());
                 }
-                None => {
-                    return Err(ForeignError::Untrusted(format!(
-                        "{fid}'s home server has no valid certificate {serial}"
-                    )))
+                let fresh = self.refresh(fid).await?;
+                match find(&fresh) {
+                    Some(entry) if self.usable(&entry.window, now) => entry,
+                    Some(_) => {
+                        return Err(ForeignError::Untrusted(format!(
+                            "{fid}'s certificate {serial} has no open cache window"
+                        )))
+                    }
+                    None => {
+                        return Err(ForeignError::Untrusted(format!(
+                            "{fid}'s home server has no valid certificate {serial}"
+                        )))
+                    }
                 }
             }
         };
@@ -515,9 +618,12 @@ impl ForeignCerts {
         session_id: Option<&str>,
     ) -> Result<Vec<Value>, ForeignError> {
         let now = self.clock.now_secs();
-        let mut entries = self.entries(fid, false).await?;
+        let mut entries = self.entries(fid).await?;
         if entries.entries.iter().any(|e| !self.usable(&e.window, now)) {
-            entries = self.entries(fid, true).await?;
+            // A refresh that fails leaves the usable entries answerable.
+            if let Ok(fresh) = self.refresh(fid).await {
+                entries = fresh;
+            }
         }
         Ok(entries
             .entries
@@ -566,4 +672,11 @@ impl ForeignCerts {
         self.recorded
             .insert((entry.cert.fid.clone(), entry.cert.serial.clone()), ());
     }
+}
+
+/// The home server of `fid`.
+fn home_of(fid: &str) -> Result<&str, ForeignError> {
+    ids::parse_fid(fid)
+        .map(|(_, home)| home)
+        .ok_or_else(|| ForeignError::Untrusted(format!("{fid:?} is not a federation id")))
 }

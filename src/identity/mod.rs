@@ -154,6 +154,7 @@ impl Identity {
         });
         let weak = Arc::downgrade(&identity);
         let every = config.identity.foreign_check_interval;
+        let checking = Arc::new(std::sync::atomic::AtomicBool::new(false));
         actix_web::rt::spawn(async move {
             let mut check = actix_web::rt::time::interval(every);
             let mut tidy = actix_web::rt::time::interval(std::time::Duration::from_secs(60));
@@ -161,7 +162,15 @@ impl Identity {
                 tokio::select! {
                     _ = check.tick() => {
                         let Some(identity) = weak.upgrade() else { break };
-                        identity.sessions.check_foreign_sessions().await;
+                        // A check runs on its own, one at a time: a slow home delays the next
+                        // check, never the tidy-up.
+                        if !checking.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                            let checking = checking.clone();
+                            actix_web::rt::spawn(async move {
+                                identity.sessions.check_foreign_sessions().await;
+                                checking.store(false, std::sync::atomic::Ordering::Release);
+                            });
+                        }
                     }
                     _ = tidy.tick() => {
                         let Some(identity) = weak.upgrade() else { break };

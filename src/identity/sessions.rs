@@ -147,6 +147,30 @@ impl Sessions {
     /// (or of a foreign session whose certificate is no longer trusted, which ends it), 503
     /// when a foreign session's home must be asked and cannot be.
     pub async fn authenticate(&self, token: &str) -> Result<Session, IdentityError> {
+        let session = self.by_token(token).await?;
+        let unknown = || IdentityError::UnknownToken("the token belongs to no live session".into());
+        if let Some(serial) = session.idcert_serial.as_deref() {
+            let now = self.clock.now_secs();
+            match self
+                .foreign
+                .actor_cert(&session.fid, serial, now, None)
+                .await
+            {
+                Ok(_) => {}
+                Err(ForeignError::Untrusted(reason)) => {
+                    tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
+                    self.end(&session, EndReason::CertificateUntrusted).await?;
+                    return Err(unknown());
+                }
+                Err(error) => return Err(home_unavailable(error)),
+            }
+        }
+        Ok(session)
+    }
+
+    /// The live session of `token`, without checking a foreign session's certificate (the
+    /// extern update replaces it).
+    pub async fn by_token(&self, token: &str) -> Result<Session, IdentityError> {
         let hash = token_hash(token);
         let unknown = || IdentityError::UnknownToken("the token belongs to no live session".into());
         let session = match self.by_token.get(&hash) {
@@ -165,22 +189,6 @@ impl Sessions {
         };
         if self.ended.contains_key(&session.session_id) {
             return Err(unknown());
-        }
-        if let Some(serial) = session.idcert_serial.as_deref() {
-            let now = self.clock.now_secs();
-            match self
-                .foreign
-                .actor_cert(&session.fid, serial, now, None)
-                .await
-            {
-                Ok(_) => {}
-                Err(ForeignError::Untrusted(reason)) => {
-                    tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
-                    self.end(&session, EndReason::CertificateUntrusted).await?;
-                    return Err(unknown());
-                }
-                Err(error) => return Err(home_unavailable(error)),
-            }
         }
         Ok(session)
     }
@@ -330,6 +338,15 @@ impl Sessions {
                 "only a foreign session presents a certificate of its home server".into(),
             ));
         };
+        // Whose it says it is, before anything is fetched for it.
+        let named = super::checker::subject_fid(pem)
+            .ok_or_else(|| IdentityError::CertInput("the body is not an actor ID-Cert".into()))?;
+        if named != session.fid {
+            return Err(IdentityError::Forbidden(format!(
+                "the certificate is {named}'s; this session is {}'s",
+                session.fid
+            )));
+        }
         let entry = self
             .foreign
             .presented(pem)
@@ -349,6 +366,11 @@ impl Sessions {
             .seen_event(&self.server_name, &entry)
             .into_iter()
             .collect();
+        // Under the session's lock, so that a session ending meanwhile takes no certificate.
+        let _no_end = self.actor_certs.lock(&session.session_id).await;
+        if !self.is_live(&session.session_id) {
+            return Err(IdentityError::UnknownToken("the session ended".into()));
+        }
         events.push(NewEvent {
             event_id: format!("session-cert:{}:{}", session.session_id, entry.cert.serial),
             origin: self.server_name.clone(),
@@ -360,13 +382,8 @@ impl Sessions {
         });
         self.log.append(events).await?;
         self.foreign.recorded(&entry);
-        self.by_token.insert(
-            session.token_hash.clone(),
-            Session {
-                idcert_serial: Some(entry.cert.serial.clone()),
-                ..session.clone()
-            },
-        );
+        // The next lookup reads the session as committed (an insert here could outlive an end).
+        self.by_token.invalidate(&session.token_hash);
         Ok(())
     }
 
@@ -405,30 +422,39 @@ impl Sessions {
             }
         };
         let now = self.clock.now_secs();
-        for session in sessions {
-            let Some(serial) = session.idcert_serial.as_deref() else {
-                continue;
-            };
-            if self.ended.contains_key(&session.session_id) {
-                continue;
+        // Sixteen at a time: a slow home holds up its own sessions, not the others.
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(sessions)
+            .for_each_concurrent(16, |session| async move {
+                self.check_foreign_session(&session, now).await;
+            })
+            .await;
+    }
+
+    /// One foreign session's certificate, checked at `now`.
+    async fn check_foreign_session(&self, session: &Session, now: i64) {
+        let Some(serial) = session.idcert_serial.as_deref() else {
+            return;
+        };
+        if self.ended.contains_key(&session.session_id) {
+            return;
+        }
+        match self
+            .foreign
+            .actor_cert(&session.fid, serial, now, None)
+            .await
+        {
+            Ok(_) => {}
+            Err(ForeignError::Untrusted(reason)) => {
+                tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
+                if let Err(error) = self.end(session, EndReason::CertificateUntrusted).await {
+                    tracing::warn!(%error, "cannot end a foreign session");
+                }
             }
-            match self
-                .foreign
-                .actor_cert(&session.fid, serial, now, None)
-                .await
-            {
-                Ok(_) => {}
-                Err(ForeignError::Untrusted(reason)) => {
-                    tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
-                    if let Err(error) = self.end(&session, EndReason::CertificateUntrusted).await {
-                        tracing::warn!(%error, "cannot end a foreign session");
-                    }
-                }
-                // Past its window, and its home cannot say: its sockets stop receiving (a
-                // resumable close; reconnecting waits for the home, 503), the session stays.
-                Err(ForeignError::Unreachable { .. }) => {
-                    (self.on_end)(&session, Closing::Unverified);
-                }
+            // Past its window, and its home cannot say: its sockets stop receiving (a
+            // resumable close; reconnecting waits for the home, 503), the session stays.
+            Err(ForeignError::Unreachable { .. }) => {
+                (self.on_end)(session, Closing::Unverified);
             }
         }
     }

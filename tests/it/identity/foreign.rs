@@ -504,13 +504,19 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
     .await;
     assert_eq!(status, 201, "{renewed}");
     let renewed_serial = renewed["serial"].as_str().expect("serial");
-    let (status, body, _) = sign_in(
-        &b,
-        &alice.fid,
-        renewed_serial,
-        &renewed_key,
-        &challenge(&b).await,
-    )
+    // B asked A about alice moments ago: a serial new to it may be answered 503 with
+    // Retry-After (one refetch per actor per 2 s), which a client honours.
+    let (status, body) = honouring_retry_after(async || {
+        let (status, body, retry_after) = sign_in(
+            &b,
+            &alice.fid,
+            renewed_serial,
+            &renewed_key,
+            &challenge(&b).await,
+        )
+        .await;
+        (status, body, retry_after)
+    })
     .await;
     assert_eq!(status, 200, "{body}");
     let alice_b = foreign_user(&body);
@@ -600,14 +606,25 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
     )
     .await;
     assert_eq!(status, 201);
-    let (status, body) = send_pem(
-        &b,
-        "PUT",
-        extern_path,
-        Some(&alice_b.token),
-        third["id_cert"].as_str().expect("pem"),
-        None,
-    )
+    let (status, body) = honouring_retry_after(async || {
+        let mut res = awc::Client::default()
+            .put(format!("{}{extern_path}", b.address))
+            .bearer_auth(&alice_b.token)
+            .insert_header(("Content-Type", "text/plain"))
+            .send_body(third["id_cert"].as_str().expect("pem").to_owned())
+            .await
+            .expect("request");
+        let retry_after = res
+            .headers()
+            .get("Retry-After")
+            .map(|v| v.to_str().expect("ascii").to_owned());
+        let bytes = res.body().await.expect("body");
+        (
+            res.status().as_u16(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            retry_after,
+        )
+    })
     .await;
     assert_eq!(status, 204, "{body}");
     let bob = register(&b, "bob").await;
@@ -645,6 +662,24 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
         )
         .await;
         assert_eq!(status, want, "{body}");
+    }
+}
+
+/// Repeats `attempt` while it is answered 503 with `Retry-After`, waiting as told, for at
+/// most 15 s: the last status and body.
+async fn honouring_retry_after(
+    attempt: impl AsyncFn() -> (u16, Value, Option<String>),
+) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body, retry_after) = attempt().await;
+        let wait = retry_after.and_then(|s| s.parse::<u64>().ok());
+        match wait {
+            Some(seconds) if status == 503 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+            }
+            _ => return (status, body),
+        }
     }
 }
 
@@ -761,4 +796,40 @@ async fn a_home_that_redirects_is_not_followed() {
         "the redirect was not followed"
     );
     handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_home_that_stalls_its_answer_is_given_up_on_in_time() {
+    // A listed home that sends the head of a 200 and then nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let home_port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n[");
+            held.push(stream);
+        }
+    });
+    let b = instance("b.test", free_port(), &[("stall.test", home_port)], |c| {
+        c.federation.request_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body, retry_after) =
+        sign_in(&b, "x@stall.test", "1", &actor_key(), &challenge(&b).await).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (503, Some("SY_UNAVAILABLE")),
+        "{body}"
+    );
+    assert!(retry_after.is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "given up on after {:?}",
+        started.elapsed()
+    );
 }
