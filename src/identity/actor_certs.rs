@@ -88,7 +88,7 @@ pub struct IssuedActorCert {
     /// Unix seconds.
     pub invalidated_at: Option<i64>,
     /// The window signed for the second `.0` with the key `.1`.
-    window: Mutex<Option<(i64, String, SignedWindow)>>,
+    window: Mutex<Option<(i64, [u8; 32], SignedWindow)>>,
 }
 
 impl IssuedActorCert {
@@ -132,7 +132,7 @@ impl IssuedActorCert {
     /// The cache window for an answer at `now`, signed by `key` (shared by every answer of
     /// the same second and key: a rotation signs anew).
     pub fn window(&self, now: i64, ttl: i64, key: &ServerKey) -> SignedWindow {
-        let key_id = key.key_id();
+        let key_id = key.verifying_key().to_bytes();
         let mut memo = self.window.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((second, signed_with, window)) = memo.as_ref() {
             if *second == now && *signed_with == key_id {
