@@ -186,3 +186,16 @@ level = "warn"
         actix_web::rt::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// CPU time of a process, all its threads, from `/proc/<pid>/task/*/schedstat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Duration::ZERO;
+    };
+    let nanos = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}

@@ -79,7 +79,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::common::{self, call, free_port, string_field, ChildGuard, ScratchDir};
+use crate::common::{self, call, cpu_time, free_port, string_field, ChildGuard, ScratchDir};
 
 /// The environment variable that hands the subscriber's bearer token to the clients process
 /// (kept off its command line).
@@ -862,19 +862,6 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
         .parse()
         .context("bad VmRSS line")?;
     Ok(kib * 1024)
-}
-
-/// CPU time of a process, all its threads, from `/proc/<pid>/task/*/schedstat`.
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let nanos = tasks
-        .flatten()
-        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
-        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(nanos)
 }
 
 /// CPU used by the server and the clients processes over a window, in cores.
