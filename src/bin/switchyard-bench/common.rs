@@ -199,3 +199,25 @@ pub fn cpu_time(pid: u32) -> Duration {
         .sum();
     Duration::from_nanos(nanos)
 }
+
+/// CPU time a process has used, all its threads, those that ended too: `utime + stime` of
+/// `/proc/<pid>/stat`, in clock ticks of 10 ms (Linux's USER_HZ).
+pub fn process_cpu(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // After the name: state is field 3, utime field 14, stime field 15 (1-based).
+    let ticks = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}

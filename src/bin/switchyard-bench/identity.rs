@@ -41,7 +41,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use x509_cert::der::asn1::{BitString, SetOfVec};
 use x509_cert::der::{Any, Decode as _, Encode as _, EncodePem as _};
 
-use crate::common::{self, call, cpu_time, free_port, string_field, ScratchDir};
+use crate::common::{self, call, free_port, process_cpu, string_field, ScratchDir};
 
 const PASSWORD: &str = "identity-bench-password";
 
@@ -725,7 +725,7 @@ impl Bench {
                             .collect()
                     })
                     .collect();
-                let cpu_before = cpu_time(self.home_pid);
+                let cpu_before = process_cpu(self.home_pid);
                 let mut timing = run_for(args.posters, duration, |l, n| {
                     let poster = &posters[l];
                     let request = bodies[l].get(n).cloned();
@@ -760,7 +760,7 @@ impl Bench {
                         format!("round {round}")
                     }
                 );
-                let cpu = cpu_time(self.home_pid).saturating_sub(cpu_before);
+                let cpu = process_cpu(self.home_pid).saturating_sub(cpu_before);
                 let per_post = cpu.as_secs_f64() * 1e6 / timing.latencies.len().max(1) as f64;
                 if !warmup {
                     rates.push((signed, timing.rate(), per_post));
