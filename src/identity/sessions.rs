@@ -12,7 +12,7 @@
 //!    1 challenge consumed ─ 401 SY_BAD_CHALLENGE
 //!    2 fid of another server ─ 400 SY_INVALID_PARAM
 //!    3 the home's root and the certificate, checked and cached ─ 401 SY_BAD_CERT / 503
-//!    4 the signature over the challenge ─ 401 SY_BAD_SIGNATURE
+//!    4 the signature over the challenge, on the verifier threads ─ 401 SY_BAD_SIGNATURE
 //!    one append: [actor.foreign_idcert_seen], session.created {foreign, serial}
 //! ```
 //! A foreign session gets a random session id of ours (so that no other server can name one
@@ -286,15 +286,14 @@ impl Sessions {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .ok_or_else(bad_signature)?;
-        // One check per request, on this worker (see `identity::signed`).
-        use ed25519_dalek::Verifier as _;
-        let signature = ed25519_dalek::Signature::from_bytes(&signature);
-        if entry
-            .cert
-            .key
-            .verify(answer.challenge.as_bytes(), &signature)
-            .is_err()
-        {
+        let valid = self
+            .verify(PendingCheck {
+                message: answer.challenge.as_bytes().to_vec(),
+                signature: ed25519_dalek::Signature::from_bytes(&signature),
+                key: entry.cert.key,
+            })
+            .await?;
+        if !valid {
             return Err(bad_signature());
         }
         let session_id = random_hex(16);
@@ -459,7 +458,7 @@ impl Sessions {
         }
     }
 
-    /// Checks one signature on the verifier threads (relayed messages).
+    /// Checks one signature on the verifier threads.
     pub async fn verify(&self, check: PendingCheck) -> Result<bool, IdentityError> {
         self.verifier
             .verify(check)

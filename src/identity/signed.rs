@@ -15,9 +15,8 @@
 //!   signed, and `ts` near the event's own time → else the event is rejected with
 //!   `SY_BAD_SIGNATURE`; a home that cannot be reached fails the whole request (503).
 //!
-//! A client's message carries one signature, checked on its worker (the hop to the verifier
-//! threads cost more than the check); a relayed request may carry a hundred, which go to the
-//! shared verifier threads.
+//! Every check runs on the shared verifier threads, which batch the checks of concurrent
+//! requests (a post's, a relay's, the inbox's own) into one equation.
 
 use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
@@ -133,10 +132,13 @@ pub async fn check_from_client(
             signed.serial
         )));
     }
-    // One check per request, on this worker: the hop to the verifier threads costs more
-    // than the check (ARCHITECTURE, "Signature checks").
-    use ed25519_dalek::Verifier as _;
-    if key.verify(&message.bytes(), &signature_of(signed)?).is_ok() {
+    // On the verifier threads, batched with the checks of concurrent requests.
+    let check = PendingCheck {
+        message: message.bytes(),
+        signature: signature_of(signed)?,
+        key,
+    };
+    if sessions.verify(check).await? {
         Ok(())
     } else {
         Err(bad(
@@ -233,7 +235,6 @@ pub async fn check_relayed(
             }
         }
     };
-    // A request may carry many: they go to the verifier threads, batched with the rest.
     let Some(signature) = signed.signature() else {
         return Ok(RelayVerdict::Reject(
             "signed.signature must be unpadded base64 of 64 bytes".into(),
