@@ -10,7 +10,7 @@ use base64::Engine;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
 
-use super::{head, issue, send_pem};
+use super::{head, issue, request, send_pem, Body};
 use crate::gateway::{act, call, create_channel, register, User, Ws};
 use crate::helpers::{spawn_app_with, TestApp, TestDb};
 use crate::p2::{actor_csr, actor_key};
@@ -79,23 +79,18 @@ pub async fn sign_in(
     challenge: &str,
 ) -> (u16, Value, Option<String>) {
     let signature = hex::encode(key.sign(challenge.as_bytes()).to_bytes());
-    let mut res = awc::Client::default()
-        .post(format!("{}/.p2/core/v1/session/auth", app.address))
-        .send_json(
-            &json!({"challenge": challenge, "fid": fid, "serial": serial, "signature": signature}),
-        )
-        .await
-        .expect("request");
-    let retry_after = res
-        .headers()
-        .get("Retry-After")
-        .map(|v| v.to_str().expect("ascii").to_owned());
-    let body = res.body().await.expect("body");
-    (
-        res.status().as_u16(),
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-        retry_after,
+    let body =
+        json!({"challenge": challenge, "fid": fid, "serial": serial, "signature": signature});
+    let reply = request(
+        app,
+        "POST",
+        "/.p2/core/v1/session/auth",
+        None,
+        Some(Body::Json(body)),
+        None,
     )
+    .await;
+    (reply.status, reply.body, reply.retry_after)
 }
 
 /// The `signed` object of a message (DESIGN §4.4), its bytes made by an independent
@@ -285,6 +280,35 @@ async fn an_actor_of_a_signs_in_on_b_takes_part_and_is_refused_once_invalidated(
         (status, body["errcode"].as_str()),
         (403, Some("SY_FORBIDDEN"))
     );
+    // Nor manages services here, nor posts in a channel of another server; nothing written.
+    let before = head(&b).await;
+    let (status, body) = call(
+        &b,
+        "POST",
+        "/.p2/core/v1/services",
+        Some(&alice_b.token),
+        Some(json!({"service": {"service": "chat", "url": "https://x.example", "primary": true}})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("SY_FORBIDDEN")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &b,
+        "POST",
+        "/api/v1/channels/room@a.test/messages",
+        Some(&alice_b.token),
+        Some(json!({"body": "elsewhere"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("SY_FORBIDDEN")),
+        "{body}"
+    );
+    assert_eq!(head(&b).await, before);
 
     // A invalidates the certificate (alice ends her session there). B keeps trusting it
     // inside the cache window it holds...
@@ -526,70 +550,47 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
     let after_sign_in = head(&b).await;
     let extern_path = "/.p2/core/v1/session/idcert/extern";
     let other_session = second_cert["id_cert"].as_str().expect("pem");
-    let (status, body) = send_pem(
-        &b,
-        "PUT",
-        extern_path,
-        Some(&alice_b.token),
-        other_session,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (403, Some("SY_FORBIDDEN")),
-        "{body}"
-    );
     let foreign_root = another_roots_certificate(&alice.fid, &alice.session_id);
-    let (status, body) = send_pem(
-        &b,
-        "PUT",
-        extern_path,
-        Some(&alice_b.token),
-        &foreign_root,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (400, Some("SY_BAD_CERT")),
-        "{body}"
-    );
-    let (status, body) = send_pem(
-        &b,
-        "PUT",
-        extern_path,
-        Some(&alice_b.token),
-        "garbage",
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (400, Some("SY_BAD_CERT")),
-        "{body}"
-    );
     let carol = register(&b, "carol").await;
-    let (status, body) = send_pem(
-        &b,
-        "PUT",
-        extern_path,
-        Some(&carol.token),
-        other_session,
-        None,
-    )
-    .await;
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (403, Some("SY_FORBIDDEN")),
-        "{body}"
-    );
-    let (status, body) = send_pem(&b, "PUT", extern_path, None, other_session, None).await;
-    assert_eq!(
-        (status, body["errcode"].as_str()),
-        (401, Some("SY_MISSING_TOKEN")),
-        "{body}"
-    );
+    let cases: [(&str, Option<&str>, &str, u16, &str); 5] = [
+        (
+            "another session's certificate",
+            Some(&alice_b.token),
+            other_session,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        (
+            "another root's certificate",
+            Some(&alice_b.token),
+            &foreign_root,
+            400,
+            "SY_BAD_CERT",
+        ),
+        (
+            "garbage",
+            Some(&alice_b.token),
+            "garbage",
+            400,
+            "SY_BAD_CERT",
+        ),
+        (
+            "a local session",
+            Some(&carol.token),
+            other_session,
+            403,
+            "SY_FORBIDDEN",
+        ),
+        ("no token", None, other_session, 401, "SY_MISSING_TOKEN"),
+    ];
+    for (case, token, pem, want_status, want_errcode) in cases {
+        let (status, body) = send_pem(&b, "PUT", extern_path, token, pem, None).await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (want_status, Some(want_errcode)),
+            "{case}: {body}"
+        );
+    }
     assert_eq!(
         head(&b).await,
         after_sign_in + 2,
@@ -607,23 +608,18 @@ async fn sign_in_and_extern_refusals_have_their_errcodes_and_write_nothing() {
     .await;
     assert_eq!(status, 201);
     let (status, body) = honouring_retry_after(async || {
-        let mut res = awc::Client::default()
-            .put(format!("{}{extern_path}", b.address))
-            .bearer_auth(&alice_b.token)
-            .insert_header(("Content-Type", "text/plain"))
-            .send_body(third["id_cert"].as_str().expect("pem").to_owned())
-            .await
-            .expect("request");
-        let retry_after = res
-            .headers()
-            .get("Retry-After")
-            .map(|v| v.to_str().expect("ascii").to_owned());
-        let bytes = res.body().await.expect("body");
-        (
-            res.status().as_u16(),
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-            retry_after,
+        let reply = request(
+            &b,
+            "PUT",
+            extern_path,
+            Some(&alice_b.token),
+            Some(Body::Text(
+                third["id_cert"].as_str().expect("pem").to_owned(),
+            )),
+            None,
         )
+        .await;
+        (reply.status, reply.body, reply.retry_after)
     })
     .await;
     assert_eq!(status, 204, "{body}");

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use super::head;
+use super::{head, request, Body};
 use crate::gateway::{call, register, User};
 use crate::helpers::{spawn_app, TestApp, TestDb};
 
@@ -15,25 +15,16 @@ async fn manage(
     body: Option<Value>,
     sensitive: Option<&str>,
 ) -> (u16, Value) {
-    let mut request = awc::Client::default()
-        .request(
-            method.parse().expect("method"),
-            format!("{}{path}", app.address),
-        )
-        .bearer_auth(&user.token);
-    if let Some(solution) = sensitive {
-        request = request.insert_header(("X-P2-Sensitive-Solution", solution));
-    }
-    let mut res = match body {
-        Some(body) => request.send_json(&body).await,
-        None => request.send().await,
-    }
-    .expect("request");
-    let bytes = res.body().await.expect("body");
-    (
-        res.status().as_u16(),
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    let reply = request(
+        app,
+        method,
+        path,
+        Some(&user.token),
+        body.map(Body::Json),
+        sensitive,
     )
+    .await;
+    (reply.status, reply.body)
 }
 
 fn service(name: &str, url: &str, primary: bool) -> Value {
