@@ -11,6 +11,7 @@ mod m20261123_000006_create_delivery;
 mod m20261123_000007_create_accounts;
 mod m20261123_000008_create_session_cursors;
 mod m20261207_000009_create_identity;
+mod m20261207_000010_create_transparency;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000007_create_accounts::Migration),
             Box::new(m20261123_000008_create_session_cursors::Migration),
             Box::new(m20261207_000009_create_identity::Migration),
+            Box::new(m20261207_000010_create_transparency::Migration),
         ]
     }
 }

@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::error::{ApiError, ErrorKind};
 use crate::gateway::actions::{channel_ref, ActionError, Caller, MessageSignatures};
 use crate::identity::signed::Signed;
+use crate::core::event::EventError;
 use crate::store::AppendError;
 
 fn answer(error: ActionError) -> ApiError {
@@ -33,7 +34,11 @@ fn answer(error: ActionError) -> ApiError {
         ActionError::Forbidden(_) => ErrorKind::Forbidden,
         ActionError::AlreadyMember(_) => ErrorKind::AlreadyMember,
         ActionError::Append(AppendError::Invalid { error, .. }) => {
-            return ApiError::new(ErrorKind::InvalidParam, error.to_string())
+            let kind = match error {
+                EventError::TooLarge => ErrorKind::TooLarge,
+                _ => ErrorKind::InvalidParam,
+            };
+            return ApiError::new(kind, error.to_string());
         }
         ActionError::Append(AppendError::Storage(_) | AppendError::Stopped) => {
             return ApiError::new(

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::core::tiles::MAX_LEAF_BYTES;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -170,6 +171,8 @@ pub enum EventError {
     BadContent { kind: EventType, problem: String },
     #[error("content is not canonical JSON: {0}")]
     NotCanonical(#[from] CanonicalJsonError),
+    #[error("the event is too large for the log: its entry could exceed {MAX_LEAF_BYTES} bytes")]
+    TooLarge,
 }
 
 /// An event as a caller hands it to the log, before it has a `seq`.
@@ -228,6 +231,9 @@ impl NewEvent {
             problem,
         })?;
         let canonical_content = canonical_json::to_canonical_string(&self.content)?;
+        if leaf_bound(&self, canonical_content.len()) > MAX_LEAF_BYTES {
+            return Err(EventError::TooLarge);
+        }
         // Canonical JSON is valid JSON, so this never fails; the error arm keeps it panic-free.
         let canonical_content = RawValue::from_string(canonical_content)
             .map_err(|_| EventError::NotCanonical(CanonicalJsonError::Float))?;
@@ -244,8 +250,23 @@ impl NewEvent {
     }
 }
 
+/// An upper bound of the leaf's length (DESIGN §2: at most 65,535 bytes): the canonical
+/// content, every string field as if each byte needed a two-byte escape, and room for the
+/// keys, three 20-digit integers and the punctuation.
+fn leaf_bound(event: &NewEvent, canonical_content: usize) -> usize {
+    let strings = event.event_id.len()
+        + event.origin.len()
+        + event.event_type.len()
+        + event.sender.as_deref().map_or(0, str::len)
+        + event.channel.as_deref().map_or(0, str::len);
+    canonical_content + 2 * strings + 256
+}
+
 const MAX_NAME_CHARS: usize = 100;
-const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A message body's cap: with the entry's other fields and any escaping of quotes and
+/// backslashes the leaf stays under [`MAX_LEAF_BYTES`]; a body of control characters (six
+/// bytes each once escaped) is refused by the leaf bound instead.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 fn str_field<'a>(content: &'a Map<String, Value>, key: &str) -> Result<&'a str, String> {
     content

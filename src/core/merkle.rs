@@ -205,6 +205,21 @@ impl Extend<Hash> for Frontier {
     }
 }
 
+/// A perfect subtree of the tree: the `2^level` leaves from `index << level` on. Level 0 is a
+/// leaf hash; every hash a proof or a root needs is made of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Node {
+    pub level: u32,
+    pub index: u64,
+}
+
+impl Node {
+    fn leaves(self) -> std::ops::Range<usize> {
+        let start = (self.index << self.level) as usize;
+        start..start + (1usize << self.level)
+    }
+}
+
 /// The Merkle Tree Hash `MTH(D[n])` of RFC 9162 §2.1.1, computed recursively
 /// from all the leaf hashes. `O(n)` time; [`Frontier`] is the incremental way.
 #[must_use]
@@ -219,6 +234,31 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
     }
 }
 
+/// The root of the tree of `size` leaves, from the perfect subtrees `node` gives.
+pub fn root_with(size: u64, node: &mut impl FnMut(Node) -> Hash) -> Hash {
+    if size == 0 {
+        return empty_root();
+    }
+    range_hash(0, size, node)
+}
+
+/// `MTH(D[start:end])` for a range the RFC's recursion reaches: `start` is a multiple of the
+/// largest power of two not above `end - start`, so each perfect part is one [`Node`].
+fn range_hash(start: u64, end: u64, node: &mut impl FnMut(Node) -> Hash) -> Hash {
+    let n = end - start;
+    if n.is_power_of_two() {
+        let level = n.trailing_zeros();
+        return node(Node {
+            level,
+            index: start >> level,
+        });
+    }
+    let k = split_point_u64(n);
+    let left = range_hash(start, start + k, node);
+    let right = range_hash(start + k, end, node);
+    node_hash(&left, &right)
+}
+
 /// The inclusion proof `PATH(m, D[n])` of RFC 9162 §2.1.3.1 for the leaf at
 /// `index`: sibling hashes from the leaf level up to just below the root.
 ///
@@ -226,15 +266,27 @@ pub fn root_of(leaf_hashes: &[Hash]) -> Hash {
 ///
 /// [`MerkleError::IndexOutOfRange`] unless `index < leaf_hashes.len()`.
 pub fn inclusion_proof(index: u64, leaf_hashes: &[Hash]) -> Result<Vec<Hash>, MerkleError> {
-    let leaf = usize::try_from(index)
-        .ok()
-        .filter(|&leaf| leaf < leaf_hashes.len())
-        .ok_or(MerkleError::IndexOutOfRange {
-            index,
-            size: leaf_hashes.len() as u64,
-        })?;
+    inclusion_proof_with(index, leaf_hashes.len() as u64, &mut |n: Node| {
+        root_of(&leaf_hashes[n.leaves()])
+    })
+}
+
+/// [`inclusion_proof`] in a tree of `size` leaves whose perfect subtrees `node` gives (from
+/// stored tiles, say): `O(log n)` calls.
+///
+/// # Errors
+///
+/// [`MerkleError::IndexOutOfRange`] unless `index < size`.
+pub fn inclusion_proof_with(
+    index: u64,
+    size: u64,
+    node: &mut impl FnMut(Node) -> Hash,
+) -> Result<Vec<Hash>, MerkleError> {
+    if index >= size {
+        return Err(MerkleError::IndexOutOfRange { index, size });
+    }
     let mut proof = Vec::new();
-    push_path(leaf, leaf_hashes, &mut proof);
+    push_path(index, 0, size, node, &mut proof);
     Ok(proof)
 }
 
@@ -248,19 +300,48 @@ pub fn inclusion_proof(index: u64, leaf_hashes: &[Hash]) -> Result<Vec<Hash>, Me
 /// [`MerkleError::EmptyOldTree`] if `old_size == 0`, as
 /// [`verify_consistency`] would reject any proof for it.
 pub fn consistency_proof(old_size: u64, leaf_hashes: &[Hash]) -> Result<Vec<Hash>, MerkleError> {
-    let old_leaves = usize::try_from(old_size)
-        .ok()
-        .filter(|&old_leaves| old_leaves <= leaf_hashes.len())
-        .ok_or(MerkleError::SizeOrder {
+    consistency_proof_with(old_size, leaf_hashes.len() as u64, &mut |n: Node| {
+        root_of(&leaf_hashes[n.leaves()])
+    })
+}
+
+/// [`consistency_proof`] between sizes `old_size` and `new_size` of a tree whose perfect
+/// subtrees `node` gives.
+///
+/// # Errors
+///
+/// As [`consistency_proof`].
+pub fn consistency_proof_with(
+    old_size: u64,
+    new_size: u64,
+    node: &mut impl FnMut(Node) -> Hash,
+) -> Result<Vec<Hash>, MerkleError> {
+    if old_size > new_size {
+        return Err(MerkleError::SizeOrder {
             old: old_size,
-            new: leaf_hashes.len() as u64,
-        })?;
-    if old_leaves == 0 {
+            new: new_size,
+        });
+    }
+    if old_size == 0 {
         return Err(MerkleError::EmptyOldTree);
     }
     let mut proof = Vec::new();
-    push_subproof(old_leaves, leaf_hashes, true, &mut proof);
+    push_subproof(old_size, 0, new_size, true, node, &mut proof);
     Ok(proof)
+}
+
+/// The perfect subtrees a computation over the tree will ask for, found by running it once
+/// with placeholder hashes (the shape of a proof never depends on the hashes). Lets a caller
+/// fetch everything first (one read per tile), then compute.
+pub fn nodes_needed<T>(compute: impl FnOnce(&mut dyn FnMut(Node) -> Hash) -> T) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    compute(&mut |n| {
+        nodes.push(n);
+        [0; 32]
+    });
+    nodes.sort_unstable();
+    nodes.dedup();
+    nodes
 }
 
 /// Checks that `proof` shows the leaf with hash `leaf_hash` at `index` in the
@@ -378,38 +459,58 @@ fn split_point(n: usize) -> usize {
     1 << (n - 1).ilog2()
 }
 
-/// Appends `PATH(m, D[n])` to `proof`, bottom-up.
-fn push_path(m: usize, leaves: &[Hash], proof: &mut Vec<Hash>) {
-    if leaves.len() <= 1 {
+/// The size of the left subtree of a tree of `n >= 2` leaves (u64).
+fn split_point_u64(n: u64) -> u64 {
+    1 << (n - 1).ilog2()
+}
+
+/// Appends `PATH(m, D[start:end])` to `proof`, bottom-up; `m` counts from `start`.
+fn push_path(
+    m: u64,
+    start: u64,
+    end: u64,
+    node: &mut impl FnMut(Node) -> Hash,
+    proof: &mut Vec<Hash>,
+) {
+    let n = end - start;
+    if n <= 1 {
         return;
     }
-    let (left, right) = leaves.split_at(split_point(leaves.len()));
-    if m < left.len() {
-        push_path(m, left, proof);
-        proof.push(root_of(right));
+    let k = split_point_u64(n);
+    if m < k {
+        push_path(m, start, start + k, node, proof);
+        proof.push(range_hash(start + k, end, node));
     } else {
-        push_path(m - left.len(), right, proof);
-        proof.push(root_of(left));
+        push_path(m - k, start + k, end, node, proof);
+        proof.push(range_hash(start, start + k, node));
     }
 }
 
-/// Appends `SUBPROOF(m, D[n], b)` to `proof` for `0 < m <= n`, bottom-up.
+/// Appends `SUBPROOF(m, D[start:end], b)` to `proof` for `0 < m <= n`, bottom-up.
 /// `is_whole_old_tree` is the RFC's `b`: whether `D[0:m]` is the complete
 /// old tree, whose root the verifier already knows.
-fn push_subproof(m: usize, leaves: &[Hash], is_whole_old_tree: bool, proof: &mut Vec<Hash>) {
-    if m == leaves.len() {
+fn push_subproof(
+    m: u64,
+    start: u64,
+    end: u64,
+    is_whole_old_tree: bool,
+    node: &mut impl FnMut(Node) -> Hash,
+    proof: &mut Vec<Hash>,
+) {
+    let n = end - start;
+    if m == n {
         if !is_whole_old_tree {
-            proof.push(root_of(leaves));
+            proof.push(range_hash(start, end, node));
         }
         return;
     }
-    let (left, right) = leaves.split_at(split_point(leaves.len()));
-    if m <= left.len() {
-        push_subproof(m, left, is_whole_old_tree, proof);
-        proof.push(root_of(right));
+    let k = split_point_u64(n);
+    if m <= k {
+        push_subproof(m, start, start + k, is_whole_old_tree, node, proof);
+        proof.push(range_hash(start + k, end, node));
     } else {
-        push_subproof(m - left.len(), right, false, proof);
-        proof.push(root_of(left));
+        push_subproof(m - k, start + k, end, false, node, proof);
+        proof.push(range_hash(start, start + k, node));
     }
 }
 

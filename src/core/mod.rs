@@ -9,3 +9,5 @@ pub mod ids;
 pub mod inbound;
 pub mod merkle;
 pub mod projection;
+pub mod note;
+pub mod tiles;

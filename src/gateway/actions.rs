@@ -27,7 +27,7 @@ use crate::identity::signed::{check_from_client, Signed, SignedMessage};
 use crate::store::{AppendError, EventLogHandle, Store, StoreError};
 
 const MAX_NAME_CHARS: usize = 100;
-const MAX_BODY_BYTES: usize = 64 * 1024;
+use crate::core::event::MAX_BODY_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActionError {

@@ -48,10 +48,12 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::sqlite_thread::{Recorder, SqliteThread};
 use super::writer::WriterConnection;
-use super::{bulk, head_on, projections, StoreError};
+use super::{bulk, head_on, projections, tree, StoreError};
 use crate::clock::now_ms;
 use crate::core::chain::ChainHash;
 use crate::core::event::{write_leaf, EventError, LogEntry, NewEvent, PreparedEvent};
+use crate::core::merkle::leaf_hash;
+use crate::core::tiles::{TileEdge, TileRow, MAX_LEAF_BYTES};
 use crate::core::projection::{self, ProjectionOp};
 use crate::telemetry::Metrics;
 use entities::events;
@@ -128,10 +130,19 @@ pub struct Drain {
     reply: oneshot::Sender<()>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// Where the log ends: the last entry and the right edge of the Merkle tree over it.
+#[derive(Clone)]
 struct Head {
     seq: u64,
     hash: ChainHash,
+    tree: TileEdge,
+}
+
+/// Two heads are the same log when their last entries are (the tree follows from them).
+impl PartialEq for Head {
+    fn eq(&self, other: &Head) -> bool {
+        self.seq == other.seq && self.hash == other.hash
+    }
 }
 
 /// Where the log writes: a SQLite file through its own thread (one message per transaction),
@@ -148,11 +159,38 @@ pub(crate) enum LogWriter {
 
 impl LogWriter {
     async fn head(&self) -> Result<Head, StoreError> {
-        let (seq, hash) = match self {
-            LogWriter::Sqlite { readers, .. } => head_on(readers).await?,
-            LogWriter::Sqlx(conn) => head_on(conn).await?,
+        let (seq, hash, tree) = match self {
+            LogWriter::Sqlite { readers, .. } => {
+                let (seq, hash) = head_on(readers).await?;
+                (seq, hash, tree::load_edge(readers, seq).await?)
+            }
+            LogWriter::Sqlx(conn) => {
+                let (seq, hash) = head_on(conn).await?;
+                (seq, hash, tree::load_edge(conn, seq).await?)
+            }
         };
-        Ok(Head { seq, hash })
+        Ok(Head { seq, hash, tree })
+    }
+
+    /// Writes tiles in a transaction of their own (the tree's catch-up at start).
+    pub(crate) async fn write_tiles(&self, rows: &[TileRow]) -> Result<(), StoreError> {
+        match self {
+            LogWriter::Sqlite { thread, .. } => {
+                let recorder = Recorder::new();
+                tree::write_tiles(&recorder, rows).await?;
+                Ok(thread.transaction(recorder.into_statements()).await?)
+            }
+            LogWriter::Sqlx(conn) => {
+                conn.begin().await?;
+                match tree::write_tiles(conn, rows).await {
+                    Ok(()) => Ok(conn.commit().await?),
+                    Err(error) => {
+                        conn.rollback().await;
+                        Err(error)
+                    }
+                }
+            }
+        }
     }
 
     async fn find_existing(
@@ -235,12 +273,13 @@ impl EventLog {
             },
             None => LogWriter::Sqlx(WriterConnection::open(store.writer.clone()).await?),
         });
-        let Head { seq, hash } = writer.head().await?;
-        metrics.log_head_seq.set(seq as i64);
+        tree::catch_up(store, &writer).await?;
+        let head = writer.head().await?;
+        metrics.log_head_seq.set(head.seq as i64);
         let (published, _) = broadcast::channel(publish_buffer);
         let actor = EventLog {
             writer,
-            head: Some(Head { seq, hash }),
+            head: Some(head),
             lookup_first: false,
             queue: VecDeque::new(),
             committing: false,
@@ -267,7 +306,7 @@ impl EventLog {
             return;
         }
         if let Some(staged) = self.staged.take() {
-            if Some(staged.base) == self.head && !self.lookup_first {
+            if Some(&staged.base) == self.head.as_ref() && !self.lookup_first {
                 self.submit(staged, ctx);
                 return;
             }
@@ -283,7 +322,9 @@ impl EventLog {
             }
             return;
         }
-        if let (true, false, Some(head)) = (self.writer.stages(), self.lookup_first, self.head) {
+        if let (true, false, Some(head)) =
+            (self.writer.stages(), self.lookup_first, self.head.clone())
+        {
             let mut staged = Staged::new(head);
             self.take_into(&mut staged);
             self.submit(staged, ctx);
@@ -301,7 +342,7 @@ impl EventLog {
         self.committing = true;
         self.in_flight_head = None;
         let writer = self.writer.clone();
-        let head = self.head;
+        let head = self.head.clone();
         let published = self.published.clone();
         let metrics = self.metrics.clone();
         let lookup_first = self.lookup_first;
@@ -328,7 +369,7 @@ impl EventLog {
 
     /// While a staged commit runs, plans what queues behind it.
     fn fill_stage(&mut self) {
-        let Some(base) = self.in_flight_head else {
+        let Some(base) = self.in_flight_head.clone() else {
             return;
         };
         if self.lookup_first || self.queue.is_empty() {
@@ -342,7 +383,7 @@ impl EventLog {
     fn submit(&mut self, mut staged: Staged, ctx: &mut Context<Self>) {
         staged.record();
         self.committing = true;
-        self.in_flight_head = Some(staged.head);
+        self.in_flight_head = Some(staged.head.clone());
         let commit = commit_staged(
             self.writer.clone(),
             staged,
@@ -413,7 +454,7 @@ async fn commit_batch(
     let started = Instant::now();
     let result = write_batch(&writer, head, &batch, lookup_first)
         .await
-        .map(|plan| (plan.head, plan.outcomes, plan.entries));
+        .map(|(head, plan)| (head, plan.outcomes, plan.entries));
     finish(result, started, batch, lookup_first, &published, &metrics)
 }
 
@@ -440,7 +481,7 @@ async fn commit_staged(
         Err(error) if is_unique_violation(&error) => {
             write_batch(&writer, Some(base), &pendings, true)
                 .await
-                .map(|plan| (plan.head, plan.outcomes, plan.entries))
+                .map(|(head, plan)| (head, plan.outcomes, plan.entries))
         }
         Err(error) => Err(error),
     };
@@ -531,8 +572,8 @@ struct Staged {
 impl Staged {
     fn new(base: Head) -> Staged {
         Staged {
+            head: base.clone(),
             base,
-            head: base,
             pendings: Vec::new(),
             outcomes: Vec::new(),
             entries: Vec::new(),
@@ -545,12 +586,11 @@ impl Staged {
     /// Plans `pending` after what is staged (statements are recorded at submission, so a
     /// batch of many small appends still writes multi-row INSERTs).
     fn add(&mut self, pending: PendingAppend) {
-        let planned = plan(self.head, std::slice::from_ref(&pending), &self.seen);
+        let planned = plan(&mut self.head, std::slice::from_ref(&pending), &self.seen);
         for entry in &planned.entries {
             self.seen
                 .insert((entry.origin.clone(), entry.event_id.clone()), entry.seq);
         }
-        self.head = planned.head;
         self.events += pending.events.len();
         let Plan {
             outcomes, entries, ..
@@ -574,8 +614,10 @@ impl Staged {
             .flatten();
         let recorder = Recorder::new();
         // The recorder runs nothing, so its futures are ready at once.
+        let tiles = self.head.tree.take_changes();
         let recorded = async {
             insert_entries(&recorder, &self.entries).await?;
+            tree::write_tiles(&recorder, &tiles).await?;
             projections::apply(&recorder, ops).await?;
             Ok::<_, StoreError>(())
         }
@@ -587,16 +629,18 @@ impl Staged {
 
 /// What one group commit writes and answers.
 struct Plan<'a> {
-    head: Head,
     outcomes: Vec<Vec<AppendOutcome>>,
     entries: Vec<LogEntry>,
     ops: Vec<(u64, &'a ProjectionOp)>,
+    /// The Merkle tiles the entries changed.
+    tiles: Vec<TileRow>,
 }
 
 /// Assigns `seq` and hashes to every event of the batch that is neither in `existing` nor a
-/// repeat of an earlier event of the batch. Pure CPU work; no I/O.
+/// repeat of an earlier event of the batch, and moves `head` (chain and tree) past them.
+/// Pure CPU work; no I/O.
 fn plan<'a>(
-    mut head: Head,
+    head: &mut Head,
     batch: &'a [PendingAppend],
     existing: &HashMap<(String, String), u64>,
 ) -> Plan<'a> {
@@ -638,7 +682,10 @@ fn plan<'a>(
                 received_ts,
                 event.canonical_content.get(),
             );
+            // `NewEvent::prepare` refuses any event whose leaf could pass the bound.
+            debug_assert!(leaf.len() <= MAX_LEAF_BYTES);
             let entry_hash = head.hash.next(leaf.as_bytes());
+            head.tree.push(leaf_hash(leaf.as_bytes()));
             entries.push(LogEntry {
                 seq,
                 event_id: event.event_id.clone(),
@@ -654,19 +701,17 @@ fn plan<'a>(
             });
             ops.extend(event_ops.iter().map(|op| (seq, op)));
             seen.insert(key, seq);
-            head = Head {
-                seq,
-                hash: entry_hash,
-            };
+            head.seq = seq;
+            head.hash = entry_hash;
             outcome.push(AppendOutcome::Appended { seq });
         }
         outcomes.push(outcome);
     }
     Plan {
-        head,
         outcomes,
         entries,
         ops,
+        tiles: Vec::new(),
     }
 }
 
@@ -690,15 +735,17 @@ async fn write_batch<'a>(
     head: Option<Head>,
     batch: &'a [PendingAppend],
     lookup_first: bool,
-) -> Result<Plan<'a>, StoreError> {
-    let head = match head {
+) -> Result<(Head, Plan<'a>), StoreError> {
+    let base = match head {
         Some(head) => head,
         None => writer.head().await?,
     };
     if !lookup_first {
-        let optimistic = plan(head, batch, &HashMap::new());
+        let mut head = base.clone();
+        let mut optimistic = plan(&mut head, batch, &HashMap::new());
+        optimistic.tiles = head.tree.take_changes();
         match writer.write(&optimistic).await {
-            Ok(()) => return Ok(optimistic),
+            Ok(()) => return Ok((head, optimistic)),
             Err(error) if is_unique_violation(&error) => {}
             Err(error) => return Err(error),
         }
@@ -706,11 +753,13 @@ async fn write_batch<'a>(
     // This actor is the only writer of `events`, so what the lookup finds cannot change
     // before the write below.
     let existing = writer.find_existing(batch).await?;
-    let checked = plan(head, batch, &existing);
+    let mut head = base;
+    let mut checked = plan(&mut head, batch, &existing);
+    checked.tiles = head.tree.take_changes();
     if !checked.entries.is_empty() {
         writer.write(&checked).await?;
     }
-    Ok(checked)
+    Ok((head, checked))
 }
 
 async fn write_plan(
@@ -718,6 +767,7 @@ async fn write_plan(
     plan: &Plan<'_>,
 ) -> Result<(), StoreError> {
     insert_entries(conn, &plan.entries).await?;
+    tree::write_tiles(conn, &plan.tiles).await?;
     projections::apply(conn, plan.ops.iter().copied()).await?;
     Ok(())
 }

@@ -16,6 +16,7 @@ pub mod log;
 pub mod projections;
 pub mod replay;
 mod sqlite_thread;
+pub mod tree;
 pub mod verify;
 mod writer;
 

@@ -1,0 +1,205 @@
+//! The Merkle tree's stored tiles (DESIGN §2.1): written by the log writer in the transaction
+//! of the entries they cover, read by everything else.
+//!
+//! `log_tiles (level, idx) → hashes` holds every full tile once and the right edge's partial
+//! tiles, rewritten as they grow (a partial tile is a prefix of the full one, so one row
+//! serves every width up to what it holds). A tree of size `n` is therefore readable at any
+//! size `≤ n`: tiles, proofs and roots are reads, never a rebuild.
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+
+use super::log::LogWriter;
+use super::{bulk, Store, StoreError};
+use crate::core::event::LogEntry;
+use crate::core::merkle::{leaf_hash, Hash};
+use crate::core::tiles::{TileEdge, TileRow, TILE_WIDTH};
+
+const COLUMNS: [&str; 3] = ["level", "idx", "hashes"];
+/// Entries hashed per transaction when the tree catches up with an older log.
+const BACKFILL_PAGE: u64 = 20_000;
+
+/// Upserts tiles (full ones once, partial ones as they grow).
+pub(crate) async fn write_tiles(
+    db: &impl ConnectionTrait,
+    rows: &[TileRow],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut values = Vec::with_capacity(rows.len() * COLUMNS.len());
+    for row in rows {
+        values.extend([
+            Value::Int(Some(row.level as i32)),
+            Value::BigInt(Some(row.index as i64)),
+            Value::Bytes(Some(Box::new(row.hashes.concat()))),
+        ]);
+    }
+    bulk::insert_rows(
+        db,
+        "log_tiles",
+        &COLUMNS,
+        values,
+        "ON CONFLICT (level, idx) DO UPDATE SET hashes = excluded.hashes",
+    )
+    .await?;
+    Ok(())
+}
+
+/// The stored hashes of tile `(level, index)`, however many it holds.
+pub(crate) async fn read_tile(
+    db: &impl ConnectionTrait,
+    level: u32,
+    index: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let backend = db.get_database_backend();
+    let sql = match backend {
+        DbBackend::Postgres => "SELECT hashes FROM log_tiles WHERE level = $1 AND idx = $2",
+        _ => "SELECT hashes FROM log_tiles WHERE level = ? AND idx = ?",
+    };
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                Value::Int(Some(level as i32)),
+                Value::BigInt(Some(index as i64)),
+            ],
+        ))
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(row) => {
+            let bytes: Vec<u8> = row.try_get("", "hashes")?;
+            if bytes.is_empty() || bytes.len() % 32 != 0 || bytes.len() > 32 * TILE_WIDTH {
+                return Err(StoreError::Corrupt {
+                    seq: 0,
+                    problem: format!(
+                        "tile {level}/{index} holds {} bytes, not 1..=256 hashes",
+                        bytes.len()
+                    ),
+                });
+            }
+            Ok(Some(bytes))
+        }
+    }
+}
+
+/// Splits tile bytes into hashes.
+pub fn hashes_of(bytes: &[u8]) -> Vec<Hash> {
+    bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        })
+        .collect()
+}
+
+/// How many leaves the stored tiles cover: the last level-0 tile's index and width.
+pub(crate) async fn stored_size(db: &impl ConnectionTrait) -> Result<u64, StoreError> {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one(Statement::from_string(
+            backend,
+            "SELECT idx, hashes FROM log_tiles WHERE level = 0 ORDER BY idx DESC LIMIT 1",
+        ))
+        .await?;
+    match row {
+        None => Ok(0),
+        Some(row) => {
+            let idx: i64 = row.try_get("", "idx")?;
+            let hashes: Vec<u8> = row.try_get("", "hashes")?;
+            Ok(idx as u64 * TILE_WIDTH as u64 + (hashes.len() / 32) as u64)
+        }
+    }
+}
+
+/// The right edge of the stored tree at `size` (which the tiles must cover).
+pub(crate) async fn load_edge(
+    db: &impl ConnectionTrait,
+    size: u64,
+) -> Result<TileEdge, StoreError> {
+    let mut partial = Vec::new();
+    for tile in TileEdge::partial_tiles(size) {
+        let width = usize::from(tile.width);
+        if width == 0 {
+            partial.push(Vec::new());
+            continue;
+        }
+        let bytes = read_tile(db, tile.level, tile.index).await?.unwrap_or_default();
+        if bytes.len() < width * 32 {
+            return Err(StoreError::Corrupt {
+                seq: size as i64,
+                problem: format!(
+                    "the Merkle tile {}/{} holds {} hashes; a tree of {size} needs {width}",
+                    tile.level,
+                    tile.index,
+                    bytes.len() / 32
+                ),
+            });
+        }
+        partial.push(hashes_of(&bytes[..width * 32]));
+    }
+    TileEdge::from_partials(size, partial).map_err(|e| StoreError::Corrupt {
+        seq: size as i64,
+        problem: e.to_string(),
+    })
+}
+
+/// Brings the stored tree up to the log's head: a log written before the tree existed, or
+/// one restored from a backup without its tiles, is hashed once, in pages, through the
+/// writer's connection before the writer starts. Refuses a tree larger than the log (entries
+/// were deleted by hand).
+pub(crate) async fn catch_up(store: &Store, writer: &LogWriter) -> Result<(), StoreError> {
+    {
+        let (head, _) = store.head().await?;
+        let mut size = stored_size(store.readers()).await?;
+        if size > head {
+            return Err(StoreError::Corrupt {
+                seq: head as i64,
+                problem: format!(
+                    "the Merkle tree covers {size} entries but the log holds {head}: entries \
+                     were removed from the log"
+                ),
+            });
+        }
+        if size == head {
+            return Ok(());
+        }
+        tracing::warn!(
+            tree = size,
+            log = head,
+            "the Merkle tree is behind the log; hashing the missing entries"
+        );
+        let mut edge = load_edge(store.readers(), size).await?;
+        while size < head {
+            let entries: Vec<LogEntry> = store.read_after(size, BACKFILL_PAGE).await?;
+            for entry in &entries {
+                if entry.seq != size + 1 {
+                    return Err(StoreError::Corrupt {
+                        seq: (size + 1) as i64,
+                        problem: "missing from the log".into(),
+                    });
+                }
+                edge.push(leaf_hash(entry.leaf().as_bytes()));
+                size += 1;
+            }
+            writer.write_tiles(&edge.take_changes()).await?;
+        }
+        tracing::info!(size, "the Merkle tree covers the log");
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Stored tile bytes (for the tile routes and the proof reader).
+    pub async fn tile(&self, level: u32, index: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        read_tile(self.readers(), level, index).await
+    }
+
+    /// The leaves the stored tree covers.
+    pub async fn tree_size(&self) -> Result<u64, StoreError> {
+        stored_size(self.readers()).await
+    }
+}
