@@ -144,6 +144,10 @@ fn to_sql(value: &Value) -> Result<ToSqlOutput<'_>, SqliteWriteError> {
             None => ToSqlOutput::Owned(SqlValue::Null),
             Some(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
         },
+        Value::Bytes(v) => match v {
+            None => ToSqlOutput::Owned(SqlValue::Null),
+            Some(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b.as_slice())),
+        },
         other => {
             return Err(SqliteWriteError {
                 message: format!("the log writer cannot bind {other:?}"),
