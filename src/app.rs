@@ -24,6 +24,7 @@ use crate::identity::server_certs::{ServerCertError, ServerCerts};
 use crate::identity::Identity;
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::transparency::Transparency;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -51,6 +52,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     /// Client sessions' cursors (socket and REST catch-up).
     pub cursors: Arc<crate::gateway::cursors::Cursors>,
+    /// The verifiable log: checkpoints, proofs, witnessing.
+    pub transparency: Arc<Transparency>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +227,15 @@ impl Application {
             session_ended(store.clone(), cursors.clone(), channels.clone()),
         )
         .await?;
+        let transparency = Transparency::start(
+            &config.server.name,
+            &config.transparency,
+            &store,
+            &log,
+            keys.clone(),
+            metrics.clone(),
+        )
+        .await?;
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -245,6 +257,7 @@ impl Application {
             ),
             cursors: cursors.clone(),
             identity: identity.clone(),
+            transparency,
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {

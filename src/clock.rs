@@ -56,3 +56,16 @@ mod tests {
         assert_eq!(clock.now_secs(), clock.now_ms().div_euclid(1000));
     }
 }
+
+/// RFC 3339 in UTC with milliseconds (`2026-12-07T21:20:48.123Z`) of ms since the epoch.
+pub fn rfc3339_ms(ms: i64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+/// Parses an RFC 3339 time in UTC (`…Z`, optional fraction) into ms since the epoch.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let time = humantime::parse_rfc3339(text).ok()?;
+    let since = time.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_millis()).ok()
+}

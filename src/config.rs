@@ -24,6 +24,7 @@ pub struct Config {
     pub branding: BrandingConfig,
     pub gateway: GatewayConfig,
     pub identity: IdentityConfig,
+    pub transparency: TransparencyConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -286,6 +287,33 @@ impl Default for GatewayConfig {
     }
 }
 
+/// The verifiable log (DESIGN §2.1, §2.5).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransparencyConfig {
+    /// A new checkpoint is signed when the log has grown, at most this often.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Servers we ask to witness (cosign) our checkpoints.
+    pub witnesses: Vec<String>,
+    /// Servers whose logs we witness (`POST /log/add-checkpoint`).
+    pub witness_for: Vec<String>,
+    /// We push a grown checkpoint to each witness at most this often.
+    #[serde(with = "humantime_serde")]
+    pub witness_interval: Duration,
+}
+
+impl Default for TransparencyConfig {
+    fn default() -> Self {
+        TransparencyConfig {
+            checkpoint_interval: Duration::from_secs(1),
+            witnesses: Vec::new(),
+            witness_for: Vec::new(),
+            witness_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Actor identity (DESIGN §4.2–§4.5).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -449,6 +477,32 @@ impl Config {
                 "keys.idcert_lifetime",
                 "must be between 1h and 10 years",
             ));
+        }
+        let transparency = &self.transparency;
+        if transparency.checkpoint_interval < Duration::from_millis(10)
+            || transparency.checkpoint_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "transparency.checkpoint_interval",
+                "must be between 10ms and 1h",
+            ));
+        }
+        if transparency.witness_interval < Duration::from_millis(10) {
+            return Err(invalid(
+                "transparency.witness_interval",
+                "must be at least 10ms",
+            ));
+        }
+        for (key, names) in [
+            ("transparency.witnesses", &transparency.witnesses),
+            ("transparency.witness_for", &transparency.witness_for),
+        ] {
+            if let Some(bad) = names.iter().find(|n| !ids::is_server_name(n)) {
+                return Err(invalid(key, format!("{bad:?} is not host[:port]")));
+            }
+            if names.iter().any(|n| *n == self.server.name) {
+                return Err(invalid(key, "must not name this server"));
+            }
         }
         let identity = &self.identity;
         if identity.actor_cert_lifetime < Duration::from_secs(60)

@@ -8,6 +8,7 @@
 //!   the inbox pipeline (Origin actors) and outbound delivery (Destination actors);
 //! - [`identity`]: polyproto ID-Certs (the server's root, actors' certificates and the one
 //!   checker), accounts and sessions (local and foreign), signed messages, services;
+//! - [`transparency`]: the verifiable log: checkpoints, proof reads, witnessing;
 //! - [`gateway`]: Channel actors, the local fan-out of committed events;
 //! - [`api`]: thin HTTP handlers; [`error`]: the one error type clients see;
 //! - [`app`]: wires one instance together; [`config`]: TOML + environment configuration;
@@ -24,3 +25,4 @@ pub mod gateway;
 pub mod identity;
 pub mod store;
 pub mod telemetry;
+pub mod transparency;

@@ -40,6 +40,13 @@ pub struct Metrics {
     pub log_duplicates: IntCounter,
     pub log_commit_failures: IntCounter,
     pub log_head_seq: IntGauge,
+    /// The size of the latest signed checkpoint.
+    pub log_checkpoint_size: IntGauge,
+    pub log_checkpoint_failures: IntCounter,
+    /// Checkpoints refused as forks of one we cosigned (DESIGN §2.5).
+    pub witness_equivocations: IntCounterVec,
+    /// Checkpoints we pushed to witnesses, by witness and result.
+    pub witness_pushes: IntCounterVec,
     /// Notary answers by how they were served: cache_hit, fetched, stale, unknown.
     pub notary_requests: IntCounterVec,
     /// Notary fetches from origins by result: ok, unreachable, invalid.
@@ -115,6 +122,28 @@ impl Metrics {
         let log_head_seq = IntGauge::new(
             "log_head_seq",
             "Sequence number of the newest committed entry",
+        )?;
+        let log_checkpoint_size = IntGauge::new(
+            "log_checkpoint_size",
+            "Tree size of the latest signed checkpoint",
+        )?;
+        let log_checkpoint_failures = IntCounter::new(
+            "log_checkpoint_failures_total",
+            "Checkpoints that could not be signed (retried)",
+        )?;
+        let witness_equivocations = IntCounterVec::new(
+            Opts::new(
+                "witness_equivocations_total",
+                "Checkpoints refused as inconsistent with one we cosigned, by log origin",
+            ),
+            &["origin"],
+        )?;
+        let witness_pushes = IntCounterVec::new(
+            Opts::new(
+                "witness_pushes_total",
+                "Our checkpoints pushed to witnesses, by witness and result",
+            ),
+            &["witness", "result"],
         )?;
         let notary_requests = IntCounterVec::new(
             Opts::new(
@@ -231,6 +260,10 @@ impl Metrics {
         registry.register(Box::new(log_duplicates.clone()))?;
         registry.register(Box::new(log_commit_failures.clone()))?;
         registry.register(Box::new(log_head_seq.clone()))?;
+        registry.register(Box::new(log_checkpoint_size.clone()))?;
+        registry.register(Box::new(log_checkpoint_failures.clone()))?;
+        registry.register(Box::new(witness_equivocations.clone()))?;
+        registry.register(Box::new(witness_pushes.clone()))?;
         Ok(Metrics {
             registry,
             log_batch_events,
@@ -240,6 +273,10 @@ impl Metrics {
             log_duplicates,
             log_commit_failures,
             log_head_seq,
+            log_checkpoint_size,
+            log_checkpoint_failures,
+            witness_equivocations,
+            witness_pushes,
             notary_requests,
             inbox_requests,
             inbox_events,

@@ -16,6 +16,7 @@ mod channels;
 mod federation;
 mod gateway;
 mod identity;
+mod log;
 mod notary;
 mod polyproto;
 
@@ -137,6 +138,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/api/v1/channels/{id}/messages/{message_id}",
         web::delete().to(channels::delete_message),
     )
+    .route("/log/checkpoint", web::get().to(log::checkpoint))
+    .route("/log/tile/{path:.*}", web::get().to(log::tile))
+    .route(
+        "/api/v1/log/proof/inclusion",
+        web::get().to(log::inclusion),
+    )
+    .route(
+        "/api/v1/log/proof/consistency",
+        web::get().to(log::consistency),
+    )
+    .route("/api/v1/log/tree-head", web::get().to(log::tree_head))
+    .route("/api/v1/log/head", web::get().to(log::head))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(
         "/admin/v1/destinations",
@@ -223,5 +236,7 @@ async fn well_known_server(state: web::Data<AppState>) -> HttpResponse {
         "key_id": key.key_id(),
         "api_base_url": state.config.server.public_base_url,
         "protocol_version": "switchyard-federation-v1",
+        "log_vkey": state.transparency.vkey(),
+        "log_old_vkeys": state.transparency.old_vkeys(),
     }))
 }

@@ -87,7 +87,7 @@ const LEAF_PREFIX: u8 = 0x00;
 const NODE_PREFIX: u8 = 0x01;
 
 /// Why a proof could not be generated or did not verify.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum MerkleError {
     /// The leaf index does not address a leaf of the tree.
     #[error("leaf index {index} is out of range for a tree of size {size}")]

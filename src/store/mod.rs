@@ -193,6 +193,17 @@ impl Store {
         rows.into_iter().map(entry_from_row).collect()
     }
 
+    /// The newest entry, if any.
+    pub async fn last_entry(&self) -> Result<Option<LogEntry>, StoreError> {
+        events::Entity::find()
+            .order_by_desc(events::Column::Seq)
+            .limit(1)
+            .one(&self.readers)
+            .await?
+            .map(entry_from_row)
+            .transpose()
+    }
+
     /// Whether the log holds `(origin, event_id)`.
     pub async fn has_event(&self, origin: &str, event_id: &str) -> Result<bool, StoreError> {
         let found = events::Entity::find()

@@ -1,0 +1,460 @@
+//! The verifiable log (DESIGN §2): checkpoints signed over the Merkle tree the log writer
+//! maintains, the reads that prove things about it, and witnessing between servers.
+//!
+//! ```text
+//!  EventLog (store::log)            the ONE tree maintainer: leaf hashes and tiles written
+//!    │ committed batches            in the transaction of their entries (store::tree)
+//!    ▼
+//!  checkpoint signer (here)         the ONE checkpoint signer: when the log grew, at most every
+//!    │ log_checkpoints              `checkpoint_interval`, root read from the tiles, C2SP note
+//!    ▼                              signed with the current server key, kept forever
+//!  latest checkpoint (memory) ───▶  /log/checkpoint, proofs, tree-head (api::log)
+//!    │
+//!    └─▶ witness pusher (witness)   pushes grown checkpoints to `transparency.witnesses`,
+//!                                   keeps their cosignatures; `witness_for` logs are cosigned
+//!                                   by POST /log/add-checkpoint
+//! ```
+//!
+//! Everything here reads the tree through [`reader::TreeReader`] (stored tiles, cached), so
+//! roots, proofs and tiles cost a few reads at any size.
+
+pub mod reader;
+
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sea_orm::{ActiveModelTrait, EntityTrait, QueryOrder, Set};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use crate::clock::now_ms;
+use crate::config::TransparencyConfig;
+use crate::core::merkle::Hash;
+use crate::core::note::{self, ED25519_TYPE};
+use crate::core::tiles::TileId;
+use crate::federation::signing::{unb64, KeyRing};
+use crate::store::{EventLogHandle, Store, StoreError};
+use crate::telemetry::Metrics;
+use entities::{log_checkpoints, log_cosignatures};
+
+pub use reader::{ReadError, TreeReader};
+
+/// A checkpoint we signed, with the cosignatures witnesses returned for it.
+#[derive(Clone, Debug)]
+pub struct Published {
+    pub size: u64,
+    pub root: Hash,
+    /// The signed note: body, blank line, our signature line.
+    pub note: String,
+    /// Cosignature lines (each ending in a newline), appended when served.
+    pub cosignatures: Vec<String>,
+    /// `ed25519:<version>` of the key that signed it.
+    pub key_id: String,
+    /// ms since the epoch.
+    pub signed_at: i64,
+}
+
+impl Published {
+    /// The note as served: our signature, then every cosignature.
+    pub fn served(&self) -> String {
+        let mut text = self.note.clone();
+        for line in &self.cosignatures {
+            text.push_str(line);
+        }
+        text
+    }
+
+    /// The base64 of our signature line's bytes (key ID ‖ signature).
+    pub fn signature_b64(&self) -> &str {
+        self.note
+            .rsplit_once(' ')
+            .map(|(_, sig)| sig.trim_end())
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransparencyError {
+    /// A size or index outside the published tree (400 `SY_INVALID_PARAM`).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// Nothing there (404 `SY_NOT_FOUND`).
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Transparency {
+    server_name: String,
+    /// `<server_name>/log`: the checkpoint origin line and note key name.
+    origin: String,
+    store: Store,
+    keys: Arc<KeyRing>,
+    reader: TreeReader,
+    config: TransparencyConfig,
+    latest: RwLock<Option<Arc<Published>>>,
+    /// The newest checkpoint's size, for waiters (the witness pusher).
+    signed: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+impl Transparency {
+    /// Loads the latest checkpoint and starts the signer.
+    pub async fn start(
+        server_name: &str,
+        config: &TransparencyConfig,
+        store: &Store,
+        log: &EventLogHandle,
+        keys: Arc<KeyRing>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Transparency>, StoreError> {
+        let committed = log.subscribe();
+        let latest = load_latest(store).await?;
+        let (signed, _) = watch::channel(latest.as_ref().map_or(0, |p| p.size));
+        let transparency = Arc::new(Transparency {
+            server_name: server_name.to_owned(),
+            origin: format!("{server_name}/log"),
+            store: store.clone(),
+            keys,
+            reader: TreeReader::new(store.clone()),
+            config: config.clone(),
+            latest: RwLock::new(latest.map(Arc::new)),
+            signed,
+            metrics,
+        });
+        actix_web::rt::spawn(sign_when_grown(transparency.clone(), committed));
+        Ok(transparency)
+    }
+
+    pub fn server_name(&self) -> &str {
+        &self.server_name
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn reader(&self) -> &TreeReader {
+        &self.reader
+    }
+
+    pub fn config(&self) -> &TransparencyConfig {
+        &self.config
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+
+    /// The latest checkpoint, if one was signed yet.
+    pub fn latest(&self) -> Option<Arc<Published>> {
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Follows the size of the latest checkpoint.
+    pub fn watch_signed(&self) -> watch::Receiver<u64> {
+        self.signed.subscribe()
+    }
+
+    /// The size of the latest checkpoint (0 before the first).
+    pub fn published_size(&self) -> u64 {
+        self.latest().map_or(0, |p| p.size)
+    }
+
+    /// The verifier key of our log under the current server key.
+    pub fn vkey(&self) -> String {
+        let key = self.keys.current();
+        note::vkey(&self.origin, ED25519_TYPE, key.verifying_key().as_bytes())
+    }
+
+    /// The verifier keys of our log under each retired server key.
+    pub fn old_vkeys(&self) -> Vec<String> {
+        self.keys
+            .retired()
+            .iter()
+            .filter_map(|k| unb64(&k.public_key))
+            .filter_map(|b| <[u8; 32]>::try_from(b).ok())
+            .map(|key| note::vkey(&self.origin, ED25519_TYPE, &key))
+            .collect()
+    }
+
+    /// Signs a checkpoint over the first `size` entries and makes it the latest.
+    async fn sign(&self, size: u64) -> Result<Arc<Published>, TransparencyError> {
+        let root = self.reader.root(size).await?;
+        let key = self.keys.current();
+        let body = note::checkpoint_body(&self.origin, size, &root);
+        let public = key.verifying_key();
+        let key_id = note::key_id(&self.origin, ED25519_TYPE, public.as_bytes());
+        let signature = key.sign(body.as_bytes());
+        let text = format!(
+            "{body}\n{}",
+            note::signature_line(&self.origin, key_id, &signature.to_bytes())
+        );
+        let signed_at = now_ms();
+        log_checkpoints::ActiveModel {
+            size: Set(size as i64),
+            root_hash: Set(hex::encode(root)),
+            note: Set(text.clone()),
+            key_id: Set(key.key_id()),
+            created_at: Set(signed_at),
+        }
+        .insert(self.store.readers())
+        .await
+        .map_err(StoreError::from)?;
+        let published = Arc::new(Published {
+            size,
+            root,
+            note: text,
+            cosignatures: Vec::new(),
+            key_id: key.key_id(),
+            signed_at,
+        });
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some(published.clone());
+        self.metrics.log_checkpoint_size.set(size as i64);
+        self.signed.send_replace(size);
+        tracing::debug!(size, "checkpoint signed");
+        Ok(published)
+    }
+
+    /// Records a witness's cosignature of checkpoint `size` and serves it from now on.
+    pub(crate) async fn add_cosignature(
+        &self,
+        size: u64,
+        witness: &str,
+        lines: &str,
+    ) -> Result<(), StoreError> {
+        let now = now_ms();
+        let row = log_cosignatures::ActiveModel {
+            size: Set(size as i64),
+            witness: Set(witness.to_owned()),
+            line: Set(lines.to_owned()),
+            cosigned_at: Set(now),
+        };
+        log_cosignatures::Entity::insert(row)
+            .on_conflict(
+                sea_orm::sea_query::OnConflict::columns([
+                    log_cosignatures::Column::Size,
+                    log_cosignatures::Column::Witness,
+                ])
+                .update_columns([
+                    log_cosignatures::Column::Line,
+                    log_cosignatures::Column::CosignedAt,
+                ])
+                .to_owned(),
+            )
+            .exec(self.store.readers())
+            .await?;
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = latest.as_ref().filter(|p| p.size == size) {
+            let mut updated = (**current).clone();
+            let prefix = format!("\u{2014} {witness} ");
+            updated.cosignatures.retain(|l| !l.starts_with(&prefix));
+            updated
+                .cosignatures
+                .extend(lines.split_inclusive('\n').map(str::to_owned));
+            *latest = Some(Arc::new(updated));
+        }
+        Ok(())
+    }
+
+    /// The published checkpoint of exactly `size`, with its cosignatures, if there is one.
+    pub async fn checkpoint_at(&self, size: u64) -> Result<Option<Published>, StoreError> {
+        if let Some(latest) = self.latest().filter(|p| p.size == size) {
+            return Ok(Some((*latest).clone()));
+        }
+        let Some(row) = log_checkpoints::Entity::find_by_id(size as i64)
+            .one(self.store.readers())
+            .await?
+        else {
+            return Ok(None);
+        };
+        published_from(&self.store, row).await.map(Some)
+    }
+
+    /// Checks that `size` (a tree size a caller named) is within the published tree.
+    pub fn check_size(&self, size: u64, what: &str) -> Result<u64, TransparencyError> {
+        let published = self.published_size();
+        if size == 0 || size > published {
+            return Err(TransparencyError::OutOfRange(format!(
+                "{what} must be between 1 and the latest checkpoint's size ({published})"
+            )));
+        }
+        Ok(size)
+    }
+
+    /// A hash tile's bytes, if the latest checkpoint holds it at that width.
+    pub async fn tile(&self, id: TileId) -> Result<actix_web::web::Bytes, TransparencyError> {
+        if !id.within(self.published_size()) {
+            return Err(TransparencyError::NotFound(format!(
+                "tile {} is not in the latest checkpoint",
+                id.path()
+            )));
+        }
+        Ok(self.reader.tile(id).await?.bytes.clone())
+    }
+
+    /// An entry bundle: each leaf of tile `index`'s entries as a big-endian u16 length and the
+    /// leaf bytes.
+    pub async fn entry_bundle(
+        &self,
+        index: u64,
+        width: u16,
+    ) -> Result<Vec<u8>, TransparencyError> {
+        let id = TileId {
+            level: 0,
+            index,
+            width,
+        };
+        if !id.within(self.published_size()) {
+            return Err(TransparencyError::NotFound(format!(
+                "entry bundle {} is not in the latest checkpoint",
+                id.path()
+            )));
+        }
+        let first = index * crate::core::tiles::TILE_WIDTH as u64;
+        let entries = self.store.read_after(first, u64::from(width)).await?;
+        let mut bundle = Vec::with_capacity(entries.len() * 600);
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.seq != first + i as u64 + 1 {
+                return Err(StoreError::Corrupt {
+                    seq: (first + i as u64 + 1) as i64,
+                    problem: "missing from the log".into(),
+                }
+                .into());
+            }
+            let leaf = entry.leaf();
+            let len = u16::try_from(leaf.len()).map_err(|_| StoreError::Corrupt {
+                seq: entry.seq as i64,
+                problem: "the leaf is over 65,535 bytes".into(),
+            })?;
+            bundle.extend_from_slice(&len.to_be_bytes());
+            bundle.extend_from_slice(leaf.as_bytes());
+        }
+        if entries.len() != usize::from(width) {
+            return Err(StoreError::Corrupt {
+                seq: (first + entries.len() as u64 + 1) as i64,
+                problem: "missing from the log".into(),
+            }
+            .into());
+        }
+        Ok(bundle)
+    }
+}
+
+async fn published_from(store: &Store, row: log_checkpoints::Model) -> Result<Published, StoreError> {
+    let corrupt = |problem: &str| StoreError::Corrupt {
+        seq: row.size,
+        problem: format!("checkpoint {}: {problem}", row.size),
+    };
+    let root: Hash = hex::decode(&row.root_hash)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt("unreadable root"))?;
+    let cosignatures = log_cosignatures::Entity::find()
+        .filter(sea_orm::ColumnTrait::eq(
+            &log_cosignatures::Column::Size,
+            row.size,
+        ))
+        .order_by_asc(log_cosignatures::Column::Witness)
+        .all(store.readers())
+        .await?
+        .into_iter()
+        .flat_map(|c| {
+            c.line
+                .split_inclusive('\n')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(Published {
+        size: row.size as u64,
+        root,
+        note: row.note,
+        cosignatures,
+        key_id: row.key_id,
+        signed_at: row.created_at,
+    })
+}
+
+use sea_orm::QueryFilter;
+
+async fn load_latest(store: &Store) -> Result<Option<Published>, StoreError> {
+    let row = log_checkpoints::Entity::find()
+        .order_by_desc(log_checkpoints::Column::Size)
+        .one(store.readers())
+        .await?;
+    match row {
+        None => Ok(None),
+        Some(row) => published_from(store, row).await.map(Some),
+    }
+}
+
+/// The signer: a new checkpoint whenever the log has grown, at most once per interval.
+async fn sign_when_grown(
+    transparency: Arc<Transparency>,
+    mut committed: tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
+) {
+    let interval = transparency.config.checkpoint_interval;
+    let mut head = match transparency.store.head().await {
+        Ok((seq, _)) => seq,
+        Err(error) => {
+            tracing::error!(%error, "the checkpoint signer cannot read the log's head");
+            0
+        }
+    };
+    let mut last_signed: Option<tokio::time::Instant> = None;
+    loop {
+        // Wait for the log to grow past the latest checkpoint.
+        while head <= transparency.published_size() {
+            match committed.recv().await {
+                Ok(batch) => {
+                    if let Some(last) = batch.entries.last() {
+                        head = head.max(last.seq);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    if let Ok((seq, _)) = transparency.store.head().await {
+                        head = head.max(seq);
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+        if let Some(last) = last_signed {
+            tokio::time::sleep_until(last + interval).await;
+        }
+        // Cover whatever committed while waiting.
+        loop {
+            match committed.try_recv() {
+                Ok(batch) => {
+                    if let Some(last) = batch.entries.last() {
+                        head = head.max(last.seq);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                    if let Ok((seq, _)) = transparency.store.head().await {
+                        head = head.max(seq);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        last_signed = Some(tokio::time::Instant::now());
+        if let Err(error) = transparency.sign(head).await {
+            tracing::error!(%error, size = head, "cannot sign a checkpoint; retrying");
+            transparency.metrics.log_checkpoint_failures.inc();
+            tokio::time::sleep(Duration::from_secs(1).max(interval)).await;
+        }
+    }
+}
