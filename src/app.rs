@@ -85,6 +85,7 @@ pub struct Application {
     channels: Arc<Channels>,
     cursors: Arc<crate::gateway::cursors::Cursors>,
     identity: Arc<Identity>,
+    transparency: Arc<Transparency>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
 }
 
@@ -257,7 +258,7 @@ impl Application {
             ),
             cursors: cursors.clone(),
             identity: identity.clone(),
-            transparency,
+            transparency: transparency.clone(),
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {
@@ -294,6 +295,7 @@ impl Application {
             channels,
             cursors,
             identity,
+            transparency,
             renew_certs,
         })
     }
@@ -324,6 +326,11 @@ impl Application {
     }
 
     /// Stops the server: `stop(true)` is graceful (in-flight requests finish).
+    /// The verifiable log: checkpoints and proof reads.
+    pub fn transparency(&self) -> &Arc<Transparency> {
+        &self.transparency
+    }
+
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }

@@ -86,7 +86,11 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(LogCosignatures::Table)
-                    .col(ColumnDef::new(LogCosignatures::Size).big_integer().not_null())
+                    .col(
+                        ColumnDef::new(LogCosignatures::Size)
+                            .big_integer()
+                            .not_null(),
+                    )
                     .col(ColumnDef::new(LogCosignatures::Witness).string().not_null())
                     .col(ColumnDef::new(LogCosignatures::Line).text().not_null())
                     .col(

@@ -17,10 +17,10 @@ use serde_json::json;
 
 use super::auth::authenticate;
 use crate::app::AppState;
+use crate::core::event::EventError;
 use crate::error::{ApiError, ErrorKind};
 use crate::gateway::actions::{channel_ref, ActionError, Caller, MessageSignatures};
 use crate::identity::signed::Signed;
-use crate::core::event::EventError;
 use crate::store::AppendError;
 
 fn answer(error: ActionError) -> ApiError {

@@ -87,10 +87,7 @@ pub async fn tile(
     let full = usize::from(width) == crate::core::tiles::TILE_WIDTH;
     let immutable = |response: &mut actix_web::HttpResponseBuilder| {
         if full {
-            response.insert_header((
-                header::CACHE_CONTROL,
-                "public, max-age=31536000, immutable",
-            ));
+            response.insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"));
         } else {
             response.insert_header((header::CACHE_CONTROL, "public, max-age=1"));
         }
@@ -104,11 +101,7 @@ pub async fn tile(
             .body(bundle));
     }
     let level: u32 = match first.parse() {
-        Ok(level)
-            if level <= MAX_TILE_LEVEL && (*first == "0" || !first.starts_with('0')) =>
-        {
-            level
-        }
+        Ok(level) if level <= MAX_TILE_LEVEL && (*first == "0" || !first.starts_with('0')) => level,
         _ => return Err(malformed()),
     };
     let bytes = state
@@ -121,7 +114,9 @@ pub async fn tile(
         .await?;
     let mut response = HttpResponse::Ok();
     immutable(&mut response);
-    Ok(response.content_type("application/octet-stream").body(bytes))
+    Ok(response
+        .content_type("application/octet-stream")
+        .body(bytes))
 }
 
 /// Parses a decimal query number, 400 naming the parameter otherwise.

@@ -140,10 +140,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/log/checkpoint", web::get().to(log::checkpoint))
     .route("/log/tile/{path:.*}", web::get().to(log::tile))
-    .route(
-        "/api/v1/log/proof/inclusion",
-        web::get().to(log::inclusion),
-    )
+    .route("/api/v1/log/proof/inclusion", web::get().to(log::inclusion))
     .route(
         "/api/v1/log/proof/consistency",
         web::get().to(log::consistency),

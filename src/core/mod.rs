@@ -8,6 +8,6 @@ pub mod event;
 pub mod ids;
 pub mod inbound;
 pub mod merkle;
-pub mod projection;
 pub mod note;
+pub mod projection;
 pub mod tiles;

@@ -436,7 +436,17 @@ mod tests {
         assert!(!partial.within(258));
         assert!(partial.within(259));
         assert!(partial.within(300));
-        assert!(!TileId { level: 1, index: 0, width: 1 }.within(255));
-        assert!(TileId { level: 1, index: 0, width: 1 }.within(256));
+        assert!(!TileId {
+            level: 1,
+            index: 0,
+            width: 1
+        }
+        .within(255));
+        assert!(TileId {
+            level: 1,
+            index: 0,
+            width: 1
+        }
+        .within(256));
     }
 }

@@ -53,8 +53,8 @@ use crate::clock::now_ms;
 use crate::core::chain::ChainHash;
 use crate::core::event::{write_leaf, EventError, LogEntry, NewEvent, PreparedEvent};
 use crate::core::merkle::leaf_hash;
-use crate::core::tiles::{TileEdge, TileRow, MAX_LEAF_BYTES};
 use crate::core::projection::{self, ProjectionOp};
+use crate::core::tiles::{TileEdge, TileRow, MAX_LEAF_BYTES};
 use crate::telemetry::Metrics;
 use entities::events;
 

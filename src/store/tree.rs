@@ -127,7 +127,9 @@ pub(crate) async fn load_edge(
             partial.push(Vec::new());
             continue;
         }
-        let bytes = read_tile(db, tile.level, tile.index).await?.unwrap_or_default();
+        let bytes = read_tile(db, tile.level, tile.index)
+            .await?
+            .unwrap_or_default();
         if bytes.len() < width * 32 {
             return Err(StoreError::Corrupt {
                 seq: size as i64,

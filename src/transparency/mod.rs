@@ -20,7 +20,6 @@
 
 pub mod reader;
 
-
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -306,11 +305,7 @@ impl Transparency {
 
     /// An entry bundle: each leaf of tile `index`'s entries as a big-endian u16 length and the
     /// leaf bytes.
-    pub async fn entry_bundle(
-        &self,
-        index: u64,
-        width: u16,
-    ) -> Result<Vec<u8>, TransparencyError> {
+    pub async fn entry_bundle(&self, index: u64, width: u16) -> Result<Vec<u8>, TransparencyError> {
         let id = TileId {
             level: 0,
             index,
@@ -352,7 +347,10 @@ impl Transparency {
     }
 }
 
-async fn published_from(store: &Store, row: log_checkpoints::Model) -> Result<Published, StoreError> {
+async fn published_from(
+    store: &Store,
+    row: log_checkpoints::Model,
+) -> Result<Published, StoreError> {
     let corrupt = |problem: &str| StoreError::Corrupt {
         seq: row.size,
         problem: format!("checkpoint {}: {problem}", row.size),

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use moka::future::Cache;
 
 use crate::core::merkle::{
-    consistency_proof_with, inclusion_proof_with, nodes_needed, root_with, Hash, MerkleError,
-    Node,
+    consistency_proof_with, inclusion_proof_with, nodes_needed, root_with, Hash, MerkleError, Node,
 };
 use crate::core::tiles::{TileId, TileNodes};
 use crate::store::tree::hashes_of;
@@ -111,7 +110,9 @@ impl TreeReader {
     ) -> Result<T, ReadError> {
         let needed = nodes_needed(&compute);
         let nodes = self.nodes(size, needed).await?;
-        Ok(compute(&mut |node| nodes.get(&node).copied().unwrap_or_default()))
+        Ok(compute(&mut |node| {
+            nodes.get(&node).copied().unwrap_or_default()
+        }))
     }
 
     /// The root of the tree of `size` leaves.

@@ -109,6 +109,7 @@ pub struct TestApp {
     pub inbox: std::sync::Arc<switchyard::federation::inbox::Inbox>,
     pub channels: std::sync::Arc<switchyard::gateway::channel::Channels>,
     pub identity: std::sync::Arc<switchyard::identity::Identity>,
+    pub transparency: std::sync::Arc<switchyard::transparency::Transparency>,
     pub log: EventLogHandle,
     pub store: Store,
     pub db: TestDb,
@@ -128,6 +129,7 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
     let inbox = app.inbox().clone();
     let channels = app.channels().clone();
     let identity = app.identity().clone();
+    let transparency = app.transparency().clone();
     let store = app.store().clone();
     let server = app.handle();
     actix_web::rt::spawn(app.run_until_stopped());
@@ -136,6 +138,7 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
         inbox,
         channels,
         identity,
+        transparency,
         log,
         store,
         db,

@@ -18,3 +18,4 @@ mod notary;
 mod p2;
 mod resolver;
 mod storage;
+mod transparency;
