@@ -17,6 +17,7 @@ use switchyard::app::Application;
 use switchyard::config::{Config, DatabaseConfig};
 use switchyard::error::chain;
 use switchyard::federation::keys::rotation::{open_key_ring, rotate};
+use switchyard::federation::signing::{unb64, ServerKey};
 use switchyard::identity::server_certs::ServerCerts;
 use switchyard::store::{EventLog, Store};
 use switchyard::telemetry::{self, Metrics};
@@ -73,8 +74,14 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum LogCommand {
-    /// Walk the hash chain; report the first bad entry and exit 1 if there is one.
+    /// Walk the hash chain, recompute the Merkle tree and check both against the latest
+    /// checkpoint and its signature; report every problem and exit 1 if there is one.
     Verify,
+    /// Print a C2SP tlog-proof@v1 of entry `seq` against the latest checkpoint.
+    Proof {
+        #[arg(long)]
+        seq: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +102,9 @@ fn main() -> ExitCode {
             Command::Log {
                 command: LogCommand::Verify,
             } => verify(config).await,
+            Command::Log {
+                command: LogCommand::Proof { seq },
+            } => proof(config, seq).await,
             Command::Keys {
                 command: KeysCommand::Rotate,
             } => rotate_keys(config).await,
@@ -231,23 +241,76 @@ async fn rotate_keys(config: Config) -> CommandResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The public keys the log may be signed with: the key file's and the retired ones.
+async fn log_keys(
+    config: &Config,
+    store: &Store,
+) -> Result<Vec<[u8; 32]>, Box<dyn std::error::Error>> {
+    let mut keys = Vec::new();
+    if config.keys.path.exists() {
+        keys.push(
+            ServerKey::load(&config.keys.path)?
+                .verifying_key()
+                .to_bytes(),
+        );
+    }
+    for retired in store.retired_server_keys().await? {
+        if let Some(key) = unb64(&retired.public_key).and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            keys.push(key);
+        }
+    }
+    Ok(keys)
+}
+
 async fn verify(config: Config) -> CommandResult {
     let store = open(&config).await?;
-    let report = store.verify_chain().await?;
-    match report.first_bad {
-        None => {
-            println!(
-                "chain ok: {} entries, head {}",
-                report.verified, report.head
-            );
+    let origin = format!("{}/log", config.server.name);
+    let report = store
+        .verify_log(&origin, &log_keys(&config, &store).await?)
+        .await?;
+    let chain = &report.chain;
+    match &chain.first_bad {
+        None => println!("chain ok: {} entries, head {}", chain.verified, chain.head),
+        Some(bad) => println!(
+            "chain broken at seq {}: {} ({} entries verified before it)",
+            bad.seq, bad.problem, chain.verified
+        ),
+    }
+    match report.checkpoint_size {
+        Some(size) if report.valid() => println!(
+            "tree ok: recomputed from the entries and read from the tiles, both match the signed checkpoint of size {size}"
+        ),
+        Some(_) => {}
+        None => println!("no checkpoint yet: nothing to check the tree against"),
+    }
+    for error in &report.errors {
+        if chain.first_bad.is_none() {
+            println!("{error}");
+        }
+    }
+    Ok(if report.valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn proof(config: Config, seq: u64) -> CommandResult {
+    let store = open(&config).await?;
+    let Some(published) = switchyard::transparency::load_latest(&store).await? else {
+        eprintln!("no checkpoint yet: the log has no entries, or the server has not signed one");
+        return Ok(ExitCode::from(1));
+    };
+    let reader = switchyard::transparency::TreeReader::new(store.clone());
+    match switchyard::transparency::tlog_proof(&reader, &published, seq).await {
+        Ok(text) => {
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
-        Some(bad) => {
-            println!(
-                "chain broken at seq {}: {} ({} entries verified before it)",
-                bad.seq, bad.problem, report.verified
-            );
+        Err(switchyard::transparency::TransparencyError::OutOfRange(message)) => {
+            eprintln!("{message}");
             Ok(ExitCode::from(1))
         }
+        Err(other) => Err(other.into()),
     }
 }

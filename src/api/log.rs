@@ -220,29 +220,26 @@ pub(crate) async fn inclusion_json(
 /// A C2SP `c2sp.org/tlog-proof@v1` for entry `seq` against the latest checkpoint.
 pub(crate) async fn tlog_proof(state: &AppState, seq: u64) -> Result<String, ApiError> {
     let published = latest(state)?;
-    if seq == 0 || seq > published.size {
-        return Err(ApiError::new(
-            ErrorKind::InvalidParam,
-            format!(
-                "seq must be between 1 and the latest checkpoint's size ({})",
-                published.size
-            ),
-        ));
-    }
-    let proof = state
+    Ok(crate::transparency::tlog_proof(state.transparency.reader(), &published, seq).await?)
+}
+
+/// `POST /api/v1/log/verify` (admin): the chain, the tree and the latest checkpoint checked.
+pub async fn verify(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    let report = state
         .transparency
-        .reader()
-        .inclusion(seq - 1, published.size)
+        .verify()
         .await
         .map_err(TransparencyError::from)?;
-    let mut text = format!("c2sp.org/tlog-proof@v1\nindex {}\n", seq - 1);
-    for hash in &proof {
-        text.push_str(&b64(hash));
-        text.push('\n');
-    }
-    text.push('\n');
-    text.push_str(&published.served());
-    Ok(text)
+    Ok(HttpResponse::Ok().json(json!({
+        "valid": report.valid(),
+        "entry_count": report.chain.verified,
+        "tree_size": report.checkpoint_size.unwrap_or(0),
+        "errors": report.errors,
+    })))
 }
 
 #[derive(Deserialize)]

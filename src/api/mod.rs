@@ -147,6 +147,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/api/v1/log/tree-head", web::get().to(log::tree_head))
     .route("/api/v1/log/head", web::get().to(log::head))
+    .route("/api/v1/log/verify", web::post().to(log::verify))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(
         "/admin/v1/destinations",

@@ -114,6 +114,9 @@ pub fn parse_index_width(segments: &[&str]) -> Option<(u64, u16)> {
     let (index_segments, width) = match groups.last() {
         // `…/067.p/<W>`: the partial marker sits on the last index group.
         Some(group) if group.ends_with(".p") => {
+            if last.starts_with('0') {
+                return None;
+            }
             let width: u16 = parse_digits(last)?.try_into().ok()?;
             if width == 0 || usize::from(width) >= TILE_WIDTH {
                 return None;
@@ -372,6 +375,7 @@ mod tests {
             &["005.p", "0"],
             &["005.p", "256"],
             &["005.p", "x"],
+            &["005.p", "05"],
             &["x001"],
         ] {
             assert_eq!(parse_index_width(bad), None, "{bad:?}");

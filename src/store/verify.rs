@@ -88,3 +88,177 @@ impl Store {
         }
     }
 }
+
+/// The whole log checked: the chain, then the Merkle tree recomputed from the entries and
+/// from the stored tiles, both against the latest checkpoint, and that checkpoint's signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogReport {
+    pub chain: ChainReport,
+    /// The size of the latest checkpoint (checked), if one was signed.
+    pub checkpoint_size: Option<u64>,
+    /// Every problem found, in words naming what is wrong; empty when the log verifies.
+    pub errors: Vec<String>,
+}
+
+impl LogReport {
+    pub fn valid(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+impl Store {
+    /// Walks the chain (as [`Store::verify_chain`]) while recomputing the Merkle tree, and
+    /// checks the latest checkpoint three ways: its signature by one of `log_keys` (the
+    /// server's public keys, current and retired), its root against the tree recomputed from
+    /// the entries, and against the tree the stored tiles give. Any hand edit of an entry, a
+    /// tile or a checkpoint fails one of them.
+    pub async fn verify_log(
+        &self,
+        origin: &str,
+        log_keys: &[[u8; 32]],
+    ) -> Result<LogReport, StoreError> {
+        use crate::core::merkle::{leaf_hash, Frontier};
+        use crate::core::note::{self, Checkpoint, Note};
+        use entities::log_checkpoints;
+
+        let latest = log_checkpoints::Entity::find()
+            .order_by_desc(log_checkpoints::Column::Size)
+            .one(self.readers())
+            .await?;
+        let mut errors = Vec::new();
+        let mut checkpoint = None;
+        if let Some(row) = &latest {
+            let size = row.size as u64;
+            let parsed = Note::parse(&row.note)
+                .ok()
+                .and_then(|n| Checkpoint::parse(&n.body).map(|c| (n, c)));
+            match parsed {
+                None => errors.push(format!("checkpoint {size}: the stored note is malformed")),
+                Some((note_text, body)) => {
+                    if body.origin != origin
+                        || body.size != size
+                        || hex::encode(body.root) != row.root_hash
+                    {
+                        errors.push(format!(
+                            "checkpoint {size}: the note says {} at size {} with root {}, the row says size {size} root {}",
+                            body.origin,
+                            body.size,
+                            hex::encode(body.root),
+                            row.root_hash
+                        ));
+                    }
+                    let signed = note_text.signatures.iter().any(|s| {
+                        log_keys.iter().any(|key| {
+                            s.name == origin
+                                && s.key_id == note::key_id(origin, note::ED25519_TYPE, key)
+                                && ed25519_dalek::VerifyingKey::from_bytes(key)
+                                    .ok()
+                                    .zip(ed25519_dalek::Signature::from_slice(&s.bytes).ok())
+                                    .is_some_and(|(k, sig)| {
+                                        k.verify_strict(note_text.body.as_bytes(), &sig).is_ok()
+                                    })
+                        })
+                    });
+                    if !signed {
+                        errors.push(format!(
+                            "checkpoint {size}: no valid signature by the server's log keys"
+                        ));
+                    }
+                    checkpoint = Some((size, body.root));
+                }
+            }
+        }
+        let mut verified = 0u64;
+        let mut head = ChainHash::GENESIS;
+        let mut frontier = Frontier::new();
+        let mut root_at_checkpoint = None;
+        let mut first_bad = None;
+        'walk: loop {
+            let rows = events::Entity::find()
+                .filter(events::Column::Seq.gt(verified as i64))
+                .order_by_asc(events::Column::Seq)
+                .limit(PAGE)
+                .all(self.readers())
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in rows {
+                let expected_seq = verified + 1;
+                let problem = if row.seq != expected_seq as i64 {
+                    Some(format!("missing: the next entry found has seq {}", row.seq))
+                } else {
+                    match entry_from_row(row) {
+                        Err(StoreError::Corrupt { problem, .. }) => Some(problem),
+                        Err(other) => return Err(other),
+                        Ok(entry) => {
+                            let computed = entry.computed_hash();
+                            if entry.prev_hash != head {
+                                Some(format!(
+                                    "prev_hash is {} but the previous entry_hash is {head}",
+                                    entry.prev_hash
+                                ))
+                            } else if computed != entry.entry_hash {
+                                Some(format!(
+                                    "entry_hash is {} but its fields hash to {computed}",
+                                    entry.entry_hash
+                                ))
+                            } else {
+                                frontier.push(leaf_hash(entry.leaf().as_bytes()));
+                                head = entry.entry_hash;
+                                None
+                            }
+                        }
+                    }
+                };
+                if let Some(problem) = problem {
+                    errors.push(format!("entry {expected_seq}: {problem}"));
+                    first_bad = Some(BadEntry {
+                        seq: expected_seq,
+                        problem,
+                    });
+                    break 'walk;
+                }
+                verified = expected_seq;
+                if checkpoint.is_some_and(|(size, _)| size == verified) {
+                    root_at_checkpoint = Some(frontier.root());
+                }
+            }
+        }
+        if let Some((size, root)) = checkpoint {
+            match root_at_checkpoint {
+                None if first_bad.is_none() => errors.push(format!(
+                    "checkpoint {size} covers more entries than the log holds ({verified})"
+                )),
+                None => {}
+                Some(recomputed) if recomputed != root => errors.push(format!(
+                    "checkpoint {size}: its root {} differs from the tree recomputed from the entries ({})",
+                    hex::encode(root),
+                    hex::encode(recomputed)
+                )),
+                Some(_) => {}
+            }
+            match super::tree::load_edge(self.readers(), size).await {
+                Ok(edge) if edge.root() != root => errors.push(format!(
+                    "checkpoint {size}: the stored Merkle tiles give root {}, the checkpoint {}",
+                    hex::encode(edge.root()),
+                    hex::encode(root)
+                )),
+                Ok(_) => {}
+                Err(StoreError::Corrupt { problem, .. }) => {
+                    errors.push(format!("the stored Merkle tiles: {problem}"))
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(LogReport {
+            chain: ChainReport {
+                verified,
+                head,
+                first_bad,
+            },
+            checkpoint_size: checkpoint.map(|(size, _)| size),
+            errors,
+        })
+    }
+}

@@ -23,6 +23,7 @@ pub mod reader;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use base64::Engine as _;
 use sea_orm::{ActiveModelTrait, EntityTrait, QueryOrder, Set};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -188,6 +189,25 @@ impl Transparency {
             .collect()
     }
 
+    /// The public keys our log has been signed with: the current server key and the retired
+    /// ones (a rotation continues the same log under the new key).
+    pub fn log_keys(&self) -> Vec<[u8; 32]> {
+        let mut keys = vec![self.keys.current().verifying_key().to_bytes()];
+        keys.extend(
+            self.keys
+                .retired()
+                .iter()
+                .filter_map(|k| unb64(&k.public_key))
+                .filter_map(|b| <[u8; 32]>::try_from(b).ok()),
+        );
+        keys
+    }
+
+    /// Checks the whole log: chain, tree, latest checkpoint (see [`Store::verify_log`]).
+    pub async fn verify(&self) -> Result<crate::store::verify::LogReport, StoreError> {
+        self.store.verify_log(&self.origin, &self.log_keys()).await
+    }
+
     /// Signs a checkpoint over the first `size` entries and makes it the latest.
     async fn sign(&self, size: u64) -> Result<Arc<Published>, TransparencyError> {
         let root = self.reader.root(size).await?;
@@ -347,6 +367,30 @@ impl Transparency {
     }
 }
 
+/// A C2SP `c2sp.org/tlog-proof@v1` for entry `seq` against `published`: the leaf's index,
+/// its inclusion proof, a blank line, the checkpoint note with its cosignatures.
+pub async fn tlog_proof(
+    reader: &TreeReader,
+    published: &Published,
+    seq: u64,
+) -> Result<String, TransparencyError> {
+    if seq == 0 || seq > published.size {
+        return Err(TransparencyError::OutOfRange(format!(
+            "seq must be between 1 and the latest checkpoint's size ({})",
+            published.size
+        )));
+    }
+    let proof = reader.inclusion(seq - 1, published.size).await?;
+    let mut text = format!("c2sp.org/tlog-proof@v1\nindex {}\n", seq - 1);
+    for hash in &proof {
+        text.push_str(&base64::engine::general_purpose::STANDARD.encode(hash));
+        text.push('\n');
+    }
+    text.push('\n');
+    text.push_str(&published.served());
+    Ok(text)
+}
+
 async fn published_from(
     store: &Store,
     row: log_checkpoints::Model,
@@ -387,7 +431,8 @@ async fn published_from(
 
 use sea_orm::QueryFilter;
 
-async fn load_latest(store: &Store) -> Result<Option<Published>, StoreError> {
+/// The latest checkpoint in the database, with its cosignatures.
+pub async fn load_latest(store: &Store) -> Result<Option<Published>, StoreError> {
     let row = log_checkpoints::Entity::find()
         .order_by_desc(log_checkpoints::Column::Size)
         .one(store.readers())

@@ -2,6 +2,7 @@
 //! checked by independent verifiers where one exists.
 
 mod read_api;
+mod refusals;
 
 use std::time::Duration;
 

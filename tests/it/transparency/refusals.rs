@@ -1,0 +1,210 @@
+//! Every refusal of the public read API (DESIGN §2.2) with its status and errcode, and
+//! tampering caught by `POST /api/v1/log/verify`.
+
+use sea_orm::ConnectionTrait;
+
+use super::{append, checkpoint_covering, get};
+use crate::helpers::{spawn_app_with, TestDb};
+
+const ADMIN: &str = "s3cret";
+
+#[actix_web::test]
+async fn out_of_range_and_malformed_requests_are_refused() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.server.admin_token = ADMIN.into();
+        c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let size = append(&app, "a.example", 20).await;
+    checkpoint_covering(&app, size).await;
+    let size = app.transparency.published_size();
+    let past = size + 1;
+    for (path, status, errcode) in [
+        (
+            "/api/v1/log/proof/inclusion?seq=0".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            format!("/api/v1/log/proof/inclusion?seq={past}"),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            format!("/api/v1/log/proof/inclusion?seq=1&size={past}"),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/inclusion?seq=5&size=4".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/inclusion?seq=1&size=0".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/inclusion".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/inclusion?seq=x".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/inclusion?seq=1&format=pdf".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            format!("/api/v1/log/proof/inclusion?seq={past}&format=tlog-proof"),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/consistency?old=0&new=2".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/consistency?old=3&new=2".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            format!("/api/v1/log/proof/consistency?old=1&new={past}"),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/log/proof/consistency?old=1".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        ("/log/tile/0/001".to_owned(), 404, "SY_NOT_FOUND"),
+        (format!("/log/tile/0/000.p/{past}"), 404, "SY_NOT_FOUND"),
+        ("/log/tile/1/000.p/1".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/0/0".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/00/000".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/64/000".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/0/x000/000".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/0/000.p/0".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/0/000.p/256".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/0/000.p/05".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/0".to_owned(), 404, "SY_NOT_FOUND"),
+        ("/log/tile/entries/000".to_owned(), 401, "SY_MISSING_TOKEN"),
+    ] {
+        let got = get(&app, &path, None).await;
+        assert_eq!(got.status, status, "{path}: {}", got.text());
+        assert_eq!(got.json()["errcode"], errcode, "{path}");
+    }
+    let wrong = get(&app, "/log/tile/entries/000.p/1", Some("nope")).await;
+    assert_eq!(wrong.status, 403);
+    assert_eq!(wrong.json()["errcode"], "SY_FORBIDDEN");
+    let bundle = get(&app, "/log/tile/entries/000.p/2", Some(ADMIN)).await;
+    assert_eq!(bundle.status, 200);
+    let first = u16::from_be_bytes([bundle.body[0], bundle.body[1]]) as usize;
+    let leaf: serde_json::Value = serde_json::from_slice(&bundle.body[2..2 + first]).expect("leaf");
+    assert_eq!(leaf["seq"], 1);
+    let past_bundle = get(
+        &app,
+        &format!("/log/tile/entries/000.p/{past}"),
+        Some(ADMIN),
+    )
+    .await;
+    assert_eq!(past_bundle.status, 404);
+
+    // The verify route is the admin's.
+    let status = awc::Client::default()
+        .post(format!("{}/api/v1/log/verify", app.address))
+        .send()
+        .await
+        .expect("post")
+        .status();
+    assert_eq!(status, 401);
+}
+
+async fn verify(app: &crate::helpers::TestApp) -> serde_json::Value {
+    let mut res = awc::Client::default()
+        .post(format!("{}/api/v1/log/verify", app.address))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(res.status(), 200);
+    res.json().await.expect("json")
+}
+
+#[actix_web::test]
+async fn an_entry_edited_by_hand_is_named_by_verify() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.server.admin_token = ADMIN.into();
+        c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let size = append(&app, "a.example", 30).await;
+    checkpoint_covering(&app, size).await;
+    let report = verify(&app).await;
+    assert_eq!(report["valid"], true, "{report}");
+    assert_eq!(report["errors"], serde_json::json!([]));
+    assert_eq!(report["tree_size"], app.transparency.published_size());
+
+    // Edit an entry's content: the chain check names it.
+    let db = sea_orm::Database::connect(&app.db.url)
+        .await
+        .expect("connect");
+    db.execute_unprepared(
+        "UPDATE events SET content = '{\"body\":\"forged\",\"message_id\":\"m\"}' WHERE seq = 7",
+    )
+    .await
+    .expect("tamper");
+    let report = verify(&app).await;
+    assert_eq!(report["valid"], false);
+    let errors = report["errors"].to_string();
+    assert!(errors.contains("entry 7"), "{errors}");
+
+    // The CLI says the same (exit 1, naming the entry).
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["log", "verify"])
+        .env("SWITCHYARD__DATABASE__URL", &app.db.url)
+        .env(
+            "SWITCHYARD__KEYS__PATH",
+            app.db.dir.path().join("signing.key"),
+        )
+        .output()
+        .expect("run switchyard log verify");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("seq 7"), "{stdout}");
+}
+
+#[actix_web::test]
+async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.server.admin_token = ADMIN.into();
+        c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let size = append(&app, "a.example", 10).await;
+    checkpoint_covering(&app, size).await;
+    let db = sea_orm::Database::connect(&app.db.url)
+        .await
+        .expect("connect");
+    // A forged root in the newest checkpoint: its signature no longer covers it.
+    db.execute_unprepared(&format!(
+        "UPDATE log_checkpoints SET root_hash = '{}' WHERE size = (SELECT MAX(size) FROM log_checkpoints)",
+        "00".repeat(32)
+    ))
+    .await
+    .expect("tamper");
+    let report = verify(&app).await;
+    assert_eq!(report["valid"], false);
+    assert!(
+        report["errors"].to_string().contains("the row says"),
+        "{report}"
+    );
+}
