@@ -1,6 +1,7 @@
 //! The verifiable log (DESIGN §2): the tree and checkpoints through the served endpoints,
 //! checked by independent verifiers where one exists.
 
+mod independent;
 mod read_api;
 mod refusals;
 
