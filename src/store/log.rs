@@ -135,7 +135,26 @@ pub struct Drain {
 struct Head {
     seq: u64,
     hash: ChainHash,
-    tree: TileEdge,
+    /// `None` only for a log started without its tree ([`MerkleTree::Off`], benchmarks).
+    tree: Option<TileEdge>,
+}
+
+/// Whether the writer maintains the Merkle tree. Always `Maintained` in the server: the tree
+/// is part of the log's contract (DESIGN §2.1). `Off` exists so the log benchmark can measure
+/// what the tree costs against the same run without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MerkleTree {
+    Maintained,
+    Off,
+}
+
+impl Head {
+    fn take_tiles(&mut self) -> Vec<TileRow> {
+        self.tree
+            .as_mut()
+            .map(TileEdge::take_changes)
+            .unwrap_or_default()
+    }
 }
 
 /// Two heads are the same log when their last entries are (the tree follows from them).
@@ -158,15 +177,24 @@ pub(crate) enum LogWriter {
 }
 
 impl LogWriter {
-    async fn head(&self) -> Result<Head, StoreError> {
+    async fn head(&self, merkle: MerkleTree) -> Result<Head, StoreError> {
+        let on = merkle == MerkleTree::Maintained;
         let (seq, hash, tree) = match self {
             LogWriter::Sqlite { readers, .. } => {
                 let (seq, hash) = head_on(readers).await?;
-                (seq, hash, tree::load_edge(readers, seq).await?)
+                let tree = match on {
+                    true => Some(tree::load_edge(readers, seq).await?),
+                    false => None,
+                };
+                (seq, hash, tree)
             }
             LogWriter::Sqlx(conn) => {
                 let (seq, hash) = head_on(conn).await?;
-                (seq, hash, tree::load_edge(conn, seq).await?)
+                let tree = match on {
+                    true => Some(tree::load_edge(conn, seq).await?),
+                    false => None,
+                };
+                (seq, hash, tree)
             }
         };
         Ok(Head { seq, hash, tree })
@@ -243,6 +271,7 @@ pub struct EventLog {
     writer: Arc<LogWriter>,
     /// `None` after a failed commit: re-read from the database before the next batch.
     head: Option<Head>,
+    merkle: MerkleTree,
     /// The last batch held duplicates: look them up before writing (see [`write_batch`]).
     lookup_first: bool,
     queue: VecDeque<PendingAppend>,
@@ -266,6 +295,24 @@ impl EventLog {
         publish_buffer: usize,
         metrics: Arc<Metrics>,
     ) -> Result<EventLogHandle, StoreError> {
+        Self::start_with(
+            store,
+            max_batch_events,
+            publish_buffer,
+            metrics,
+            MerkleTree::Maintained,
+        )
+        .await
+    }
+
+    /// [`EventLog::start`], choosing whether the tree is maintained (see [`MerkleTree`]).
+    pub async fn start_with(
+        store: &super::Store,
+        max_batch_events: usize,
+        publish_buffer: usize,
+        metrics: Arc<Metrics>,
+        merkle: MerkleTree,
+    ) -> Result<EventLogHandle, StoreError> {
         let writer = Arc::new(match &store.sqlite_file {
             Some((path, durability)) => LogWriter::Sqlite {
                 thread: SqliteThread::open(path, *durability)?,
@@ -273,13 +320,16 @@ impl EventLog {
             },
             None => LogWriter::Sqlx(WriterConnection::open(store.writer.clone()).await?),
         });
-        tree::catch_up(store, &writer).await?;
-        let head = writer.head().await?;
+        if merkle == MerkleTree::Maintained {
+            tree::catch_up(store, &writer).await?;
+        }
+        let head = writer.head(merkle).await?;
         metrics.log_head_seq.set(head.seq as i64);
         let (published, _) = broadcast::channel(publish_buffer);
         let actor = EventLog {
             writer,
             head: Some(head),
+            merkle,
             lookup_first: false,
             queue: VecDeque::new(),
             committing: false,
@@ -346,7 +396,15 @@ impl EventLog {
         let published = self.published.clone();
         let metrics = self.metrics.clone();
         let lookup_first = self.lookup_first;
-        let commit = commit_batch(writer, head, lookup_first, batch, published, metrics);
+        let commit = commit_batch(
+            writer,
+            head,
+            self.merkle,
+            lookup_first,
+            batch,
+            published,
+            metrics,
+        );
         ctx.spawn(commit.into_actor(self).map(|end, actor, ctx| {
             actor.head = end.head;
             actor.lookup_first = end.saw_duplicates;
@@ -446,13 +504,14 @@ struct CommitEnd {
 async fn commit_batch(
     writer: Arc<LogWriter>,
     head: Option<Head>,
+    merkle: MerkleTree,
     lookup_first: bool,
     batch: Vec<PendingAppend>,
     published: broadcast::Sender<Arc<CommittedBatch>>,
     metrics: Arc<Metrics>,
 ) -> CommitEnd {
     let started = Instant::now();
-    let result = write_batch(&writer, head, &batch, lookup_first)
+    let result = write_batch(&writer, head, merkle, &batch, lookup_first)
         .await
         .map(|(head, plan)| (head, plan.outcomes, plan.entries));
     finish(result, started, batch, lookup_first, &published, &metrics)
@@ -479,7 +538,7 @@ async fn commit_staged(
     let result = match writer.transaction(statements).await {
         Ok(()) => Ok((head, outcomes, entries)),
         Err(error) if is_unique_violation(&error) => {
-            write_batch(&writer, Some(base), &pendings, true)
+            write_batch(&writer, Some(base), MerkleTree::Maintained, &pendings, true)
                 .await
                 .map(|(head, plan)| (head, plan.outcomes, plan.entries))
         }
@@ -614,7 +673,7 @@ impl Staged {
             .flatten();
         let recorder = Recorder::new();
         // The recorder runs nothing, so its futures are ready at once.
-        let tiles = self.head.tree.take_changes();
+        let tiles = self.head.take_tiles();
         let recorded = async {
             insert_entries(&recorder, &self.entries).await?;
             tree::write_tiles(&recorder, &tiles).await?;
@@ -685,7 +744,9 @@ fn plan<'a>(
             // `NewEvent::prepare` refuses any event whose leaf could pass the bound.
             debug_assert!(leaf.len() <= MAX_LEAF_BYTES);
             let entry_hash = head.hash.next(leaf.as_bytes());
-            head.tree.push(leaf_hash(leaf.as_bytes()));
+            if let Some(tree) = &mut head.tree {
+                tree.push(leaf_hash(leaf.as_bytes()));
+            }
             entries.push(LogEntry {
                 seq,
                 event_id: event.event_id.clone(),
@@ -733,17 +794,18 @@ fn is_unique_violation(error: &StoreError) -> bool {
 async fn write_batch<'a>(
     writer: &LogWriter,
     head: Option<Head>,
+    merkle: MerkleTree,
     batch: &'a [PendingAppend],
     lookup_first: bool,
 ) -> Result<(Head, Plan<'a>), StoreError> {
     let base = match head {
         Some(head) => head,
-        None => writer.head().await?,
+        None => writer.head(merkle).await?,
     };
     if !lookup_first {
         let mut head = base.clone();
         let mut optimistic = plan(&mut head, batch, &HashMap::new());
-        optimistic.tiles = head.tree.take_changes();
+        optimistic.tiles = head.take_tiles();
         match writer.write(&optimistic).await {
             Ok(()) => return Ok((head, optimistic)),
             Err(error) if is_unique_violation(&error) => {}
@@ -755,7 +817,7 @@ async fn write_batch<'a>(
     let existing = writer.find_existing(batch).await?;
     let mut head = base;
     let mut checked = plan(&mut head, batch, &existing);
-    checked.tiles = head.tree.take_changes();
+    checked.tiles = head.take_tiles();
     if !checked.entries.is_empty() {
         writer.write(&checked).await?;
     }

@@ -10,6 +10,7 @@
 //! The writer keeps a connection of its own (`writer`), so appends never queue behind reads
 //! for a pooled connection and SQLite never sees two writers.
 
+pub mod audit;
 pub mod bulk;
 mod clients;
 pub mod log;
@@ -37,7 +38,9 @@ use entities::events;
 use migrations::{Migrator, MigratorTrait};
 
 pub use self::clients::{CLIENT_TYPES, INVITED_TYPES};
-pub use self::log::{AppendError, AppendOutcome, CommittedBatch, EventLog, EventLogHandle};
+pub use self::log::{
+    AppendError, AppendOutcome, CommittedBatch, EventLog, EventLogHandle, MerkleTree,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
