@@ -325,13 +325,37 @@ async fn bench_log(
     Ok(())
 }
 
+/// The server name the crash writer signs its checkpoints as (`<name>/log`).
+pub const CRASH_SERVER_NAME: &str = "crash.test";
+
 async fn crash_writer(
     database_url: String,
     acks: &Path,
     prefix: String,
     appenders: usize,
 ) -> anyhow::Result<()> {
-    let (_store, log, _) = open_log(&database_url, Durability::Normal).await?;
+    let (store, log, metrics) = open_log(&database_url, Durability::Normal).await?;
+    // The checkpoint signer runs too, so that each kill also lands between tiles and
+    // checkpoints: the test verifies the tree and the latest checkpoint after every restart.
+    let key_path = acks.with_file_name("signing.key");
+    let key = switchyard::federation::signing::ServerKey::load_or_generate(&key_path)?;
+    let keys = Arc::new(switchyard::federation::signing::KeyRing::new(
+        &key_path,
+        key,
+        Vec::new(),
+    ));
+    let _transparency = switchyard::transparency::Transparency::start(
+        CRASH_SERVER_NAME,
+        &switchyard::config::TransparencyConfig {
+            checkpoint_interval: Duration::from_millis(50),
+            ..Default::default()
+        },
+        &store,
+        &log,
+        keys,
+        metrics,
+    )
+    .await?;
     let acks = Arc::new(std::sync::Mutex::new(
         std::fs::OpenOptions::new()
             .create(true)

@@ -1,6 +1,7 @@
 //! Crash safety: a child process appends under load and is killed with SIGKILL at random
 //! moments. After each kill every acknowledged append is in the log, `seq` has no gap and the
-//! chain verifies; the next child continues the same log.
+//! chain verifies, and so do the Merkle tree (recomputed and from its tiles) and the latest
+//! checkpoint; the next child continues the same log.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -28,6 +29,7 @@ async fn acknowledged_appends_survive_sigkill() {
     let db = TestDb::new().await;
     let acks = db.dir.path().join("acks.txt");
     let mut total_acked = 0;
+    let mut checkpoints = 0;
     for round in 0..ROUNDS {
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard-bench"))
             .args(["crash-writer", "--database-url", &db.url, "--acks"])
@@ -72,12 +74,28 @@ async fn acknowledged_appends_survive_sigkill() {
             lost.is_empty(),
             "round {round}: acknowledged appends lost: {lost:?}"
         );
-        let report = store.verify_chain().await.expect("verify");
-        assert_eq!(report.first_bad, None, "round {round}");
+        // The chain, the tree recomputed from the entries and read from the tiles, and the
+        // latest checkpoint's signature and root all verify; the tiles cover the whole log.
+        let key =
+            switchyard::federation::signing::ServerKey::load(&db.dir.path().join("signing.key"))
+                .expect("the writer's key");
+        let report = store
+            .verify_log("crash.test/log", &[key.verifying_key().to_bytes()])
+            .await
+            .expect("verify");
+        assert_eq!(report.chain.first_bad, None, "round {round}");
+        assert_eq!(report.errors, Vec::<String>::new(), "round {round}");
         assert_eq!(
-            report.verified, after,
+            report.chain.verified, after,
             "round {round}: seq must be gap-free"
         );
+        assert_eq!(
+            store.tree_size().await.expect("tree size"),
+            after,
+            "round {round}"
+        );
+        checkpoints += u64::from(report.checkpoint_size.is_some());
         store.close().await.expect("close");
     }
+    assert!(checkpoints > 0, "no round left a checkpoint to verify");
 }
