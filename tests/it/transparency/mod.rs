@@ -1,9 +1,12 @@
 //! The verifiable log (DESIGN §2): the tree and checkpoints through the served endpoints,
 //! checked by independent verifiers where one exists.
 
+mod audit;
 mod independent;
 mod read_api;
+mod vectors;
 mod refusals;
+mod witness;
 
 use std::time::Duration;
 
