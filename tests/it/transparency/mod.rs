@@ -2,6 +2,7 @@
 //! checked by independent verifiers where one exists.
 
 mod audit;
+mod checkpoints;
 mod independent;
 mod read_api;
 mod vectors;
