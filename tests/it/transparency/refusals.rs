@@ -208,3 +208,42 @@ async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
         "{report}"
     );
 }
+
+/// DESIGN §2: a leaf is at most 65,535 bytes; the client API caps a body at 16 KiB and refuses
+/// any event whose entry could pass the bound (a body of control characters, six bytes each
+/// once escaped), writing nothing.
+#[actix_web::test]
+async fn entries_that_could_not_be_bundled_are_refused_and_write_nothing() {
+    use crate::gateway::{call, create_channel, register};
+    let app = spawn_app_with(TestDb::new().await, |_| {}).await;
+    let alice = register(&app, "alice").await;
+    let channel = create_channel(&app, &alice, "big").await;
+    let path = format!("/api/v1/channels/{channel}/messages");
+    let head = app.store.head().await.expect("head").0;
+    for (body, status, errcode) in [
+        ("x".repeat(16 * 1024 + 1), 400, "SY_INVALID_PARAM"),
+        ("\u{1}".repeat(16 * 1024), 413, "SY_TOO_LARGE"),
+    ] {
+        let (got, answer) = call(
+            &app,
+            "POST",
+            &path,
+            Some(&alice.token),
+            Some(serde_json::json!({ "body": body })),
+        )
+        .await;
+        assert_eq!(got, status, "{answer}");
+        assert_eq!(answer["errcode"], errcode);
+        assert_eq!(app.store.head().await.expect("head").0, head, "nothing written");
+    }
+    // The largest body that fits is accepted.
+    let (got, answer) = call(
+        &app,
+        "POST",
+        &path,
+        Some(&alice.token),
+        Some(serde_json::json!({ "body": "\"".repeat(16 * 1024) })),
+    )
+    .await;
+    assert_eq!(got, 201, "{answer}");
+}
