@@ -24,6 +24,7 @@ use crate::identity::server_certs::{ServerCertError, ServerCerts};
 use crate::identity::Identity;
 use crate::store::{EventLog, EventLogHandle, Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::transparency::witness::Witness;
 use crate::transparency::Transparency;
 
 /// What every handler can reach.
@@ -54,6 +55,8 @@ pub struct AppState {
     pub cursors: Arc<crate::gateway::cursors::Cursors>,
     /// The verifiable log: checkpoints, proofs, witnessing.
     pub transparency: Arc<Transparency>,
+    /// Witnessing (DESIGN §2.5): the logs we cosign and the witnesses we push to.
+    pub witness: Arc<Witness>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,7 +199,7 @@ impl Application {
             &config.federation,
             &store,
             log.clone(),
-            key_resolver,
+            key_resolver.clone(),
             verifier.clone(),
             metrics.clone(),
         )
@@ -237,6 +240,14 @@ impl Application {
             metrics.clone(),
         )
         .await?;
+        let witness = Witness::start(
+            transparency.clone(),
+            key_resolver,
+            resolver.clone(),
+            &config.federation,
+            metrics.clone(),
+        )
+        .await?;
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store: store.clone(),
@@ -259,6 +270,7 @@ impl Application {
             cursors: cursors.clone(),
             identity: identity.clone(),
             transparency: transparency.clone(),
+            witness,
         });
         let federation = config.federation.clone();
         let mut server = HttpServer::new(move || {

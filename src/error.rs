@@ -49,6 +49,9 @@ pub enum ErrorKind {
     MessageSignature,
     /// The thing to create exists already (409).
     AlreadyExists,
+    /// A Merkle proof that does not verify, or a checkpoint inconsistent with one already
+    /// accepted (422, C2SP tlog-witness).
+    BadProof,
 }
 
 impl ErrorKind {
@@ -65,6 +68,7 @@ impl ErrorKind {
             ErrorKind::BadChallenge | ErrorKind::BadCert => StatusCode::UNAUTHORIZED,
             ErrorKind::SensitiveAction => StatusCode::FORBIDDEN,
             ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::BadProof => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::MissingToken
             | ErrorKind::StaleRequest
             | ErrorKind::UnknownKey
@@ -110,6 +114,7 @@ impl ErrorKind {
             ErrorKind::SignatureRequired => "SY_SIGNATURE_REQUIRED",
             ErrorKind::MessageSignature => "SY_BAD_SIGNATURE",
             ErrorKind::AlreadyExists => "SY_ALREADY_EXISTS",
+            ErrorKind::BadProof => "SY_BAD_PROOF",
         }
     }
 }

@@ -19,6 +19,7 @@ mod identity;
 mod log;
 mod notary;
 mod polyproto;
+mod witness;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
@@ -147,6 +148,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/api/v1/log/tree-head", web::get().to(log::tree_head))
     .route("/api/v1/log/head", web::get().to(log::head))
+    .route(
+        "/log/add-checkpoint",
+        web::post().to(witness::add_checkpoint),
+    )
+    .route("/admin/v1/witnesses", web::get().to(witness::list))
     .route("/api/v1/log/verify", web::post().to(log::verify))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(

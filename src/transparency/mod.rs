@@ -19,6 +19,7 @@
 //! roots, proofs and tiles cost a few reads at any size.
 
 pub mod reader;
+pub mod witness;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -165,6 +165,23 @@ impl KeyResolver {
         }
     }
 
+    /// Every current verify key of `server` (`verify_keys`, not the expired old ones), for
+    /// signatures that name their key some other way than by Matrix key id (a checkpoint
+    /// note's key ID, DESIGN §2.5). Fetched and cached like [`KeyResolver::key`].
+    pub async fn current_keys(
+        &self,
+        client: &OutboundClient,
+        server: &str,
+    ) -> Result<Vec<VerifyingKey>, KeyLookupError> {
+        let set = self.key_set(client, server).await?;
+        Ok(set
+            .keys
+            .values()
+            .filter(|(_, expired)| expired.is_none())
+            .map(|(key, _)| *key)
+            .collect())
+    }
+
     /// After a signature failed with a cached key: drop the cached set so the next lookup
     /// fetches again, at most once per [`REFETCH_INTERVAL`] per server.
     pub async fn signature_failed(&self, server: &str) {
