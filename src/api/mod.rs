@@ -11,6 +11,7 @@
 //! routes and malformed bodies.
 
 mod admin;
+mod audit;
 mod auth;
 mod channels;
 mod federation;
@@ -153,6 +154,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::post().to(witness::add_checkpoint),
     )
     .route("/admin/v1/witnesses", web::get().to(witness::list))
+    .route("/api/v1/log", web::get().to(audit::list))
+    .route("/api/v1/log/audit-trail", web::get().to(audit::audit_trail))
+    .route(
+        "/api/v1/log/by-fingerprint/{fingerprint}",
+        web::get().to(audit::by_fingerprint),
+    )
+    // After every other single-segment /api/v1/log/<name> route.
+    .route("/api/v1/log/{id}", web::get().to(audit::entry))
+    .route("/api/v1/audit/export", web::get().to(audit::export))
+    .route("/api/v1/keys", web::get().to(audit::keys))
+    .route("/api/v1/keys/search", web::get().to(audit::search_keys))
+    .route("/api/v1/keys/{fingerprint}", web::get().to(audit::key))
+    .route(
+        "/api/v1/keys/{fingerprint}/status",
+        web::get().to(audit::key_status),
+    )
     .route("/api/v1/log/verify", web::post().to(log::verify))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
     .route(
