@@ -115,13 +115,14 @@ fn an_unreachable_database_is_a_clear_error() {
 #[actix_web::test]
 async fn log_verify_and_replay_commands() {
     let db = TestDb::new().await;
+    let key_path = db.dir.path().join("signing.key");
     {
         let app = crate::helpers::spawn_app_with(
             TestDb {
                 url: db.url.clone(),
                 dir: tempfile::tempdir().expect("dir"),
             },
-            |_| {},
+            |c| c.keys.path = key_path.clone(),
         )
         .await;
         for i in 0..10 {
@@ -133,7 +134,11 @@ async fn log_verify_and_replay_commands() {
         app.server.stop(true).await;
     }
     let config = write_config(db.dir.path(), "");
-    let env = [("SWITCHYARD__DATABASE__URL", db.url.as_str())];
+    let key = db.dir.path().join("signing.key").display().to_string();
+    let env = [
+        ("SWITCHYARD__DATABASE__URL", db.url.as_str()),
+        ("SWITCHYARD__KEYS__PATH", key.as_str()),
+    ];
 
     let output = switchyard(&["--config", &config, "log", "verify"], &env);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));

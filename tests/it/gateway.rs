@@ -629,9 +629,9 @@ async fn a_reader_that_stops_is_closed_resumable_and_resumes_without_a_gap() {
     let channel = channel_with(&app, &alice, &[&bob]).await;
     let (mut b, _) = Ws::open(&app, &bob).await;
     // Bob stops reading; alice posts far more than the socket and the queue hold.
-    let body = "x".repeat(60 * 1024);
+    let body = "x".repeat(16 * 1024);
     let mut posted = Vec::new();
-    for _ in 0..250 {
+    for _ in 0..900 {
         posted.push(post(&app, &alice, &channel, &body).await.1);
     }
     // Now bob reads: some events, then 4000.
