@@ -27,7 +27,7 @@ fn now() -> u64 {
 }
 
 /// The crate's check of a cache window we answered, for one certificate entry.
-fn check_window(entry: &Value, key: &VerifyingKey) {
+pub(crate) fn check_window(entry: &Value, key: &VerifyingKey) {
     let cacheable = CacheableIdCert {
         cert: entry["id_cert"].as_str().expect("pem").into(),
         invalidated_at: entry["invalidated_at"].as_u64(),
