@@ -182,17 +182,16 @@ async fn the_sumdb_ports_accept_our_notes_tiles_and_proofs() {
     );
 }
 
-/// Go's reference code (x/mod's sumdb note and tlog) over the whole read API, through
-/// tests/verifier/verify.go. Skipped, saying why, where Go or x/mod is not installed.
-#[actix_web::test]
-async fn go_sumdb_accepts_what_we_serve() {
+/// Builds tests/verifier/verify.go into a temporary directory: `None` (with the reason
+/// printed) where Go or x/mod is not installed.
+pub(super) fn go_verifier() -> Option<(tempfile::TempDir, String)> {
     let x_mod = std::path::Path::new("/usr/share/gocode/src/golang.org/x/mod/sumdb/tlog");
     let go = std::process::Command::new("go").arg("version").output();
     if go.is_err() || !x_mod.exists() {
         println!(
             "SKIPPED: Go's verifier needs `go` and golang.org/x/mod (apt-get install golang-go golang-golang-x-mod-dev; .ci/run does)"
         );
-        return;
+        return None;
     }
     let out = tempfile::tempdir().expect("tempdir");
     let build = std::process::Command::new("sh")
@@ -209,7 +208,37 @@ async fn go_sumdb_accepts_what_we_serve() {
         String::from_utf8_lossy(&build.stderr)
     );
     let binary = String::from_utf8_lossy(&build.stdout).trim().to_owned();
+    Some((out, binary))
+}
 
+/// Runs the Go verifier with `args`; panics with its output unless it accepts.
+pub(super) async fn run_go_verifier(binary: &str, args: Vec<String>) -> String {
+    let binary = binary.to_owned();
+    let run = actix_web::rt::task::spawn_blocking(move || {
+        std::process::Command::new(binary)
+            .args(args)
+            .output()
+            .expect("run the Go verifier")
+    })
+    .await
+    .expect("join");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "Go's verifier refused what we serve: {stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("Go's verifier: {stdout}");
+    stdout
+}
+
+/// Go's reference code (x/mod's sumdb note and tlog) over the whole read API, through
+/// tests/verifier/verify.go. Skipped, saying why, where Go or x/mod is not installed.
+#[actix_web::test]
+async fn go_sumdb_accepts_what_we_serve() {
+    let Some((out, binary)) = go_verifier() else {
+        return;
+    };
     let (app, size) = started(700).await;
     let vkey = get(&app, "/.well-known/switchyard-server", None)
         .await
@@ -231,31 +260,19 @@ async fn go_sumdb_accepts_what_we_serve() {
     let proof_file = out.path().join("entry-300.tlog-proof");
     std::fs::write(&proof_file, &proof.stdout).expect("write the proof");
 
-    let address = app.address.clone();
-    let proof_path = proof_file.display().to_string();
-    let run = actix_web::rt::task::spawn_blocking(move || {
-        std::process::Command::new(binary)
-            .args([
-                "-url",
-                &address,
-                "-vkey",
-                &vkey,
-                "-admin-token",
-                ADMIN,
-                "-proof-file",
-                &proof_path,
-            ])
-            .output()
-            .expect("run the Go verifier")
-    })
-    .await
-    .expect("join");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "Go's verifier refused what we serve: {stdout}{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stdout = run_go_verifier(
+        &binary,
+        vec![
+            "-url".into(),
+            app.address.clone(),
+            "-vkey".into(),
+            vkey,
+            "-admin-token".into(),
+            ADMIN.into(),
+            "-proof-file".into(),
+            proof_file.display().to_string(),
+        ],
+    )
+    .await;
     assert!(stdout.starts_with(&format!("ok size={size} ")), "{stdout}");
-    println!("Go's verifier: {stdout}");
 }

@@ -245,6 +245,43 @@ async fn equivocations(app: &TestApp, origin: &str) -> u64 {
         .map_or(0, |n| n.trim().parse().expect("a count"))
 }
 
+/// Go's verifier checks B's cosignature on A's checkpoint (C2SP cosignature/v1, which x/mod's
+/// note package does not know: verify.go checks it by the spec) along with the rest.
+#[actix_web::test]
+async fn go_verifier_accepts_the_cosigned_checkpoint() {
+    let Some((_dir, binary)) = super::independent::go_verifier() else {
+        return;
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let a = instance(A, pa, (B, pb), &[B], &[]).await;
+    let b = instance(B, pb, (A, pa), &[], &[A]).await;
+    let size = append(&a, A, 300).await;
+    checkpoint_covering(&a, size).await;
+    cosigned_checkpoint(&a, B).await;
+    let vkey = get(&a, "/.well-known/switchyard-server", None).await.json()["log_vkey"]
+        .as_str()
+        .expect("log_vkey")
+        .to_owned();
+    let witness_vkey = switchyard::core::note::vkey(
+        B,
+        switchyard::core::note::COSIGNATURE_TYPE,
+        server_key(&b).await.as_bytes(),
+    );
+    let stdout = super::independent::run_go_verifier(
+        &binary,
+        vec![
+            "-url".into(),
+            a.address.clone(),
+            "-vkey".into(),
+            vkey,
+            "-witness-vkey".into(),
+            witness_vkey,
+        ],
+    )
+    .await;
+    assert!(stdout.contains("cosignatures=1"), "{stdout}");
+}
+
 #[actix_web::test]
 async fn add_checkpoint_refusals_write_nothing() {
     let (pa, pb) = (free_port(), free_port());
