@@ -8,6 +8,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{entry_from_row, Store, StoreError};
 use crate::core::chain::ChainHash;
+use crate::core::event::LogEntry;
 use entities::events;
 
 const PAGE: u64 = 10_000;
@@ -32,6 +33,15 @@ pub struct BadEntry {
 impl Store {
     /// Walks the chain from the first entry to the last.
     pub async fn verify_chain(&self) -> Result<ChainReport, StoreError> {
+        self.walk_chain(|_| {}).await
+    }
+
+    /// Walks the chain, handing each verified entry to `visit`, in `seq` order, and stops at
+    /// the first bad one.
+    async fn walk_chain(
+        &self,
+        mut visit: impl FnMut(&LogEntry),
+    ) -> Result<ChainReport, StoreError> {
         let mut verified = 0u64;
         let mut head = ChainHash::GENESIS;
         loop {
@@ -82,6 +92,7 @@ impl Store {
                         entry.entry_hash
                     )));
                 }
+                visit(&entry);
                 verified = expected_seq;
                 head = entry.entry_hash;
             }
@@ -168,67 +179,24 @@ impl Store {
                 }
             }
         }
-        let mut verified = 0u64;
-        let mut head = ChainHash::GENESIS;
         let mut frontier = Frontier::new();
         let mut root_at_checkpoint = None;
-        let mut first_bad = None;
-        'walk: loop {
-            let rows = events::Entity::find()
-                .filter(events::Column::Seq.gt(verified as i64))
-                .order_by_asc(events::Column::Seq)
-                .limit(PAGE)
-                .all(self.readers())
-                .await?;
-            if rows.is_empty() {
-                break;
-            }
-            for row in rows {
-                let expected_seq = verified + 1;
-                let problem = if row.seq != expected_seq as i64 {
-                    Some(format!("missing: the next entry found has seq {}", row.seq))
-                } else {
-                    match entry_from_row(row) {
-                        Err(StoreError::Corrupt { problem, .. }) => Some(problem),
-                        Err(other) => return Err(other),
-                        Ok(entry) => {
-                            let computed = entry.computed_hash();
-                            if entry.prev_hash != head {
-                                Some(format!(
-                                    "prev_hash is {} but the previous entry_hash is {head}",
-                                    entry.prev_hash
-                                ))
-                            } else if computed != entry.entry_hash {
-                                Some(format!(
-                                    "entry_hash is {} but its fields hash to {computed}",
-                                    entry.entry_hash
-                                ))
-                            } else {
-                                frontier.push(leaf_hash(entry.leaf().as_bytes()));
-                                head = entry.entry_hash;
-                                None
-                            }
-                        }
-                    }
-                };
-                if let Some(problem) = problem {
-                    errors.push(format!("entry {expected_seq}: {problem}"));
-                    first_bad = Some(BadEntry {
-                        seq: expected_seq,
-                        problem,
-                    });
-                    break 'walk;
-                }
-                verified = expected_seq;
-                if checkpoint.is_some_and(|(size, _)| size == verified) {
+        let chain = self
+            .walk_chain(|entry| {
+                frontier.push(leaf_hash(entry.leaf().as_bytes()));
+                if checkpoint.is_some_and(|(size, _)| size == entry.seq) {
                     root_at_checkpoint = Some(frontier.root());
                 }
-            }
+            })
+            .await?;
+        if let Some(bad) = &chain.first_bad {
+            errors.push(format!("entry {}: {}", bad.seq, bad.problem));
         }
         if let Some((size, root)) = checkpoint {
             match root_at_checkpoint {
-                None if first_bad.is_none() => errors.push(format!(
-                    "checkpoint {size} covers more entries than the log holds ({verified})"
+                None if chain.first_bad.is_none() => errors.push(format!(
+                    "checkpoint {size} covers more entries than the log holds ({})",
+                    chain.verified
                 )),
                 None => {}
                 Some(recomputed) if recomputed != root => errors.push(format!(
@@ -252,11 +220,7 @@ impl Store {
             }
         }
         Ok(LogReport {
-            chain: ChainReport {
-                verified,
-                head,
-                first_bad,
-            },
+            chain,
             checkpoint_size: checkpoint.map(|(size, _)| size),
             errors,
         })
