@@ -1,6 +1,7 @@
 //! What the benchmarks share: child processes, scratch directories, free ports, JSON calls,
 //! and starting a release `switchyard serve` on a scratch directory.
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -220,4 +221,121 @@ pub fn process_cpu(pid: u32) -> Duration {
             .unwrap_or(0)
     };
     Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}
+
+/// Latencies of one phase and its wall time.
+pub struct Timing {
+    pub latencies: Vec<Duration>,
+    pub wall: Duration,
+    pub failures: usize,
+}
+
+impl Timing {
+    pub fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    pub fn percentile(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let index =
+            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[index - 1]
+    }
+
+    pub fn line(&mut self, what: &str, unit: &str) -> String {
+        format!(
+            "{what:<44} {:>9.0} {unit}/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} in {:.1} s, {} failed)",
+            self.rate(),
+            self.percentile(0.50).as_secs_f64() * 1e3,
+            self.percentile(0.99).as_secs_f64() * 1e3,
+            self.latencies.len(),
+            self.wall.as_secs_f64(),
+            self.failures,
+        )
+    }
+}
+
+/// Keep-alive GETs over `connections` connections for `duration`, each of the path `path()`
+/// gives (called once per request), with the least client there is: one request written, the
+/// answer (200, at most 64 KiB) read by its Content-Length.
+pub async fn hammer(
+    port: u16,
+    path: &dyn Fn() -> String,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Timing> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = Instant::now();
+    let until = started + duration;
+    let tasks = (0..connections).map(|_| async move {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.set_nodelay(true)?;
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut request = Vec::with_capacity(256);
+        let mut latencies = Vec::new();
+        while Instant::now() < until {
+            request.clear();
+            write!(
+                request,
+                "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n",
+                path()
+            )?;
+            let at = Instant::now();
+            stream.write_all(&request).await?;
+            let mut filled = 0;
+            let (head_end, length) = loop {
+                let n = stream.read(&mut buffer[filled..]).await?;
+                ensure!(n > 0, "the server closed the connection");
+                filled += n;
+                if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = std::str::from_utf8(&buffer[..end])?;
+                    ensure!(
+                        head.starts_with("HTTP/1.1 200"),
+                        "answer: {}",
+                        head.lines().next().unwrap_or("")
+                    );
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (name, value) = l.split_once(':')?;
+                            name.eq_ignore_ascii_case("content-length")
+                                .then(|| value.trim().parse::<usize>().ok())?
+                        })
+                        .context("no Content-Length")?;
+                    break (end + 4, length);
+                }
+                ensure!(filled < buffer.len(), "an answer's head is over 64 KiB");
+            };
+            while filled < head_end + length {
+                ensure!(
+                    head_end + length <= buffer.len(),
+                    "an answer is over 64 KiB"
+                );
+                let n = stream.read(&mut buffer[filled..]).await?;
+                ensure!(n > 0, "the server closed the connection");
+                filled += n;
+            }
+            latencies.push(at.elapsed());
+        }
+        anyhow::Ok(latencies)
+    });
+    let mut timing = Timing {
+        latencies: Vec::new(),
+        wall: Duration::ZERO,
+        failures: 0,
+    };
+    for result in futures_util::future::join_all(tasks).await {
+        match result {
+            Ok(latencies) => timing.latencies.extend(latencies),
+            Err(error) => {
+                timing.failures += 1;
+                eprintln!("hammer: a connection failed: {error:#}");
+            }
+        }
+    }
+    timing.wall = started.elapsed();
+    Ok(timing)
 }

@@ -30,18 +30,16 @@
 //! the certificate route ≥ 20,000 requests/s at 64 connections.
 
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
 use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use x509_cert::der::asn1::{BitString, SetOfVec};
 use x509_cert::der::{Any, Decode as _, Encode as _, EncodePem as _};
 
-use crate::common::{self, call, free_port, process_cpu, string_field, ScratchDir};
+use crate::common::{self, call, free_port, hammer, process_cpu, string_field, ScratchDir, Timing};
 
 const PASSWORD: &str = "identity-bench-password";
 
@@ -94,41 +92,6 @@ enum Phase {
     SignIn,
     Posts,
     Route,
-}
-
-/// Latencies of one phase and its wall time.
-struct Timing {
-    latencies: Vec<Duration>,
-    wall: Duration,
-    failures: usize,
-}
-
-impl Timing {
-    fn rate(&self) -> f64 {
-        self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9)
-    }
-
-    fn percentile(&mut self, p: f64) -> Duration {
-        self.latencies.sort_unstable();
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let index =
-            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[index - 1]
-    }
-
-    fn line(&mut self, what: &str, unit: &str) -> String {
-        format!(
-            "{what:<44} {:>9.0} {unit}/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} in {:.1} s, {} failed)",
-            self.rate(),
-            self.percentile(0.50).as_secs_f64() * 1e3,
-            self.percentile(0.99).as_secs_f64() * 1e3,
-            self.latencies.len(),
-            self.wall.as_secs_f64(),
-            self.failures,
-        )
-    }
 }
 
 fn http_client(connections: usize) -> awc::Client {
@@ -305,84 +268,6 @@ async fn counter(
         .filter(|l| l.starts_with(name) && l.contains(labels))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum())
-}
-
-/// Keep-alive GETs of `path` over `connections` connections for `duration`, with the least
-/// client there is: one request written, the answer read by its Content-Length.
-async fn hammer(
-    port: u16,
-    path: &str,
-    connections: usize,
-    duration: Duration,
-) -> anyhow::Result<Timing> {
-    let request =
-        Rc::new(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n").into_bytes());
-    let started = Instant::now();
-    let until = started + duration;
-    let tasks = (0..connections).map(|_| {
-        let request = request.clone();
-        async move {
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-            stream.set_nodelay(true)?;
-            let mut buffer = vec![0u8; 64 * 1024];
-            let mut latencies = Vec::new();
-            while Instant::now() < until {
-                let at = Instant::now();
-                stream.write_all(&request).await?;
-                let mut filled = 0;
-                let (head_end, length) = loop {
-                    let n = stream.read(&mut buffer[filled..]).await?;
-                    ensure!(n > 0, "the server closed the connection");
-                    filled += n;
-                    if let Some(end) = buffer[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = std::str::from_utf8(&buffer[..end])?;
-                        ensure!(
-                            head.starts_with("HTTP/1.1 200"),
-                            "answer: {}",
-                            head.lines().next().unwrap_or("")
-                        );
-                        let length = head
-                            .lines()
-                            .find_map(|l| {
-                                let (name, value) = l.split_once(':')?;
-                                name.eq_ignore_ascii_case("content-length")
-                                    .then(|| value.trim().parse::<usize>().ok())?
-                            })
-                            .context("no Content-Length")?;
-                        break (end + 4, length);
-                    }
-                    ensure!(filled < buffer.len(), "an answer's head is over 64 KiB");
-                };
-                while filled < head_end + length {
-                    ensure!(
-                        head_end + length <= buffer.len(),
-                        "an answer is over 64 KiB"
-                    );
-                    let n = stream.read(&mut buffer[filled..]).await?;
-                    ensure!(n > 0, "the server closed the connection");
-                    filled += n;
-                }
-                latencies.push(at.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }
-    });
-    let mut timing = Timing {
-        latencies: Vec::new(),
-        wall: Duration::ZERO,
-        failures: 0,
-    };
-    for result in futures_util::future::join_all(tasks).await {
-        match result {
-            Ok(latencies) => timing.latencies.extend(latencies),
-            Err(error) => {
-                timing.failures += 1;
-                eprintln!("identity: a connection failed: {error:#}");
-            }
-        }
-    }
-    timing.wall = started.elapsed();
-    Ok(timing)
 }
 
 fn signed_message(
@@ -804,9 +689,15 @@ impl Bench {
         let args = &self.args;
         let reader = certified_user(&self.client, &self.home, "reader").await?;
         let port = self.home_port;
-        let mut health = hammer(port, "/health", args.connections, self.seconds).await?;
+        let mut health = hammer(
+            port,
+            &|| "/health".to_owned(),
+            args.connections,
+            self.seconds,
+        )
+        .await?;
         let path = format!("/.p2/core/v1/idcert/actor/{}", reader.fid);
-        let mut certs = hammer(port, &path, args.connections, self.seconds).await?;
+        let mut certs = hammer(port, &|| path.clone(), args.connections, self.seconds).await?;
         println!(
             "  {}\n  {}",
             health.line(

@@ -15,11 +15,16 @@
 //! - `identity`: actor identity against release servers: ID-Cert issuances/s, foreign
 //!   sign-ins/s with the home's certificates cached, signed against unsigned posts, and the
 //!   certificate route against `GET /health` (see `identity.rs`).
+//! - `transparency`: the verifiable log: append throughput with the Merkle tree and the
+//!   checkpoint signer against the same without them, commit-to-checkpoint latency, inclusion
+//!   proofs and tiles against `GET /health` on a release server, and the audit export's time
+//!   and peak RSS as it grows (see `transparency.rs`).
 
 mod common;
 mod fanout;
 mod identity;
 mod inbox;
+mod transparency;
 
 /// mimalloc: the log writer, the database worker and the HTTP workers hand buffers to one
 /// another, which glibc's allocator serialises on its arena locks.
@@ -89,6 +94,8 @@ enum Command {
     BareBroadcast(fanout::BareArgs),
     /// Actor identity: issuances, sign-ins, signed posts, the certificate route.
     Identity(identity::IdentityArgs),
+    /// Verifiable log: tree cost, checkpoint latency, proofs and tiles, export.
+    Transparency(transparency::TransparencyArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -111,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             Command::FanoutClients(args) => fanout::run_clients(args).await,
             Command::BareBroadcast(args) => fanout::run_bare(args).await,
             Command::Identity(args) => identity::run(args).await,
+            Command::Transparency(args) => transparency::run(args).await,
         }
     })
 }
