@@ -80,6 +80,9 @@ use crate::store::StoreError;
 use crate::transparency::TransparencyError;
 use entities::actor_idcerts;
 
+/// The largest page number: its offset (`(page − 1) × per_page`, at most 10^12) stays far
+/// inside the databases' signed 64-bit offsets.
+const MAX_PAGE: u64 = 1_000_000_000;
 /// `per_page` bounds and default.
 const MAX_PER_PAGE: u64 = 200;
 const DEFAULT_PER_PAGE: u64 = 50;
@@ -103,7 +106,6 @@ fn bounded(value: Option<&str>, name: &str, default: u64, max: u64) -> Result<u6
     };
     match text.parse::<u64>() {
         Ok(n) if (1..=max).contains(&n) => Ok(n),
-        _ if max == u64::MAX => Err(invalid(format!("{name} must be an integer ≥ 1"))),
         _ => Err(invalid(format!(
             "{name} must be an integer from 1 to {max}"
         ))),
@@ -113,7 +115,7 @@ fn bounded(value: Option<&str>, name: &str, default: u64, max: u64) -> Result<u6
 /// `(page, per_page)`: page ≥ 1, per_page 1..200 (default 50).
 fn paging(page: Option<&str>, per_page: Option<&str>) -> Result<(u64, u64), ApiError> {
     Ok((
-        bounded(page, "page", 1, u64::MAX)?,
+        bounded(page, "page", 1, MAX_PAGE)?,
         bounded(per_page, "per_page", DEFAULT_PER_PAGE, MAX_PER_PAGE)?,
     ))
 }
@@ -598,7 +600,7 @@ pub async fn export(
     let window = match (query.page.as_deref(), query.page_size.as_deref()) {
         (None, None) => None,
         (page, size) => Some(ExportWindow {
-            page: bounded(page, "page", 1, u64::MAX)?,
+            page: bounded(page, "page", 1, MAX_PAGE)?,
             page_size: bounded(size, "page_size", MAX_PAGE_SIZE, MAX_PAGE_SIZE)?,
         }),
     };

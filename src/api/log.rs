@@ -101,7 +101,13 @@ pub async fn tile(
             .body(bundle));
     }
     let level: u32 = match first.parse() {
-        Ok(level) if level <= MAX_TILE_LEVEL && (*first == "0" || !first.starts_with('0')) => level,
+        Ok(level)
+            if level <= MAX_TILE_LEVEL
+                && first.bytes().all(|b| b.is_ascii_digit())
+                && (*first == "0" || !first.starts_with('0')) =>
+        {
+            level
+        }
         _ => return Err(malformed()),
     };
     let bytes = state

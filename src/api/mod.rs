@@ -36,6 +36,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .into()
     }))
+    .app_data(web::QueryConfig::default().error_handler(|err, _req| {
+        ApiError::new(
+            ErrorKind::InvalidParam,
+            format!("the query string is not valid for this route: {err}"),
+        )
+        .into()
+    }))
     .route("/health", web::get().to(health))
     .route("/metrics", web::get().to(metrics))
     .route("/api/v1/config", web::get().to(client_config))

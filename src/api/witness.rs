@@ -36,6 +36,9 @@ impl From<WitnessError> for ApiError {
             WitnessError::KeysUnavailable { .. } => {
                 ApiError::new(ErrorKind::Unavailable, message).with_cause(error)
             }
+            WitnessError::Store(crate::store::StoreError::Corrupt { .. }) => {
+                ApiError::internal(error)
+            }
             WitnessError::Store(_) => ApiError::new(
                 ErrorKind::Unavailable,
                 "the witness's storage is not answering; retry",

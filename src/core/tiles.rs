@@ -317,6 +317,25 @@ impl TileEdge {
         rows
     }
 
+    /// The tiles that filled up since the last call (not the partial ones).
+    pub fn take_completed(&mut self) -> Vec<TileRow> {
+        std::mem::take(&mut self.completed)
+    }
+
+    /// The non-empty partial tiles of the right edge, as they are now.
+    pub fn partial_rows(&self) -> Vec<TileRow> {
+        self.partial
+            .iter()
+            .enumerate()
+            .filter(|(_, hashes)| !hashes.is_empty())
+            .map(|(level, hashes)| TileRow {
+                level: level as u32,
+                index: hashes_at(level as u32, self.size) / TILE_WIDTH as u64,
+                hashes: hashes.clone(),
+            })
+            .collect()
+    }
+
     /// The root of the tree (hashes at most 255 nodes per level; for checkpoints and checks).
     pub fn root(&self) -> Hash {
         let size = self.size;

@@ -115,6 +115,46 @@ pub(crate) async fn stored_size(db: &impl ConnectionTrait) -> Result<u64, StoreE
     }
 }
 
+/// Every stored tile, in `(level, idx)` order, a page at a time: `(level, idx, bytes)`.
+pub(crate) async fn tiles_after(
+    db: &impl ConnectionTrait,
+    after: Option<(u32, u64)>,
+    limit: u64,
+) -> Result<Vec<(u32, u64, Vec<u8>)>, StoreError> {
+    let backend = db.get_database_backend();
+    let (level, idx) = after.map_or((-1i64, -1i64), |(l, i)| (l as i64, i as i64));
+    let sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT level, idx, hashes FROM log_tiles WHERE level > $1 OR (level = $2 AND idx > $3) \
+             ORDER BY level, idx LIMIT $4"
+        }
+        _ => {
+            "SELECT level, idx, hashes FROM log_tiles WHERE level > ? OR (level = ? AND idx > ?) \
+             ORDER BY level, idx LIMIT ?"
+        }
+    };
+    let rows = db
+        .query_all(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [
+                Value::Int(Some(level as i32)),
+                Value::Int(Some(level as i32)),
+                Value::BigInt(Some(idx)),
+                Value::BigInt(Some(limit as i64)),
+            ],
+        ))
+        .await?;
+    rows.into_iter()
+        .map(|row| {
+            let level: i32 = row.try_get("", "level")?;
+            let idx: i64 = row.try_get("", "idx")?;
+            let hashes: Vec<u8> = row.try_get("", "hashes")?;
+            Ok((level as u32, idx as u64, hashes))
+        })
+        .collect()
+}
+
 /// The right edge of the stored tree at `size` (which the tiles must cover).
 pub(crate) async fn load_edge(
     db: &impl ConnectionTrait,

@@ -128,9 +128,12 @@ impl Store {
         origin: &str,
         log_keys: &[[u8; 32]],
     ) -> Result<LogReport, StoreError> {
-        use crate::core::merkle::{leaf_hash, Frontier};
+        use crate::core::merkle::leaf_hash;
         use crate::core::note::{self, Checkpoint, Note};
+        use crate::core::tiles::TileEdge;
         use entities::log_checkpoints;
+        use sha2::{Digest, Sha256};
+        use std::collections::HashMap;
 
         let latest = log_checkpoints::Entity::find()
             .order_by_desc(log_checkpoints::Column::Size)
@@ -179,16 +182,34 @@ impl Store {
                 }
             }
         }
-        let mut frontier = Frontier::new();
+        // The tree recomputed from the entries: its root at the checkpoint, and a digest of
+        // every tile it fills, to compare with the stored tiles afterwards.
+        let mut edge = TileEdge::new();
+        let mut expected: HashMap<(u32, u64), [u8; 32]> = HashMap::new();
         let mut root_at_checkpoint = None;
         let chain = self
             .walk_chain(|entry| {
-                frontier.push(leaf_hash(entry.leaf().as_bytes()));
+                edge.push(leaf_hash(entry.leaf().as_bytes()));
+                for tile in edge.take_completed() {
+                    expected.insert(
+                        (tile.level, tile.index),
+                        Sha256::digest(tile.hashes.concat()).into(),
+                    );
+                }
                 if checkpoint.is_some_and(|(size, _)| size == entry.seq) {
-                    root_at_checkpoint = Some(frontier.root());
+                    root_at_checkpoint = Some(edge.root());
                 }
             })
             .await?;
+        if chain.first_bad.is_none() {
+            for tile in edge.partial_rows() {
+                expected.insert(
+                    (tile.level, tile.index),
+                    Sha256::digest(tile.hashes.concat()).into(),
+                );
+            }
+            errors.extend(self.compare_tiles(expected).await?);
+        }
         if let Some(bad) = &chain.first_bad {
             errors.push(format!("entry {}: {}", bad.seq, bad.problem));
         }
@@ -224,5 +245,43 @@ impl Store {
             checkpoint_size: checkpoint.map(|(size, _)| size),
             errors,
         })
+    }
+}
+
+impl Store {
+    /// Compares every stored tile with the digest of the tile recomputed from the entries;
+    /// names each tile that differs, is missing, or has no entries under it.
+    async fn compare_tiles(
+        &self,
+        mut expected: std::collections::HashMap<(u32, u64), [u8; 32]>,
+    ) -> Result<Vec<String>, StoreError> {
+        use sha2::{Digest, Sha256};
+        let mut errors = Vec::new();
+        let mut after = None;
+        loop {
+            let rows = super::tree::tiles_after(self.readers(), after, 1000).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some((last.0, last.1));
+            for (level, idx, bytes) in rows {
+                let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                match expected.remove(&(level, idx)) {
+                    Some(want) if want == digest => {}
+                    Some(_) => errors.push(format!(
+                        "Merkle tile {level}/{idx} differs from the tree recomputed from the entries"
+                    )),
+                    None => errors.push(format!(
+                        "Merkle tile {level}/{idx} is stored but no entries are under it"
+                    )),
+                }
+            }
+        }
+        let mut missing: Vec<_> = expected.into_keys().collect();
+        missing.sort_unstable();
+        errors.extend(
+            missing
+                .into_iter()
+                .map(|(level, idx)| format!("Merkle tile {level}/{idx} is missing")),
+        );
+        Ok(errors)
     }
 }

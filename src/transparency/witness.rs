@@ -639,13 +639,20 @@ impl Witness {
         }
         let keys = match self.keys.current_keys(client, witness).await {
             Ok(keys) => keys,
+            // Nothing unchecked is served: keep none now, push again at the next interval.
             Err(error) => {
-                tracing::warn!(witness, %error, "keeping cosignatures that cannot be checked now");
-                return Ok(theirs.iter().map(|(s, _)| s.line.as_str()).collect());
+                return Err(PushError::Unchecked(format!(
+                    "the keys of {witness} cannot be fetched to check its cosignature: {error}"
+                )))
             }
         };
         let mut kept = String::new();
+        let mut seen = std::collections::HashSet::new();
         for (signature, timestamp) in theirs {
+            // One line per witness key: repeats are dropped, not served.
+            if !seen.insert(signature.key_id) {
+                continue;
+            }
             let message = note::cosignature_message(timestamp, body);
             for key in keys.iter().filter(|k| {
                 note::key_id(witness, COSIGNATURE_TYPE, k.as_bytes()) == signature.key_id
@@ -720,6 +727,9 @@ enum PushError {
     Refused { status: u16, detail: String },
     #[error("the witness's answer is not a valid cosignature: {0}")]
     Invalid(String),
+    /// The witness's keys could not be fetched: its cosignature is not kept unchecked.
+    #[error("{0}")]
+    Unchecked(String),
     #[error("cannot build the consistency proof: {0}")]
     Proof(ReadError),
     #[error("cannot store the cosignature: {0}")]
@@ -730,7 +740,7 @@ impl PushError {
     /// The `result` label of `witness_pushes`.
     fn label(&self) -> &'static str {
         match self {
-            PushError::Unreachable(_) => "unreachable",
+            PushError::Unreachable(_) | PushError::Unchecked(_) => "unreachable",
             PushError::Conflict { .. } => "conflict",
             PushError::Ahead { .. } => "ahead",
             PushError::Refused { .. } => "refused",

@@ -141,6 +141,29 @@ async fn a_rotation_continues_the_same_log_under_the_new_key() {
     .await
     .json();
     assert_eq!(consistency["old_size"], old_size);
+    let hash = |v: &serde_json::Value| -> switchyard::core::merkle::Hash {
+        base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v.as_str().expect("b64"),
+        )
+        .expect("base64")
+        .try_into()
+        .expect("32 bytes")
+    };
+    let proof: Vec<_> = consistency["proof"]
+        .as_array()
+        .expect("proof")
+        .iter()
+        .map(hash)
+        .collect();
+    let old_root = Checkpoint::parse(&Note::parse(&old_note).expect("note").body)
+        .expect("body")
+        .root;
+    let new_root = Checkpoint::parse(&Note::parse(&new_note).expect("note").body)
+        .expect("body")
+        .root;
+    switchyard::core::merkle::verify_consistency(old_size, new_size, &old_root, &new_root, &proof)
+        .expect("the tree after the rotation extends the one before");
     let report = awc::Client::default()
         .post(format!("{}/api/v1/log/verify", app.address))
         .bearer_auth(ADMIN)

@@ -194,6 +194,49 @@ async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
     let db = sea_orm::Database::connect(&app.db.url)
         .await
         .expect("connect");
+    // One hash of a stored tile changed: named, though no checkpoint root depends on it alone.
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one(sea_orm::Statement::from_string(
+            backend,
+            "SELECT hashes FROM log_tiles WHERE level = 0 AND idx = 0",
+        ))
+        .await
+        .expect("query")
+        .expect("tile 0/0");
+    let mut hashes: Vec<u8> = row.try_get("", "hashes").expect("bytes");
+    hashes[0] ^= 1;
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => {
+            "UPDATE log_tiles SET hashes = $1 WHERE level = 0 AND idx = 0"
+        }
+        _ => "UPDATE log_tiles SET hashes = ? WHERE level = 0 AND idx = 0",
+    };
+    db.execute(sea_orm::Statement::from_sql_and_values(
+        backend,
+        sql,
+        [sea_orm::Value::Bytes(Some(Box::new(hashes.clone())))],
+    ))
+    .await
+    .expect("tamper with a tile");
+    let report = verify(&app).await;
+    assert_eq!(report["valid"], false);
+    assert!(
+        report["errors"]
+            .to_string()
+            .contains("Merkle tile 0/0 differs"),
+        "{report}"
+    );
+    hashes[0] ^= 1;
+    db.execute(sea_orm::Statement::from_sql_and_values(
+        backend,
+        sql,
+        [sea_orm::Value::Bytes(Some(Box::new(hashes)))],
+    ))
+    .await
+    .expect("restore the tile");
+    assert_eq!(verify(&app).await["valid"], true);
+
     // A forged root in the newest checkpoint: its signature no longer covers it.
     db.execute_unprepared(&format!(
         "UPDATE log_checkpoints SET root_hash = '{}' WHERE size = (SELECT MAX(size) FROM log_checkpoints)",
@@ -234,7 +277,11 @@ async fn entries_that_could_not_be_bundled_are_refused_and_write_nothing() {
         .await;
         assert_eq!(got, status, "{answer}");
         assert_eq!(answer["errcode"], errcode);
-        assert_eq!(app.store.head().await.expect("head").0, head, "nothing written");
+        assert_eq!(
+            app.store.head().await.expect("head").0,
+            head,
+            "nothing written"
+        );
     }
     // The largest body that fits is accepted.
     let (got, answer) = call(
