@@ -115,6 +115,9 @@ impl Transparency {
     ) -> Result<Arc<Transparency>, StoreError> {
         let committed = log.subscribe();
         let latest = load_latest(store).await?;
+        if let Some(latest) = &latest {
+            check_against_log(store, latest).await?;
+        }
         let (signed, _) = watch::channel(latest.as_ref().map_or(0, |p| p.size));
         let transparency = Arc::new(Transparency {
             server_name: server_name.to_owned(),
@@ -431,6 +434,35 @@ async fn published_from(
 }
 
 use sea_orm::QueryFilter;
+
+/// Refuses to start on a log that no longer matches the checkpoint we published last (a
+/// partial restore, entries or tiles edited by hand): signing on would publish a fork.
+async fn check_against_log(store: &Store, latest: &Published) -> Result<(), StoreError> {
+    let (head, _) = store.head().await?;
+    let corrupt = |problem: String| StoreError::Corrupt {
+        seq: latest.size as i64,
+        problem,
+    };
+    if latest.size > head {
+        return Err(corrupt(format!(
+            "the latest signed checkpoint covers {} entries but the log holds {head}: \
+             restore the whole database, not part of it",
+            latest.size
+        )));
+    }
+    let root = TreeReader::new(store.clone())
+        .root(latest.size)
+        .await
+        .map_err(|e| corrupt(format!("cannot read the Merkle tree: {e}")))?;
+    if root != latest.root {
+        return Err(corrupt(format!(
+            "the Merkle tree at size {} does not match the signed checkpoint of that size: \
+             run `switchyard log verify`",
+            latest.size
+        )));
+    }
+    Ok(())
+}
 
 /// The latest checkpoint in the database, with its cosignatures.
 pub async fn load_latest(store: &Store) -> Result<Option<Published>, StoreError> {

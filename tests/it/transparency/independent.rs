@@ -188,6 +188,10 @@ pub(super) fn go_verifier() -> Option<(tempfile::TempDir, String)> {
     let x_mod = std::path::Path::new("/usr/share/gocode/src/golang.org/x/mod/sumdb/tlog");
     let go = std::process::Command::new("go").arg("version").output();
     if go.is_err() || !x_mod.exists() {
+        assert!(
+            std::env::var_os("SWITCHYARD_REQUIRE_GO").is_none(),
+            "SWITCHYARD_REQUIRE_GO is set but Go or golang.org/x/mod is missing"
+        );
         println!(
             "SKIPPED: Go's verifier needs `go` and golang.org/x/mod (apt-get install golang-go golang-golang-x-mod-dev; .ci/run does)"
         );

@@ -97,6 +97,22 @@ async fn out_of_range_and_malformed_requests_are_refused() {
         ("/log/tile/0/000.p/05".to_owned(), 404, "SY_NOT_FOUND"),
         ("/log/tile/0".to_owned(), 404, "SY_NOT_FOUND"),
         ("/log/tile/entries/000".to_owned(), 401, "SY_MISSING_TOKEN"),
+        ("/log/tile/+0/000.p/1".to_owned(), 404, "SY_NOT_FOUND"),
+        (
+            "/api/v1/log/proof/inclusion?seq=1&seq=2".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/keys?page=18446744073709551615".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
+        (
+            "/api/v1/keys?page=1000000001".to_owned(),
+            400,
+            "SY_INVALID_PARAM",
+        ),
     ] {
         let got = get(&app, &path, None).await;
         assert_eq!(got.status, status, "{path}: {}", got.text());
@@ -195,30 +211,7 @@ async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
         .await
         .expect("connect");
     // One hash of a stored tile changed: named, though no checkpoint root depends on it alone.
-    let backend = db.get_database_backend();
-    let row = db
-        .query_one(sea_orm::Statement::from_string(
-            backend,
-            "SELECT hashes FROM log_tiles WHERE level = 0 AND idx = 0",
-        ))
-        .await
-        .expect("query")
-        .expect("tile 0/0");
-    let mut hashes: Vec<u8> = row.try_get("", "hashes").expect("bytes");
-    hashes[0] ^= 1;
-    let sql = match backend {
-        sea_orm::DbBackend::Postgres => {
-            "UPDATE log_tiles SET hashes = $1 WHERE level = 0 AND idx = 0"
-        }
-        _ => "UPDATE log_tiles SET hashes = ? WHERE level = 0 AND idx = 0",
-    };
-    db.execute(sea_orm::Statement::from_sql_and_values(
-        backend,
-        sql,
-        [sea_orm::Value::Bytes(Some(Box::new(hashes.clone())))],
-    ))
-    .await
-    .expect("tamper with a tile");
+    flip_a_tile_hash(&db).await;
     let report = verify(&app).await;
     assert_eq!(report["valid"], false);
     assert!(
@@ -227,14 +220,7 @@ async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
             .contains("Merkle tile 0/0 differs"),
         "{report}"
     );
-    hashes[0] ^= 1;
-    db.execute(sea_orm::Statement::from_sql_and_values(
-        backend,
-        sql,
-        [sea_orm::Value::Bytes(Some(Box::new(hashes)))],
-    ))
-    .await
-    .expect("restore the tile");
+    flip_a_tile_hash(&db).await;
     assert_eq!(verify(&app).await["valid"], true);
 
     // A forged root in the newest checkpoint: its signature no longer covers it.
@@ -293,4 +279,67 @@ async fn entries_that_could_not_be_bundled_are_refused_and_write_nothing() {
     )
     .await;
     assert_eq!(got, 201, "{answer}");
+}
+
+/// A log whose tree no longer matches the checkpoint it last signed does not start: signing
+/// on would publish a fork.
+#[actix_web::test]
+async fn a_server_does_not_start_on_a_tree_that_forks_its_checkpoint() {
+    let db = TestDb::new().await;
+    let url = db.url.clone();
+    let dir = db.dir.path().to_owned();
+    let config = |db: &TestDb| {
+        let mut c = db.config();
+        c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
+        c
+    };
+    let app = spawn_app_with(db, |c| {
+        c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let size = append(&app, "a.example", 10).await;
+    checkpoint_covering(&app, size).await;
+    app.server.stop(true).await;
+    let db = sea_orm::Database::connect(&url).await.expect("connect");
+    // (Deleted tiles would be rebuilt from the entries at start; a changed one cannot be.)
+    flip_a_tile_hash(&db).await;
+    let again = TestDb {
+        url,
+        dir: tempfile::tempdir().expect("dir"),
+    };
+    let mut config = config(&again);
+    config.keys.path = dir.join("signing.key");
+    let error = match switchyard::app::Application::build(config).await {
+        Ok(_) => panic!("the server started on a damaged tree"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains("Merkle"), "{error}");
+}
+
+/// Flips one bit of the first hash of tile 0/0, by hand (twice restores it).
+async fn flip_a_tile_hash(db: &sea_orm::DatabaseConnection) {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one(sea_orm::Statement::from_string(
+            backend,
+            "SELECT hashes FROM log_tiles WHERE level = 0 AND idx = 0",
+        ))
+        .await
+        .expect("query")
+        .expect("tile 0/0");
+    let mut hashes: Vec<u8> = row.try_get("", "hashes").expect("bytes");
+    hashes[0] ^= 1;
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => {
+            "UPDATE log_tiles SET hashes = $1 WHERE level = 0 AND idx = 0"
+        }
+        _ => "UPDATE log_tiles SET hashes = ? WHERE level = 0 AND idx = 0",
+    };
+    db.execute(sea_orm::Statement::from_sql_and_values(
+        backend,
+        sql,
+        [sea_orm::Value::Bytes(Some(Box::new(hashes)))],
+    ))
+    .await
+    .expect("change a tile by hand");
 }
