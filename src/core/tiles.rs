@@ -301,10 +301,12 @@ impl TileEdge {
     }
 
     /// The tiles to store since the last call: every tile that filled up, then every partial
-    /// tile that changed (non-empty ones only; an empty one is not a tile).
+    /// tile of level 1 and up that changed (non-empty ones only). The level-0 partial tile is
+    /// not stored: it holds the leaf hashes of at most 255 entries, which a reader recomputes
+    /// from those entries, so a commit writes no tile unless one fills up (1 in 256 entries).
     pub fn take_changes(&mut self) -> Vec<TileRow> {
         let mut rows = std::mem::take(&mut self.completed);
-        for (level, hashes) in self.partial.iter().enumerate() {
+        for (level, hashes) in self.partial.iter().enumerate().skip(1) {
             if self.dirty[level] && !hashes.is_empty() {
                 rows.push(TileRow {
                     level: level as u32,
@@ -415,13 +417,16 @@ mod tests {
                 }
                 assert_eq!(edge.root(), root_of(&all[..size as usize]), "size {size}");
                 // Rebuilding the edge from the stored tiles gives the same edge.
+                // Level 0's partial tile is not stored: it comes from the leaves.
+                let tail = |t: TileId| all[(t.index as usize * 256)..size as usize].to_vec();
                 let partial = TileEdge::partial_tiles(size)
                     .into_iter()
-                    .map(|t| {
-                        stored
+                    .map(|t| match t.level {
+                        0 => tail(t),
+                        _ => stored
                             .get(&(t.level, t.index))
                             .map(|h| h[..t.width as usize].to_vec())
-                            .unwrap_or_default()
+                            .unwrap_or_default(),
                     })
                     .collect();
                 let rebuilt = TileEdge::from_partials(size, partial).expect("edge");
@@ -430,7 +435,10 @@ mod tests {
                 let index = (size * 7919) % size;
                 let from_tiles = inclusion_proof_with(index, size, &mut |node| {
                     let tile = TileId::for_node(node, size);
-                    let hashes = stored[&(tile.level, tile.index)][..tile.width as usize].to_vec();
+                    let hashes = match (tile.level, tile.width) {
+                        (0, w) if w < 256 => tail(tile),
+                        _ => stored[&(tile.level, tile.index)][..tile.width as usize].to_vec(),
+                    };
                     TileNodes::new(hashes).node(node).expect("node in tile")
                 })
                 .expect("proof");

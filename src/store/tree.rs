@@ -1,10 +1,13 @@
 //! The Merkle tree's stored tiles (DESIGN §2.1): written by the log writer in the transaction
 //! of the entries they cover, read by everything else.
 //!
-//! `log_tiles (level, idx) → hashes` holds every full tile once and the right edge's partial
-//! tiles, rewritten as they grow (a partial tile is a prefix of the full one, so one row
-//! serves every width up to what it holds). A tree of size `n` is therefore readable at any
-//! size `≤ n`: tiles, proofs and roots are reads, never a rebuild.
+//! `log_tiles (level, idx) → hashes` holds every full tile once and, for levels 1 and up, the
+//! right edge's partial tile, rewritten when it grows (once per 256 entries; a partial tile is
+//! a prefix of the full one, so one row serves every width up to what it holds). The level-0
+//! partial tile — the leaf hashes of at most 255 entries — is not stored: readers recompute it
+//! from those entries, so most commits write no tile at all. A tree of size `n` is readable at
+//! any size `≤ n`: tiles, proofs and roots are reads of at most one tile per level plus at
+//! most 255 entries, never a rebuild.
 
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
@@ -96,8 +99,9 @@ pub fn hashes_of(bytes: &[u8]) -> Vec<Hash> {
         .collect()
 }
 
-/// How many leaves the stored tiles cover: the last level-0 tile's index and width.
-pub(crate) async fn stored_size(db: &impl ConnectionTrait) -> Result<u64, StoreError> {
+/// The leaves the stored full level-0 tiles cover (a multiple of 256). Only full level-0 tiles
+/// are stored; the partial one is recomputed from the entries (see [`leaf_hashes`]).
+pub(crate) async fn stored_full(db: &impl ConnectionTrait) -> Result<u64, StoreError> {
     let backend = db.get_database_backend();
     let row = db
         .query_one(Statement::from_string(
@@ -110,9 +114,46 @@ pub(crate) async fn stored_size(db: &impl ConnectionTrait) -> Result<u64, StoreE
         Some(row) => {
             let idx: i64 = row.try_get("", "idx")?;
             let hashes: Vec<u8> = row.try_get("", "hashes")?;
-            Ok(idx as u64 * TILE_WIDTH as u64 + (hashes.len() / 32) as u64)
+            if hashes.len() != 32 * TILE_WIDTH {
+                return Err(StoreError::Corrupt {
+                    seq: 0,
+                    problem: format!("the level-0 Merkle tile {idx} is not full"),
+                });
+            }
+            Ok((idx as u64 + 1) * TILE_WIDTH as u64)
         }
     }
+}
+
+/// The leaf hashes of the entries `after + 1 ..= after + count`, recomputed from the log:
+/// the level-0 partial tile (at most 255 entries) is never stored.
+pub(crate) async fn leaf_hashes(
+    db: &impl ConnectionTrait,
+    after: u64,
+    count: u64,
+) -> Result<Vec<Hash>, StoreError> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    let rows = entities::events::Entity::find()
+        .filter(entities::events::Column::Seq.gt(after as i64))
+        .filter(entities::events::Column::Seq.lte((after + count) as i64))
+        .order_by_asc(entities::events::Column::Seq)
+        .all(db)
+        .await?;
+    let mut hashes = Vec::with_capacity(rows.len());
+    for (i, row) in rows.into_iter().enumerate() {
+        let entry = super::entry_from_row(row)?;
+        if entry.seq != after + i as u64 + 1 {
+            break;
+        }
+        hashes.push(leaf_hash(entry.leaf().as_bytes()));
+    }
+    if hashes.len() as u64 != count {
+        return Err(StoreError::Corrupt {
+            seq: (after + hashes.len() as u64 + 1) as i64,
+            problem: "missing from the log".into(),
+        });
+    }
+    Ok(hashes)
 }
 
 /// Every stored tile, in `(level, idx)` order, a page at a time: `(level, idx, bytes)`.
@@ -167,6 +208,11 @@ pub(crate) async fn load_edge(
             partial.push(Vec::new());
             continue;
         }
+        if tile.level == 0 {
+            let first = tile.index * TILE_WIDTH as u64;
+            partial.push(leaf_hashes(db, first, width as u64).await?);
+            continue;
+        }
         let bytes = read_tile(db, tile.level, tile.index)
             .await?
             .unwrap_or_default();
@@ -196,7 +242,7 @@ pub(crate) async fn load_edge(
 pub(crate) async fn catch_up(store: &Store, writer: &LogWriter) -> Result<(), StoreError> {
     {
         let (head, _) = store.head().await?;
-        let mut size = stored_size(store.readers()).await?;
+        let mut size = stored_full(store.readers()).await?;
         if size > head {
             return Err(StoreError::Corrupt {
                 seq: head as i64,
@@ -206,7 +252,9 @@ pub(crate) async fn catch_up(store: &Store, writer: &LogWriter) -> Result<(), St
                 ),
             });
         }
-        if size == head {
+        if head - size < TILE_WIDTH as u64 {
+            // Every full tile is stored; the rest is the level-0 partial tile, read from the
+            // entries whenever it is needed.
             return Ok(());
         }
         tracing::warn!(
@@ -240,8 +288,20 @@ impl Store {
         read_tile(self.readers(), level, index).await
     }
 
-    /// The leaves the stored tree covers.
+    /// The leaves the stored tree covers: the log's head when every full tile under it is
+    /// stored (the level-0 partial tile comes from the entries), else the full tiles' leaves.
     pub async fn tree_size(&self) -> Result<u64, StoreError> {
-        stored_size(self.readers()).await
+        let full = stored_full(self.readers()).await?;
+        let (head, _) = self.head().await?;
+        Ok(if head >= full && head - full < TILE_WIDTH as u64 {
+            head
+        } else {
+            full
+        })
+    }
+
+    /// The leaf hashes of entries `after + 1 ..= after + count` (the level-0 partial tile).
+    pub async fn leaf_hashes(&self, after: u64, count: u64) -> Result<Vec<Hash>, StoreError> {
+        leaf_hashes(self.readers(), after, count).await
     }
 }

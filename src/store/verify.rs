@@ -202,7 +202,8 @@ impl Store {
             })
             .await?;
         if chain.first_bad.is_none() {
-            for tile in edge.partial_rows() {
+            // The level-0 partial tile is not stored (it is read from the entries).
+            for tile in edge.partial_rows().into_iter().filter(|t| t.level > 0) {
                 expected.insert(
                     (tile.level, tile.index),
                     Sha256::digest(tile.hashes.concat()).into(),

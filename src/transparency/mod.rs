@@ -439,6 +439,7 @@ use sea_orm::QueryFilter;
 /// partial restore, entries or tiles edited by hand): signing on would publish a fork.
 async fn check_against_log(store: &Store, latest: &Published) -> Result<(), StoreError> {
     let (head, _) = store.head().await?;
+
     let corrupt = |problem: String| StoreError::Corrupt {
         seq: latest.size as i64,
         problem,

@@ -9,7 +9,7 @@ use moka::future::Cache;
 use crate::core::merkle::{
     consistency_proof_with, inclusion_proof_with, nodes_needed, root_with, Hash, MerkleError, Node,
 };
-use crate::core::tiles::{TileId, TileNodes};
+use crate::core::tiles::{TileId, TileNodes, TILE_WIDTH};
 use crate::store::tree::hashes_of;
 use crate::store::{Store, StoreError};
 
@@ -64,11 +64,20 @@ impl TreeReader {
         self.tiles
             .try_get_with(id, async move {
                 let width = usize::from(id.width) * 32;
-                let bytes = store
-                    .tile(id.level, id.index)
-                    .await?
-                    .filter(|b| b.len() >= width)
-                    .ok_or_else(|| ReadError::MissingTile(id.path()))?;
+                let bytes = if id.level == 0 && usize::from(id.width) < TILE_WIDTH {
+                    // The level-0 partial tile is recomputed from its entries (not stored).
+                    let first = id.index * TILE_WIDTH as u64;
+                    store
+                        .leaf_hashes(first, u64::from(id.width))
+                        .await?
+                        .concat()
+                } else {
+                    store
+                        .tile(id.level, id.index)
+                        .await?
+                        .filter(|b| b.len() >= width)
+                        .ok_or_else(|| ReadError::MissingTile(id.path()))?
+                };
                 let bytes = actix_web::web::Bytes::copy_from_slice(&bytes[..width]);
                 Ok(Arc::new(Tile {
                     nodes: TileNodes::new(hashes_of(&bytes)),

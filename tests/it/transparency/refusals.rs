@@ -205,13 +205,13 @@ async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
         c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
     })
     .await;
-    let size = append(&app, "a.example", 10).await;
+    let size = append(&app, "a.example", 300).await;
     checkpoint_covering(&app, size).await;
     let db = sea_orm::Database::connect(&app.db.url)
         .await
         .expect("connect");
     // One hash of a stored tile changed: named, though no checkpoint root depends on it alone.
-    flip_a_tile_hash(&db).await;
+    flip_a_tile_hash(&db, 0).await;
     let report = verify(&app).await;
     assert_eq!(report["valid"], false);
     assert!(
@@ -220,7 +220,7 @@ async fn a_tile_or_checkpoint_edited_by_hand_fails_verify() {
             .contains("Merkle tile 0/0 differs"),
         "{report}"
     );
-    flip_a_tile_hash(&db).await;
+    flip_a_tile_hash(&db, 0).await;
     assert_eq!(verify(&app).await["valid"], true);
 
     // A forged root in the newest checkpoint: its signature no longer covers it.
@@ -297,12 +297,13 @@ async fn a_server_does_not_start_on_a_tree_that_forks_its_checkpoint() {
         c.transparency.checkpoint_interval = std::time::Duration::from_millis(20);
     })
     .await;
-    let size = append(&app, "a.example", 10).await;
+    let size = append(&app, "a.example", 300).await;
     checkpoint_covering(&app, size).await;
     app.server.stop(true).await;
     let db = sea_orm::Database::connect(&url).await.expect("connect");
     // (Deleted tiles would be rebuilt from the entries at start; a changed one cannot be.)
-    flip_a_tile_hash(&db).await;
+    // The level-1 tile holds the root of tile 0/0: the tree's root at the checkpoint changes.
+    flip_a_tile_hash(&db, 1).await;
     let again = TestDb {
         url,
         dir: tempfile::tempdir().expect("dir"),
@@ -316,24 +317,24 @@ async fn a_server_does_not_start_on_a_tree_that_forks_its_checkpoint() {
     assert!(error.contains("Merkle"), "{error}");
 }
 
-/// Flips one bit of the first hash of tile 0/0, by hand (twice restores it).
-async fn flip_a_tile_hash(db: &sea_orm::DatabaseConnection) {
+/// Flips one bit of the first hash of tile `level`/0, by hand (twice restores it).
+async fn flip_a_tile_hash(db: &sea_orm::DatabaseConnection, level: u32) {
     let backend = db.get_database_backend();
     let row = db
         .query_one(sea_orm::Statement::from_string(
             backend,
-            "SELECT hashes FROM log_tiles WHERE level = 0 AND idx = 0",
+            format!("SELECT hashes FROM log_tiles WHERE level = {level} AND idx = 0"),
         ))
         .await
         .expect("query")
-        .expect("tile 0/0");
+        .expect("the tile");
     let mut hashes: Vec<u8> = row.try_get("", "hashes").expect("bytes");
     hashes[0] ^= 1;
     let sql = match backend {
         sea_orm::DbBackend::Postgres => {
-            "UPDATE log_tiles SET hashes = $1 WHERE level = 0 AND idx = 0"
+            format!("UPDATE log_tiles SET hashes = $1 WHERE level = {level} AND idx = 0")
         }
-        _ => "UPDATE log_tiles SET hashes = ? WHERE level = 0 AND idx = 0",
+        _ => format!("UPDATE log_tiles SET hashes = ? WHERE level = {level} AND idx = 0"),
     };
     db.execute(sea_orm::Statement::from_sql_and_values(
         backend,
