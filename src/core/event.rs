@@ -200,6 +200,11 @@ pub struct PreparedEvent {
     pub content: Value,
     /// The content as canonical JSON (what is stored and hashed).
     pub canonical_content: Box<RawValue>,
+    /// The leaf up to the fields the writer assigns (see [`write_leaf_head`]).
+    pub leaf_head: String,
+    /// The Merkle leaf hash's state after `0x00 ‖ leaf_head`: hashed here, in the caller's
+    /// task, so the single writer finishes it with the short tail (`seq`, `received_ts`, …).
+    pub leaf_hasher: sha2::Sha256,
 }
 
 impl NewEvent {
@@ -237,6 +242,17 @@ impl NewEvent {
         // Canonical JSON is valid JSON, so this never fails; the error arm keeps it panic-free.
         let canonical_content = RawValue::from_string(canonical_content)
             .map_err(|_| EventError::NotCanonical(CanonicalJsonError::Float))?;
+        let mut leaf_head = String::with_capacity(canonical_content.get().len() + 192);
+        write_leaf_head(
+            &mut leaf_head,
+            &self.event_id,
+            &self.origin,
+            self.channel.as_deref(),
+            self.origin_ts,
+            canonical_content.get(),
+        );
+        let mut leaf_hasher = crate::core::merkle::leaf_hasher();
+        sha2::Digest::update(&mut leaf_hasher, leaf_head.as_bytes());
         Ok(PreparedEvent {
             event_id: self.event_id,
             origin: self.origin,
@@ -246,6 +262,8 @@ impl NewEvent {
             origin_ts: self.origin_ts,
             content: self.content,
             canonical_content,
+            leaf_head,
+            leaf_hasher,
         })
     }
 }
@@ -610,6 +628,8 @@ impl PartialEq for LogEntry {
 /// Writes the leaf of an entry: canonical JSON of the entry without `prev_hash`/`entry_hash`.
 /// Fields are written in sorted key order by hand so the (already canonical) content is
 /// copied, not re-encoded; a unit test checks this equals the generic canonical encoding.
+/// The leaf is [`write_leaf_head`] (what an event has before the log takes it) followed by
+/// [`write_leaf_tail`] (what the writer assigns).
 #[allow(clippy::too_many_arguments)]
 pub fn write_leaf(
     out: &mut String,
@@ -623,14 +643,27 @@ pub fn write_leaf(
     received_ts: i64,
     canonical_content: &str,
 ) {
+    write_leaf_head(out, event_id, origin, channel, origin_ts, canonical_content);
+    write_leaf_tail(out, seq, event_type, sender, received_ts);
+}
+
+/// The leaf up to `"received_ts":`: channel, content, event_id, origin, origin_ts (the keys
+/// sort before the fields the writer assigns).
+pub fn write_leaf_head(
+    out: &mut String,
+    event_id: &str,
+    origin: &str,
+    channel: Option<&str>,
+    origin_ts: i64,
+    canonical_content: &str,
+) {
     use canonical_json::write_string;
     use std::fmt::Write;
-    let opt = |out: &mut String, v: Option<&str>| match v {
+    out.push_str("{\"channel\":");
+    match channel {
         Some(s) => write_string(s, out),
         None => out.push_str("null"),
-    };
-    out.push_str("{\"channel\":");
-    opt(out, channel);
+    }
     out.push_str(",\"content\":");
     out.push_str(canonical_content);
     out.push_str(",\"event_id\":");
@@ -638,11 +671,24 @@ pub fn write_leaf(
     out.push_str(",\"origin\":");
     write_string(origin, out);
     // Writing into a String never fails.
-    let _ = write!(
-        out,
-        ",\"origin_ts\":{origin_ts},\"received_ts\":{received_ts},\"sender\":"
-    );
-    opt(out, sender);
+    let _ = write!(out, ",\"origin_ts\":{origin_ts},\"received_ts\":");
+}
+
+/// The rest of the leaf after [`write_leaf_head`]: received_ts, sender, seq, type.
+pub fn write_leaf_tail(
+    out: &mut String,
+    seq: u64,
+    event_type: &str,
+    sender: Option<&str>,
+    received_ts: i64,
+) {
+    use canonical_json::write_string;
+    use std::fmt::Write;
+    let _ = write!(out, "{received_ts},\"sender\":");
+    match sender {
+        Some(s) => write_string(s, out),
+        None => out.push_str("null"),
+    }
     let _ = write!(out, ",\"seq\":{seq},\"type\":");
     write_string(event_type, out);
     out.push('}');

@@ -121,6 +121,13 @@ pub fn leaf_hash(leaf: &[u8]) -> Hash {
         .into()
 }
 
+/// A hasher holding `0x00`: feed it a leaf and finalize for its [`leaf_hash`] (lets a leaf be
+/// hashed in parts, by different threads).
+#[must_use]
+pub fn leaf_hasher() -> Sha256 {
+    Sha256::new().chain_update([LEAF_PREFIX])
+}
+
 /// Hashes an interior node from its children: `SHA-256(0x01 ‖ left ‖ right)`.
 #[must_use]
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {

@@ -51,8 +51,7 @@ use super::writer::WriterConnection;
 use super::{bulk, head_on, projections, tree, StoreError};
 use crate::clock::now_ms;
 use crate::core::chain::ChainHash;
-use crate::core::event::{write_leaf, EventError, LogEntry, NewEvent, PreparedEvent};
-use crate::core::merkle::leaf_hash;
+use crate::core::event::{write_leaf_tail, EventError, LogEntry, NewEvent, PreparedEvent};
 use crate::core::projection::{self, ProjectionOp};
 use crate::core::tiles::{TileEdge, TileRow, MAX_LEAF_BYTES};
 use crate::telemetry::Metrics;
@@ -729,23 +728,22 @@ fn plan<'a>(
             }
             let seq = head.seq + 1;
             leaf.clear();
-            write_leaf(
+            leaf.push_str(&event.leaf_head);
+            write_leaf_tail(
                 &mut leaf,
                 seq,
-                &event.event_id,
-                &event.origin,
                 event.event_type.as_str(),
                 event.sender.as_deref(),
-                event.channel.as_deref(),
-                event.origin_ts,
                 received_ts,
-                event.canonical_content.get(),
             );
             // `NewEvent::prepare` refuses any event whose leaf could pass the bound.
             debug_assert!(leaf.len() <= MAX_LEAF_BYTES);
             let entry_hash = head.hash.next(leaf.as_bytes());
             if let Some(tree) = &mut head.tree {
-                tree.push(leaf_hash(leaf.as_bytes()));
+                // The caller hashed the head of the leaf; only the tail is hashed here.
+                let mut hasher = event.leaf_hasher.clone();
+                sha2::Digest::update(&mut hasher, &leaf.as_bytes()[event.leaf_head.len()..]);
+                tree.push(sha2::Digest::finalize(hasher).into());
             }
             entries.push(LogEntry {
                 seq,
