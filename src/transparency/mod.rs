@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
-use sea_orm::{ActiveModelTrait, EntityTrait, QueryOrder, Set};
+use sea_orm::{EntityTrait, QueryOrder, Set};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
@@ -94,6 +94,8 @@ pub struct Transparency {
     /// `<server_name>/log`: the checkpoint origin line and note key name.
     origin: String,
     store: Store,
+    /// Checkpoints are written through the log's writer (see `insert_checkpoint`).
+    log: EventLogHandle,
     keys: Arc<KeyRing>,
     reader: TreeReader,
     config: TransparencyConfig,
@@ -123,6 +125,7 @@ impl Transparency {
             server_name: server_name.to_owned(),
             origin: format!("{server_name}/log"),
             store: store.clone(),
+            log: log.clone(),
             keys,
             reader: TreeReader::new(store.clone()),
             config: config.clone(),
@@ -130,7 +133,12 @@ impl Transparency {
             signed,
             metrics,
         });
-        actix_web::rt::spawn(sign_when_grown(transparency.clone(), committed));
+        actix_web::rt::spawn(sign_when_grown(
+            Arc::downgrade(&transparency),
+            store.clone(),
+            config.checkpoint_interval,
+            committed,
+        ));
         Ok(transparency)
     }
 
@@ -225,16 +233,15 @@ impl Transparency {
             note::signature_line(&self.origin, key_id, &signature.to_bytes())
         );
         let signed_at = now_ms();
-        log_checkpoints::ActiveModel {
-            size: Set(size as i64),
-            root_hash: Set(hex::encode(root)),
-            note: Set(text.clone()),
-            key_id: Set(key.key_id()),
-            created_at: Set(signed_at),
-        }
-        .insert(self.store.readers())
-        .await
-        .map_err(StoreError::from)?;
+        self.log
+            .insert_checkpoint(log_checkpoints::ActiveModel {
+                size: Set(size as i64),
+                root_hash: Set(hex::encode(root)),
+                note: Set(text.clone()),
+                key_id: Set(key.key_id()),
+                created_at: Set(signed_at),
+            })
+            .await?;
         let published = Arc::new(Published {
             size,
             root,
@@ -477,13 +484,16 @@ pub async fn load_latest(store: &Store) -> Result<Option<Published>, StoreError>
     }
 }
 
-/// The signer: a new checkpoint whenever the log has grown, at most once per interval.
+/// The signer: a new checkpoint whenever the log has grown, at most once per interval. Holds
+/// the instance weakly (the instance holds the log it follows); ends with the log.
 async fn sign_when_grown(
-    transparency: Arc<Transparency>,
+    transparency: std::sync::Weak<Transparency>,
+    store: Store,
+    interval: Duration,
     mut committed: tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
 ) {
-    let interval = transparency.config.checkpoint_interval;
-    let mut head = match transparency.store.head().await {
+    let published = || transparency.upgrade().map(|t| t.published_size());
+    let mut head = match store.head().await {
         Ok((seq, _)) => seq,
         Err(error) => {
             tracing::error!(%error, "the checkpoint signer cannot read the log's head");
@@ -493,7 +503,12 @@ async fn sign_when_grown(
     let mut last_signed: Option<tokio::time::Instant> = None;
     loop {
         // Wait for the log to grow past the latest checkpoint.
-        while head <= transparency.published_size() {
+        loop {
+            match published() {
+                None => return,
+                Some(size) if head > size => break,
+                Some(_) => {}
+            }
             match committed.recv().await {
                 Ok(batch) => {
                     if let Some(last) = batch.entries.last() {
@@ -501,7 +516,7 @@ async fn sign_when_grown(
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
-                    if let Ok((seq, _)) = transparency.store.head().await {
+                    if let Ok((seq, _)) = store.head().await {
                         head = head.max(seq);
                     }
                 }
@@ -520,7 +535,7 @@ async fn sign_when_grown(
                     }
                 }
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
-                    if let Ok((seq, _)) = transparency.store.head().await {
+                    if let Ok((seq, _)) = store.head().await {
                         head = head.max(seq);
                     }
                 }
@@ -528,9 +543,13 @@ async fn sign_when_grown(
             }
         }
         last_signed = Some(tokio::time::Instant::now());
-        if let Err(error) = transparency.sign(head).await {
+        let Some(signer) = transparency.upgrade() else {
+            return;
+        };
+        if let Err(error) = signer.sign(head).await {
             tracing::error!(%error, size = head, "cannot sign a checkpoint; retrying");
-            transparency.metrics.log_checkpoint_failures.inc();
+            signer.metrics.log_checkpoint_failures.inc();
+            drop(signer);
             tokio::time::sleep(Duration::from_secs(1).max(interval)).await;
         }
     }
