@@ -158,6 +158,20 @@ impl Opened {
             merkle,
         )
         .await?;
+        // Both modes follow the committed batches as a server's gateway and delivery routers
+        // do: without any follower the log drops each batch as it publishes it, which no
+        // server does, and the mode with the signer (a follower) would pay alone for keeping
+        // the last `publish_buffer` batches.
+        let mut follower = log.subscribe();
+        actix_web::rt::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match follower.recv().await {
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
         let transparency = match signer {
             None => None,
             Some(interval) => {
