@@ -5,8 +5,8 @@ mod audit;
 mod checkpoints;
 mod independent;
 mod read_api;
-mod vectors;
 mod refusals;
+mod vectors;
 mod witness;
 
 use std::time::Duration;

@@ -20,7 +20,9 @@ const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/merkle");
 /// A vector hash. A few negative vectors hold values that are not 32 bytes ("WrongRoot", "");
 /// those map to a fixed 32-byte value that matches nothing, which is what they stand for.
 fn h(v: &Value) -> Hash {
-    let bytes = STANDARD.decode(v.as_str().unwrap_or_default()).expect("base64");
+    let bytes = STANDARD
+        .decode(v.as_str().unwrap_or_default())
+        .expect("base64");
     bytes.clone().try_into().unwrap_or_else(|_| {
         let mut out = [0x5a; 32];
         for (o, b) in out.iter_mut().zip(&bytes) {
