@@ -4,14 +4,18 @@
 //! The target gets a copy of the log and the projections the log implies, computed by the same
 //! [`crate::core::projection::derive`] and [`super::projections::apply`] as the live writer.
 //! The target may be another backend (replaying a SQLite log into PostgreSQL is how a
-//! deployment moves between them).
+//! deployment moves between them): it also gets the log's Merkle tiles (recomputed as the
+//! entries are copied) and every signed checkpoint with its cosignatures, so the copy passes
+//! `log verify` and goes on proving consistency with what was published.
 
-use sea_orm::{EntityTrait, QueryOrder, QuerySelect, TransactionTrait};
+use sea_orm::{EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait};
 use serde::Serialize;
 
 use super::{projections, Store, StoreError};
 use crate::core::event::EventType;
+use crate::core::merkle::leaf_hash;
 use crate::core::projection::{self, ProjectionOp};
+use crate::core::tiles::TileEdge;
 use entities::{
     accounts, actor_idcerts, channels, foreign_idcerts, members, messages, origin_policies,
     remote_server_keys, retired_server_keys, server_idcerts, services, sessions,
@@ -56,6 +60,8 @@ impl Store {
             return Err(ReplayError::TargetNotEmpty(target_head));
         }
         let mut after = 0u64;
+        // The Merkle tree is part of the log: its tiles are written as the entries are copied.
+        let mut tree = TileEdge::new();
         loop {
             let entries = self.read_after(after, PAGE).await?;
             let Some(last) = entries.last() else { break };
@@ -79,13 +85,18 @@ impl Store {
                 );
                 ops.extend(derived.into_iter().map(|op| (entry.seq, op)));
             }
+            for entry in &entries {
+                tree.push(leaf_hash(entry.leaf().as_bytes()));
+            }
             let txn = target.writer.begin().await.map_err(StoreError::from)?;
             super::log::insert_entries(&txn, &entries).await?;
+            super::tree::write_tiles(&txn, &tree.take_changes()).await?;
             projections::apply(&txn, ops.iter().map(|(seq, op)| (*seq, op)))
                 .await
                 .map_err(StoreError::from)?;
             txn.commit().await.map_err(StoreError::from)?;
         }
+        copy_checkpoints(self, target).await?;
         let tables = vec![
             compare::<channels::Entity>(self, target, "channels").await?,
             compare::<members::Entity>(self, target, "members").await?,
@@ -105,6 +116,45 @@ impl Store {
             tables,
         })
     }
+}
+
+/// Copies the signed checkpoints and their cosignatures (history, not projections: they
+/// cannot be rebuilt, and a moved log must keep proving consistency with what it published).
+async fn copy_checkpoints(live: &Store, target: &Store) -> Result<(), StoreError> {
+    use entities::{log_checkpoints, log_cosignatures, witnessed_logs};
+    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    let mut after = -1i64;
+    loop {
+        let rows = log_checkpoints::Entity::find()
+            .filter(sea_orm::ColumnTrait::gt(
+                &log_checkpoints::Column::Size,
+                after,
+            ))
+            .order_by_asc(log_checkpoints::Column::Size)
+            .limit(PAGE)
+            .all(live.readers())
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.size;
+        let txn = target.writer.begin().await?;
+        for row in rows {
+            row.into_active_model().reset_all().insert(&txn).await?;
+        }
+        txn.commit().await?;
+    }
+    for row in log_cosignatures::Entity::find().all(live.readers()).await? {
+        row.into_active_model()
+            .reset_all()
+            .insert(&target.writer)
+            .await?;
+    }
+    for row in witnessed_logs::Entity::find().all(live.readers()).await? {
+        row.into_active_model()
+            .reset_all()
+            .insert(&target.writer)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Compares a table of two stores row by row in primary-key order, a page at a time.

@@ -175,3 +175,30 @@ async fn a_rotation_continues_the_same_log_under_the_new_key() {
         .expect("json");
     assert_eq!(report["valid"], true, "{report}");
 }
+
+/// `switchyard replay --into` moves a log between databases: the copy carries the tree's tiles
+/// and every signed checkpoint, and verifies against them.
+#[actix_web::test]
+async fn a_replayed_copy_keeps_its_tree_and_checkpoints() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.transparency.checkpoint_interval = Duration::from_millis(20);
+    })
+    .await;
+    let size = append(&app, "a.example", 600).await;
+    checkpoint_covering(&app, size).await;
+    let sizes = checkpoint_sizes(&app).await;
+    let target = TestDb::new().await;
+    let copy = target.store().await;
+    let report = app.store.replay_into(&copy).await.expect("replay");
+    assert!(report.identical(), "{report:?}");
+    let key =
+        switchyard::federation::signing::ServerKey::load(&app.db.dir.path().join("signing.key"))
+            .expect("key");
+    let verified = copy
+        .verify_log("localhost:8008/log", &[key.verifying_key().to_bytes()])
+        .await
+        .expect("verify");
+    assert_eq!(verified.errors, Vec::<String>::new());
+    assert_eq!(verified.checkpoint_size, sizes.last().copied());
+    assert_eq!(copy.tree_size().await.expect("tree"), size);
+}
