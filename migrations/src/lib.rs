@@ -12,6 +12,7 @@ mod m20261123_000007_create_accounts;
 mod m20261123_000008_create_session_cursors;
 mod m20261207_000009_create_identity;
 mod m20261207_000010_create_transparency;
+mod m20261207_000011_drop_level0_partial_tiles;
 
 pub struct Migrator;
 
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000008_create_session_cursors::Migration),
             Box::new(m20261207_000009_create_identity::Migration),
             Box::new(m20261207_000010_create_transparency::Migration),
+            Box::new(m20261207_000011_drop_level0_partial_tiles::Migration),
         ]
     }
 }

@@ -736,6 +736,60 @@ mod tests {
         }
     }
 
+    /// The writer's leaf and leaf hash (the head prepared here, the tail added by the writer)
+    /// equal the stored entry's `leaf()` and its RFC 6962 leaf hash, with nulls and escapes.
+    #[test]
+    fn the_split_leaf_is_the_entry_leaf_and_its_hash() {
+        for (sender, channel, kind, content) in [
+            (
+                Some("alice@a.example"),
+                Some("general@a.example"),
+                "message.new",
+                json!({"message_id": "m1", "body": "q\"u\\o\nte \u{1} é"}),
+            ),
+            (
+                None,
+                None,
+                "server.key_rotated",
+                json!({"old_key_id": "ed25519:a", "new_key_id": "ed25519:b", "old_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "new_key": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "expired_ts": 5}),
+            ),
+        ] {
+            let event = NewEvent {
+                event_id: "ev.1".into(),
+                origin: "a.example:8448".into(),
+                event_type: kind.into(),
+                sender: sender.map(str::to_owned),
+                channel: channel.map(str::to_owned),
+                origin_ts: 17,
+                content,
+            };
+            let prepared = event.prepare().expect("a valid event");
+            let mut leaf = prepared.leaf_head.clone();
+            write_leaf_tail(&mut leaf, 9, kind, sender, 23);
+            let mut hasher = prepared.leaf_hasher.clone();
+            sha2::Digest::update(&mut hasher, &leaf.as_bytes()[prepared.leaf_head.len()..]);
+            let hash: [u8; 32] = sha2::Digest::finalize(hasher).into();
+            let entry = LogEntry {
+                seq: 9,
+                event_id: prepared.event_id.clone(),
+                origin: prepared.origin.clone(),
+                event_type: kind.into(),
+                sender: prepared.sender.clone(),
+                channel: prepared.channel.clone(),
+                origin_ts: 17,
+                received_ts: 23,
+                content: prepared.canonical_content.clone(),
+                prev_hash: ChainHash::GENESIS,
+                entry_hash: ChainHash::GENESIS,
+            };
+            assert_eq!(leaf, entry.leaf());
+            assert_eq!(
+                hash,
+                crate::core::merkle::leaf_hash(entry.leaf().as_bytes())
+            );
+        }
+    }
+
     #[test]
     fn leaf_equals_generic_canonical_encoding() {
         let content = json!({"z": 1, "body": "héllo \"x\"\n", "message_id": "m1"});

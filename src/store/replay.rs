@@ -96,7 +96,7 @@ impl Store {
                 .map_err(StoreError::from)?;
             txn.commit().await.map_err(StoreError::from)?;
         }
-        copy_checkpoints(self, target).await?;
+        copy_checkpoints(self, target, after).await?;
         let tables = vec![
             compare::<channels::Entity>(self, target, "channels").await?,
             compare::<members::Entity>(self, target, "members").await?,
@@ -120,16 +120,17 @@ impl Store {
 
 /// Copies the signed checkpoints and their cosignatures (history, not projections: they
 /// cannot be rebuilt, and a moved log must keep proving consistency with what it published).
-async fn copy_checkpoints(live: &Store, target: &Store) -> Result<(), StoreError> {
+///
+/// Only checkpoints over entries the copy holds (`copied`): a live server may sign a newer one
+/// while the copy runs.
+async fn copy_checkpoints(live: &Store, target: &Store, copied: u64) -> Result<(), StoreError> {
     use entities::{log_checkpoints, log_cosignatures, witnessed_logs};
-    use sea_orm::{ActiveModelTrait, IntoActiveModel};
+    use sea_orm::{ActiveModelTrait, ColumnTrait, IntoActiveModel};
     let mut after = -1i64;
     loop {
         let rows = log_checkpoints::Entity::find()
-            .filter(sea_orm::ColumnTrait::gt(
-                &log_checkpoints::Column::Size,
-                after,
-            ))
+            .filter(log_checkpoints::Column::Size.gt(after))
+            .filter(log_checkpoints::Column::Size.lte(copied as i64))
             .order_by_asc(log_checkpoints::Column::Size)
             .limit(PAGE)
             .all(live.readers())
@@ -142,18 +143,18 @@ async fn copy_checkpoints(live: &Store, target: &Store) -> Result<(), StoreError
         }
         txn.commit().await?;
     }
-    for row in log_cosignatures::Entity::find().all(live.readers()).await? {
-        row.into_active_model()
-            .reset_all()
-            .insert(&target.writer)
-            .await?;
+    let txn = target.writer.begin().await?;
+    for row in log_cosignatures::Entity::find()
+        .filter(log_cosignatures::Column::Size.lte(copied as i64))
+        .all(live.readers())
+        .await?
+    {
+        row.into_active_model().reset_all().insert(&txn).await?;
     }
     for row in witnessed_logs::Entity::find().all(live.readers()).await? {
-        row.into_active_model()
-            .reset_all()
-            .insert(&target.writer)
-            .await?;
+        row.into_active_model().reset_all().insert(&txn).await?;
     }
+    txn.commit().await?;
     Ok(())
 }
 

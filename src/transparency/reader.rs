@@ -65,12 +65,18 @@ impl TreeReader {
             .try_get_with(id, async move {
                 let width = usize::from(id.width) * 32;
                 let bytes = if id.level == 0 && usize::from(id.width) < TILE_WIDTH {
-                    // The level-0 partial tile is recomputed from its entries (not stored).
-                    let first = id.index * TILE_WIDTH as u64;
-                    store
-                        .leaf_hashes(first, u64::from(id.width))
-                        .await?
-                        .concat()
+                    // A prefix of a full tile is read from it; the right edge's partial tile
+                    // is not stored and is recomputed from its entries.
+                    match store.tile(0, id.index).await?.filter(|b| b.len() >= width) {
+                        Some(full) => full,
+                        None => {
+                            let first = id.index * TILE_WIDTH as u64;
+                            store
+                                .leaf_hashes(first, u64::from(id.width))
+                                .await?
+                                .concat()
+                        }
+                    }
                 } else {
                     store
                         .tile(id.level, id.index)
