@@ -480,11 +480,24 @@ impl Session {
                     .await;
             }
             let stored = store.session_cursor(&identity.session_id).await?;
-            let cursor = state.cursors.acquire(
-                &identity.session_id,
-                stored.unwrap_or(0).max(identity.created_seq),
-            );
             let (head, _) = store.head().await?;
+            // A session that has never connected (no cursor stored or live, no resume)
+            // starts at the head: its Ready carries its channels, and it is not replayed the
+            // log since its login. Its cursor is stored before Ready, so a restart cannot
+            // take it for a first connect again; REST catch-up then starts there too.
+            let first_connect = stored.is_none()
+                && state.cursors.live(&identity.session_id).is_none()
+                && resume.is_none();
+            let start = match first_connect {
+                true => {
+                    store
+                        .set_session_cursors(&[(identity.session_id.clone(), head)])
+                        .await?;
+                    head
+                }
+                false => stored.unwrap_or(0).max(identity.created_seq),
+            };
+            let cursor = state.cursors.acquire(&identity.session_id, start);
             // Membership as of `head`: changes after it arrive live, in order.
             let channels = store.channels_of(&identity.fid).await?;
             for (channel, _) in &channels {

@@ -1157,3 +1157,37 @@ async fn a_session_gets_a_bounded_number_of_tickets_per_lifetime() {
     // Another session is not affected.
     ticket(&app, &bob).await;
 }
+
+/// DESIGN §5 (storms): a session that has never connected starts at the head. Its Ready
+/// carries its channels, it is not replayed what happened since its login, and REST catch-up
+/// for it then has nothing.
+#[actix_web::test]
+async fn a_first_connect_starts_at_the_head_with_its_channels() {
+    let app = spawn_app_with(TestDb::new().await, |_| {}).await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    for i in 0..30 {
+        post(&app, &alice, &channel, &format!("before {i}")).await;
+    }
+    let (head, _) = app.store.head().await.expect("head");
+    let ticket = ticket(&app, &bob).await;
+    let mut ws = Ws::hello(&app, &format!("?ticket={ticket}")).await;
+    let ready = loop {
+        let frame = ws.frame().await;
+        assert!(
+            !(frame["n"] == "chat" && frame["op"] == 0),
+            "a first connect replayed {frame}"
+        );
+        if frame["n"] == "chat" && frame["op"] == 2 {
+            break frame;
+        }
+    };
+    assert_eq!(ready["d"]["seq"], head, "{ready}");
+    assert_eq!(ready["d"]["channels"], json!([channel]), "{ready}");
+    let (_, seq) = post(&app, &alice, &channel, "after").await;
+    let event = ws.event().await;
+    assert_eq!(event["seq"], seq, "only new events: {event}");
+    let (status, _) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
+    assert_eq!(status, 204, "REST catch-up has nothing for it");
+}
