@@ -256,8 +256,9 @@ pub struct GatewayConfig {
     pub outbound_max_frames: usize,
     /// Bytes a session may have queued for its socket before it is closed (4000, resumable).
     pub outbound_max_bytes: usize,
-    /// The most events a connect or Resume replays from the log; more closes with 4010 and the
-    /// client pages through `GET /.p2/core/v1/events` instead.
+    /// Replay retention, in log entries: a connect or Resume from a position further behind
+    /// the head closes with 4010 and the client pages through `GET /.p2/core/v1/events`;
+    /// anything newer is replayed over the socket, paced by its outbound bound.
     pub max_replay_events: usize,
     /// Client frames per connection per 10 s before it is closed with 4008.
     pub max_client_frames: u32,
@@ -278,7 +279,7 @@ impl Default for GatewayConfig {
             heartbeat_grace: Duration::from_secs(10),
             outbound_max_frames: 1024,
             outbound_max_bytes: 1 << 20,
-            max_replay_events: 10_000,
+            max_replay_events: 100_000,
             max_client_frames: 120,
             max_sockets_per_user: 64,
             ticket_lifetime: Duration::from_secs(30),

@@ -19,7 +19,8 @@
 //!   joined, and replays from the log what it missed: after the session's cursor, or after
 //!   Resume's `s` (or the ticket URL's `resume`). Live events that arrive meanwhile are held
 //!   and sent after the replay when their `seq` is newer. Then Ready (`chat` op 2) or Resumed
-//!   (`core` op 10). More than `gateway.max_replay_events` to replay closes with 4010.
+//!   (`core` op 10). A position more than `gateway.max_replay_events` log entries behind the
+//!   head closes with 4010.
 //! - **Order.** The router hands events on in `seq` order, so `d.seq` only grows on a socket
 //!   and the last one a client saw is enough to resume.
 //! - **Backpressure.** A socket whose queue is full is poisoned (it takes no later live
@@ -266,7 +267,7 @@ impl Feed {
 struct Replay {
     after: u64,
     upto: u64,
-    /// How many it holds in all.
+    /// How many events it has queued so far (all of them by Resumed).
     count: usize,
     /// Resume (answer Resumed) rather than a plain start (answer Ready).
     resume: bool,
@@ -510,14 +511,14 @@ impl Session {
                 }
             }
             let from = resume.unwrap_or_else(|| cursor.cursor().get());
-            let mut missed = store
-                .seqs_visible_to(&identity.fid, from, max_replay as u64 + 1)
-                .await?;
-            missed.retain(|seq| *seq <= head);
-            Ok::<_, crate::store::StoreError>((cursor, from, head, channels, missed.len()))
+            // The retention bound is on log positions, so deciding costs no read: a position
+            // more than `max_replay_events` entries behind the head is 4010; anything newer
+            // is replayed, page by page, whatever part of it this user may see.
+            let behind = head.saturating_sub(from);
+            Ok::<_, crate::store::StoreError>((cursor, from, head, channels, behind))
         };
         ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
-            let (cursor, from, head, channels, missed) = match result {
+            let (cursor, from, head, channels, behind) = match result {
                 Ok(found) => found,
                 Err(error) => {
                     tracing::warn!(%error, "gateway start-up read failed");
@@ -535,10 +536,10 @@ impl Session {
             if let Some(auth) = actor.auth.as_mut() {
                 auth.cursor = Some(cursor);
             }
-            if missed > max_replay {
+            if behind > max_replay as u64 {
                 actor.close(
                     close::UNRESUMABLE,
-                    "too many missed events to replay; catch up over REST",
+                    "the position is older than the replay retention; catch up over REST",
                     ctx,
                 );
                 return;
@@ -551,7 +552,7 @@ impl Session {
             actor.replay = Some(Replay {
                 after: from,
                 upto: head,
-                count: missed,
+                count: 0,
                 resume: resume.is_some(),
             });
             actor.fetch_page(ctx);
@@ -609,6 +610,7 @@ impl Session {
             for entry in page.iter().filter(|e| e.seq <= upto) {
                 if let Some(event) = ChannelEvent::from_entry(entry) {
                     actor.backlog.push_back(Arc::new(event));
+                    replay.count += 1;
                 }
             }
             actor.pump(ctx);

@@ -1191,3 +1191,43 @@ async fn a_first_connect_starts_at_the_head_with_its_channels() {
     let (status, _) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
     assert_eq!(status, 204, "REST catch-up has nothing for it");
 }
+
+/// Deep resume: 10,000 missed events arrive over one socket, complete, in order, once, paced
+/// by its outbound bound, then Resumed; no 4010 within the retention.
+#[actix_web::test]
+async fn a_resume_of_ten_thousand_events_is_complete_and_in_order() {
+    let app = spawn_app_with(TestDb::new().await, |_| {}).await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (_, from) = post(&app, &alice, &channel, "before").await;
+    let mut expected = Vec::new();
+    for chunk in 0..20 {
+        let events = (0..500)
+            .map(|i| switchyard::core::event::NewEvent {
+                event_id: format!("deep-{chunk}-{i}"),
+                origin: "localhost:8008".into(),
+                event_type: "message.new".into(),
+                sender: Some(alice.fid.clone()),
+                channel: Some(channel.clone()),
+                origin_ts: 1,
+                content: json!({"message_id": format!("deep-{chunk}-{i}"), "body": "x"}),
+            })
+            .collect();
+        let outcomes = app.log.append(events).await.expect("append");
+        expected.extend(outcomes.iter().map(|o| o.seq()));
+    }
+    let mut r = Ws::resume(&app, &bob, from).await;
+    let mut got = Vec::with_capacity(expected.len());
+    let resumed = loop {
+        let frame = r.frame().await;
+        if frame["n"] == "chat" && frame["op"] == 0 {
+            got.push(frame["d"]["seq"].as_u64().expect("seq"));
+        } else if frame["n"] == "core" && frame["op"] == 10 {
+            break frame;
+        }
+    };
+    assert_eq!(got.len(), expected.len(), "every missed event, once");
+    assert_eq!(got, expected, "in order");
+    assert_eq!(resumed["d"]["replayed"], expected.len(), "{resumed}");
+}
