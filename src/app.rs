@@ -53,6 +53,8 @@ pub struct AppState {
     pub identity: Arc<Identity>,
     /// Client sessions' cursors (socket and REST catch-up).
     pub cursors: Arc<crate::gateway::cursors::Cursors>,
+    /// Gateway handshakes admitted per second.
+    pub admission: crate::gateway::admission::Admission,
     /// The verifiable log: checkpoints, proofs, witnessing.
     pub transparency: Arc<Transparency>,
     /// Witnessing (DESIGN §2.5): the logs we cosign and the witnesses we push to.
@@ -268,6 +270,10 @@ impl Application {
                 u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
             ),
             cursors: cursors.clone(),
+            admission: crate::gateway::admission::Admission::new(
+                config.gateway.handshake_rate_per_second,
+                config.gateway.handshake_burst,
+            ),
             identity: identity.clone(),
             transparency: transparency.clone(),
             witness,

@@ -270,6 +270,11 @@ pub struct GatewayConfig {
     /// How long a `typing.start` lasts unless renewed (DESIGN §5: 10 s).
     #[serde(with = "humantime_serde")]
     pub typing_ttl: Duration,
+    /// Gateway handshakes (`GET /ws` upgrades: connects and resumes) admitted per second, and
+    /// in a burst; beyond them a handshake is answered 503 with `Retry-After` before anything
+    /// is read or consumed (its ticket stays valid).
+    pub handshake_rate_per_second: u32,
+    pub handshake_burst: u32,
 }
 
 impl Default for GatewayConfig {
@@ -284,6 +289,8 @@ impl Default for GatewayConfig {
             max_sockets_per_user: 64,
             ticket_lifetime: Duration::from_secs(30),
             typing_ttl: Duration::from_secs(10),
+            handshake_rate_per_second: 2_000,
+            handshake_burst: 500,
         }
     }
 }
@@ -573,6 +580,12 @@ impl Config {
             return Err(invalid(
                 "gateway.outbound_max_bytes",
                 "must be at least 65536",
+            ));
+        }
+        if gateway.handshake_rate_per_second == 0 || gateway.handshake_burst == 0 {
+            return Err(invalid(
+                "gateway.handshake_rate_per_second",
+                "handshake_rate_per_second and handshake_burst must be at least 1",
             ));
         }
         if gateway.max_replay_events == 0 {

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub verify_batch_size: Histogram,
     /// Open gateway WebSockets.
     pub gateway_sockets: IntGauge,
+    /// Gateway handshakes refused by admission (503).
+    pub gateway_handshakes_refused: IntCounter,
     /// Gateway closes by close code.
     pub gateway_closes: IntCounterVec,
     /// Events handed to gateway sockets (live and replayed).
@@ -207,6 +209,10 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(1.0, 2.0, 8)?),
         )?;
         let gateway_sockets = IntGauge::new("gateway_sockets", "Open gateway WebSockets")?;
+        let gateway_handshakes_refused = IntCounter::new(
+            "gateway_handshakes_refused_total",
+            "Gateway handshakes refused by admission (503 with Retry-After)",
+        )?;
         let gateway_closes = IntCounterVec::new(
             Opts::new(
                 "gateway_closes_total",
@@ -261,6 +267,7 @@ impl Metrics {
         registry.register(Box::new(log_commit_failures.clone()))?;
         registry.register(Box::new(log_head_seq.clone()))?;
         registry.register(Box::new(log_checkpoint_size.clone()))?;
+        registry.register(Box::new(gateway_handshakes_refused.clone()))?;
         registry.register(Box::new(log_checkpoint_failures.clone()))?;
         registry.register(Box::new(witness_equivocations.clone()))?;
         registry.register(Box::new(witness_pushes.clone()))?;
@@ -286,6 +293,7 @@ impl Metrics {
             verify_batch_size,
             notary_fetches,
             gateway_sockets,
+            gateway_handshakes_refused,
             gateway_closes,
             gateway_deliveries,
             gateway_fanout_seconds,

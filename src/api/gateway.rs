@@ -50,6 +50,16 @@ pub async fn ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    // Admission first: a refused handshake reads nothing and consumes no ticket.
+    if let Err(wait) = state.admission.admit() {
+        state.metrics.gateway_handshakes_refused.inc();
+        return Err(ApiError::new(
+            ErrorKind::Overloaded,
+            "too many gateway handshakes at once; retry after the delay given",
+        )
+        .retry_after(wait.as_secs_f64().ceil() as u64)
+        .into());
+    }
     // A malformed query is treated like a bad ticket, after the upgrade, as the contract says.
     let query = web::Query::<WsQuery>::from_query(req.query_string()).ok();
     let (response, ws, stream) = actix_ws::handle(&req, body).map_err(|e| {
@@ -73,7 +83,15 @@ pub async fn ws(
                 }),
                 // The session ended after the ticket was issued.
                 Ok(None) => None,
-                Err(error) => return Err(ApiError::internal(error).into()),
+                // A fault the server survives (a pool timeout): retry, never a 500.
+                Err(error) => {
+                    return Err(ApiError::new(
+                        ErrorKind::Unavailable,
+                        "the server could not read the session; retry",
+                    )
+                    .with_cause(error)
+                    .into())
+                }
             },
             None => None,
         },

@@ -9,6 +9,7 @@
 //! - [`actions`]: what a local user may do to channels and messages, as log events.
 
 pub mod actions;
+pub mod admission;
 pub mod channel;
 pub mod cursors;
 pub mod frames;

@@ -1231,3 +1231,49 @@ async fn a_resume_of_ten_thousand_events_is_complete_and_in_order() {
     assert_eq!(got, expected, "in order");
     assert_eq!(resumed["d"]["replayed"], expected.len(), "{resumed}");
 }
+
+/// Admission: beyond `gateway.handshake_rate_per_second` a handshake is 503 with
+/// `Retry-After` before anything is consumed (the refused ticket still works afterwards); no
+/// 500 anywhere.
+#[actix_web::test]
+async fn excess_handshakes_are_503_with_retry_after_and_change_nothing() {
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.gateway.handshake_rate_per_second = 1;
+        c.gateway.handshake_burst = 2;
+    })
+    .await;
+    let bob = register(&app, "bob").await;
+    let (first, _) = Ws::open(&app, &bob).await;
+    let (second, _) = Ws::open(&app, &bob).await;
+    let refused_ticket = ticket(&app, &bob).await;
+    let url = format!(
+        "{}/ws?ticket={refused_ticket}",
+        app.address.replace("http://", "ws://")
+    );
+    match awc::Client::default().ws(url.as_str()).connect().await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 503)
+        }
+        Err(other) => panic!("expected 503, got {other}"),
+        Ok(_) => panic!("a handshake beyond the admission rate was accepted"),
+    }
+    let mut res = awc::Client::default()
+        .get(format!("{}/ws?ticket={refused_ticket}", app.address))
+        .insert_header(("Connection", "Upgrade"))
+        .insert_header(("Upgrade", "websocket"))
+        .insert_header(("Sec-WebSocket-Version", "13"))
+        .insert_header(("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status().as_u16(), 503);
+    assert!(res.headers().get("retry-after").is_some());
+    let body: Value = res.json().await.expect("json");
+    assert_eq!(body["errcode"], "SY_OVERLOADED");
+    // After the delay the same ticket is still good: the refusal consumed nothing.
+    actix_web::rt::time::sleep(Duration::from_millis(2100)).await;
+    let mut ws = Ws::hello(&app, &format!("?ticket={refused_ticket}")).await;
+    let ready = ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
+    assert_eq!(ready["d"]["fid"], bob.fid.as_str());
+    drop((first, second));
+}
