@@ -349,6 +349,14 @@ impl Application {
         &self.transparency
     }
 
+    /// What stops this instance gracefully (see [`Shutdown::stop`]).
+    pub fn shutdown(&self) -> Shutdown {
+        Shutdown {
+            server: self.server.handle(),
+            channels: self.channels.clone(),
+        }
+    }
+
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
     }
@@ -367,5 +375,33 @@ impl Application {
             addr: "(server)".into(),
             source,
         })
+    }
+}
+
+/// A graceful stop: every gateway socket is closed with 4000 (resume), so its client comes
+/// back with Resume to the next instance and misses nothing; then in-flight requests finish
+/// and the log drains ([`Application::run_until_stopped`]).
+#[derive(Clone)]
+pub struct Shutdown {
+    server: ServerHandle,
+    channels: Arc<Channels>,
+}
+
+/// How long closing sockets get to flush their close frames before the server stops.
+const SOCKET_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Shutdown {
+    pub async fn stop(self) {
+        use crate::gateway::channel::CloseSocket;
+        use crate::gateway::frames::close;
+        let sockets = self.channels.close_all(CloseSocket {
+            code: close::RESUME,
+            reason: "the server is restarting; resume",
+        });
+        if sockets > 0 {
+            tracing::info!(sockets, "closing gateway sockets with 4000 (resume)");
+            actix_web::rt::time::sleep(SOCKET_CLOSE_GRACE).await;
+        }
+        self.server.stop(true).await;
     }
 }

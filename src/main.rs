@@ -126,11 +126,13 @@ async fn serve(config: Config) -> CommandResult {
     // graceful stop too, not the default kill.
     let shutdown = ShutdownSignal::install()?;
     let app = Application::build(config).await?;
-    let handle = app.handle();
+    let stop = app.shutdown();
     actix_web::rt::spawn(async move {
         shutdown.recv().await;
-        tracing::info!("shutdown requested: finishing in-flight requests, then draining the log");
-        handle.stop(true).await;
+        tracing::info!(
+            "shutdown requested: closing sockets (4000), finishing in-flight requests, then draining the log"
+        );
+        stop.stop().await;
     });
     app.run_until_stopped().await?;
     Ok(ExitCode::SUCCESS)

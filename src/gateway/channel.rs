@@ -480,6 +480,17 @@ impl Channels {
         }
     }
 
+    /// Closes every live socket (the server is stopping); answers how many were asked.
+    pub fn close_all(&self, close: CloseSocket) -> usize {
+        let sockets = lock(&self.sockets);
+        let mut asked = 0;
+        for link in sockets.values().flat_map(|l| l.values()) {
+            link.close.do_send(close.clone());
+            asked += 1;
+        }
+        asked
+    }
+
     fn sockets_of(&self, fid: &str) -> Vec<(u64, SessionLink)> {
         lock(&self.sockets)
             .get(fid)

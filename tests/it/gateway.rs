@@ -1277,3 +1277,58 @@ async fn excess_handshakes_are_503_with_retry_after_and_change_nothing() {
     assert_eq!(ready["d"]["fid"], bob.fid.as_str());
     drop((first, second));
 }
+
+/// A graceful stop (what `serve` does on SIGTERM) closes every socket with 4000 within a
+/// second; the next instance on the same database takes their Resume with no gap and no
+/// duplicate.
+#[actix_web::test]
+async fn a_graceful_stop_closes_sockets_with_4000_and_they_resume_on_the_next_instance() {
+    let db = TestDb::new().await;
+    let (url, key_path) = (db.url.clone(), db.dir.path().join("signing.key"));
+    let app = spawn_app_with(db, |_| {}).await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    let (mut b, _) = Ws::open(&app, &bob).await;
+    let (mut a, _) = Ws::open(&app, &alice).await;
+    let mut last = 0;
+    for i in 0..3 {
+        let (_, seq) = post(&app, &alice, &channel, &format!("before {i}")).await;
+        assert_eq!(b.event().await["seq"], seq);
+        last = seq;
+    }
+    let started = std::time::Instant::now();
+    let stopping = actix_web::rt::spawn(app.shutdown.clone().stop());
+    assert_eq!(b.closed().await, Some(4000));
+    assert_eq!(a.closed().await, Some(4000));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    stopping.await.expect("stopped");
+
+    let next = spawn_app_with(
+        TestDb {
+            url,
+            dir: tempfile::tempdir().expect("dir"),
+        },
+        |c| c.keys.path = key_path,
+    )
+    .await;
+    let mut posted = Vec::new();
+    for i in 0..2 {
+        posted.push(post(&next, &alice, &channel, &format!("after {i}")).await.1);
+    }
+    let mut r = Ws::resume(&next, &bob, last).await;
+    let mut got = Vec::new();
+    loop {
+        let frame = r.frame().await;
+        if frame["n"] == "chat" && frame["op"] == 0 {
+            got.push(frame["d"]["seq"].as_u64().expect("seq"));
+        } else if frame["n"] == "core" && frame["op"] == 10 {
+            break;
+        }
+    }
+    assert_eq!(got, posted, "no gap, no duplicate");
+}

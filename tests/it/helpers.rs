@@ -114,6 +114,8 @@ pub struct TestApp {
     pub store: Store,
     pub db: TestDb,
     pub server: actix_web::dev::ServerHandle,
+    /// The graceful stop `serve` runs on SIGTERM.
+    pub shutdown: switchyard::app::Shutdown,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -132,6 +134,7 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
     let transparency = app.transparency().clone();
     let store = app.store().clone();
     let server = app.handle();
+    let shutdown = app.shutdown();
     actix_web::rt::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -143,6 +146,7 @@ pub async fn spawn_app_with(db: TestDb, adjust: impl FnOnce(&mut Config)) -> Tes
         store,
         db,
         server,
+        shutdown,
     }
 }
 
