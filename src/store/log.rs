@@ -933,23 +933,27 @@ pub struct EventLogHandle {
 }
 
 impl EventLogHandle {
-    /// Records a signed checkpoint. On a SQLite file it goes through the log writer's own
-    /// connection, between two group commits: a second writer connection would contend for
-    /// SQLite's one write lock and stall the log (measured: p99 append latency ×2 in the runs
-    /// where it met a commit). On PostgreSQL rows lock one by one, so the pool writes it.
-    pub async fn insert_checkpoint(
+    /// Writes rows beside the log (checkpoints, cosignatures) in one transaction of their
+    /// own. On a SQLite file it goes through the log writer's own connection, between two
+    /// group commits: a second writer connection would contend for SQLite's one write lock and
+    /// stall the log (measured: p99 append latency ×2 in the runs where it met a commit). On
+    /// PostgreSQL rows lock one by one, so the pool writes it. `build` makes the statements
+    /// for the backend.
+    pub async fn write_beside(
         &self,
-        row: entities::log_checkpoints::ActiveModel,
+        build: impl FnOnce(sea_orm::DbBackend) -> Vec<Statement>,
     ) -> Result<(), StoreError> {
-        let insert = entities::log_checkpoints::Entity::insert(row);
+        use sea_orm::{ConnectionTrait, TransactionTrait};
         match &*self.writer {
-            LogWriter::Sqlite { thread, .. } => {
-                let recorder = Recorder::new();
-                insert.exec_without_returning(&recorder).await?;
-                Ok(thread.transaction(recorder.into_statements()).await?)
-            }
+            LogWriter::Sqlite { thread, .. } => Ok(thread
+                .transaction(build(sea_orm::DbBackend::Sqlite))
+                .await?),
             LogWriter::Sqlx(_) => {
-                insert.exec_without_returning(&self.readers).await?;
+                let txn = self.readers.begin().await?;
+                for statement in build(self.readers.get_database_backend()) {
+                    txn.execute(statement).await?;
+                }
+                txn.commit().await?;
                 Ok(())
             }
         }

@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use base64::Engine as _;
-use sea_orm::{EntityTrait, QueryOrder, Set};
+use sea_orm::{EntityTrait, QueryOrder, QueryTrait, Set};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
@@ -233,14 +233,15 @@ impl Transparency {
             note::signature_line(&self.origin, key_id, &signature.to_bytes())
         );
         let signed_at = now_ms();
+        let row = log_checkpoints::ActiveModel {
+            size: Set(size as i64),
+            root_hash: Set(hex::encode(root)),
+            note: Set(text.clone()),
+            key_id: Set(key.key_id()),
+            created_at: Set(signed_at),
+        };
         self.log
-            .insert_checkpoint(log_checkpoints::ActiveModel {
-                size: Set(size as i64),
-                root_hash: Set(hex::encode(root)),
-                note: Set(text.clone()),
-                key_id: Set(key.key_id()),
-                created_at: Set(signed_at),
-            })
+            .write_beside(|backend| vec![log_checkpoints::Entity::insert(row).build(backend)])
             .await?;
         let published = Arc::new(Published {
             size,
@@ -271,19 +272,19 @@ impl Transparency {
             line: Set(lines.to_owned()),
             cosigned_at: Set(now),
         };
-        log_cosignatures::Entity::insert(row)
-            .on_conflict(
-                sea_orm::sea_query::OnConflict::columns([
-                    log_cosignatures::Column::Size,
-                    log_cosignatures::Column::Witness,
-                ])
-                .update_columns([
-                    log_cosignatures::Column::Line,
-                    log_cosignatures::Column::CosignedAt,
-                ])
-                .to_owned(),
-            )
-            .exec(self.store.readers())
+        let upsert = log_cosignatures::Entity::insert(row).on_conflict(
+            sea_orm::sea_query::OnConflict::columns([
+                log_cosignatures::Column::Size,
+                log_cosignatures::Column::Witness,
+            ])
+            .update_columns([
+                log_cosignatures::Column::Line,
+                log_cosignatures::Column::CosignedAt,
+            ])
+            .to_owned(),
+        );
+        self.log
+            .write_beside(|backend| vec![upsert.build(backend)])
             .await?;
         let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
         if let Some(current) = latest.as_ref().filter(|p| p.size == size) {
