@@ -480,15 +480,21 @@ impl Session {
                     .subscribe(channel, id, link.subscriber.clone())
                     .await;
             }
-            let stored = store.session_cursor(&identity.session_id).await?;
-            let (head, _) = store.head().await?;
+            // A live cursor (another socket of the session, or one that went less than a
+            // flush ago) is newer than the stored one: then the database is not read.
+            let live = state.cursors.live(&identity.session_id);
+            let stored = match live {
+                Some(_) => None,
+                None => store.session_cursor(&identity.session_id).await?,
+            };
+            // The committed head from memory (set before its batch is published; this
+            // socket is registered, so everything after it reaches it live).
+            let head = state.log.committed_head();
             // A session that has never connected (no cursor stored or live, no resume)
             // starts at the head: its Ready carries its channels, and it is not replayed the
             // log since its login. Its cursor is stored before Ready, so a restart cannot
             // take it for a first connect again; REST catch-up then starts there too.
-            let first_connect = stored.is_none()
-                && state.cursors.live(&identity.session_id).is_none()
-                && resume.is_none();
+            let first_connect = live.is_none() && stored.is_none() && resume.is_none();
             let start = match first_connect {
                 true => {
                     store
@@ -496,7 +502,7 @@ impl Session {
                         .await?;
                     head
                 }
-                false => stored.unwrap_or(0).max(identity.created_seq),
+                false => live.or(stored).unwrap_or(0).max(identity.created_seq),
             };
             let cursor = state.cursors.acquire(&identity.session_id, start);
             // Membership as of `head`: changes after it arrive live, in order.

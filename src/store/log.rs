@@ -98,6 +98,14 @@ pub enum AppendError {
     Stopped,
 }
 
+/// Where committed batches go: the broadcast to subscribers, and the committed head (set
+/// before each batch is published).
+#[derive(Clone)]
+struct Published {
+    batches: broadcast::Sender<Arc<CommittedBatch>>,
+    committed: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Events committed by one transaction, in `seq` order, as published to subscribers.
 #[derive(Debug)]
 pub struct CommittedBatch {
@@ -280,7 +288,7 @@ pub struct EventLog {
     /// The next batch, planned while the running commit runs.
     staged: Option<Staged>,
     max_batch_events: usize,
-    published: broadcast::Sender<Arc<CommittedBatch>>,
+    published: Published,
     metrics: Arc<Metrics>,
     drain_waiters: Vec<oneshot::Sender<()>>,
 }
@@ -324,7 +332,11 @@ impl EventLog {
         }
         let head = writer.head(merkle).await?;
         metrics.log_head_seq.set(head.seq as i64);
-        let (published, _) = broadcast::channel(publish_buffer);
+        let (batches, _) = broadcast::channel(publish_buffer);
+        let published = Published {
+            batches,
+            committed: Arc::new(std::sync::atomic::AtomicU64::new(head.seq)),
+        };
         let actor = EventLog {
             writer: writer.clone(),
             head: Some(head),
@@ -508,7 +520,7 @@ async fn commit_batch(
     merkle: MerkleTree,
     lookup_first: bool,
     batch: Vec<PendingAppend>,
-    published: broadcast::Sender<Arc<CommittedBatch>>,
+    published: Published,
     metrics: Arc<Metrics>,
 ) -> CommitEnd {
     let started = Instant::now();
@@ -523,7 +535,7 @@ async fn commit_batch(
 async fn commit_staged(
     writer: Arc<LogWriter>,
     staged: Staged,
-    published: broadcast::Sender<Arc<CommittedBatch>>,
+    published: Published,
     metrics: Arc<Metrics>,
 ) -> CommitEnd {
     let started = Instant::now();
@@ -556,7 +568,7 @@ fn finish(
     started: Instant,
     batch: Vec<PendingAppend>,
     lookup_first: bool,
-    published: &broadcast::Sender<Arc<CommittedBatch>>,
+    published: &Published,
     metrics: &Metrics,
 ) -> CommitEnd {
     metrics
@@ -571,6 +583,11 @@ fn finish(
             let appended = entries.len();
             metrics.log_batch_events.observe(appended as f64);
             metrics.log_head_seq.set(new_head.seq as i64);
+            // Before publishing: whoever reads the head and then follows publications misses
+            // nothing (see `EventLogHandle::committed_head`).
+            published
+                .committed
+                .store(new_head.seq, std::sync::atomic::Ordering::Release);
             for entry in &entries {
                 metrics
                     .log_events_appended
@@ -579,7 +596,7 @@ fn finish(
             }
             if !entries.is_empty() {
                 // No receiver is fine: nobody is listening yet.
-                let _ = published.send(Arc::new(CommittedBatch { entries }));
+                let _ = published.batches.send(Arc::new(CommittedBatch { entries }));
             }
             let mut duplicates = 0;
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
@@ -925,7 +942,7 @@ impl Drop for ArbiterGuard {
 #[derive(Clone)]
 pub struct EventLogHandle {
     addr: Addr<EventLog>,
-    published: broadcast::Sender<Arc<CommittedBatch>>,
+    published: Published,
     /// For writes beside the log (checkpoints), see [`EventLogHandle::insert_checkpoint`].
     writer: Arc<LogWriter>,
     readers: sea_orm::DatabaseConnection,
@@ -1009,7 +1026,16 @@ impl EventLogHandle {
     /// Committed batches from now on. A receiver that falls more than `storage.publish_buffer`
     /// batches behind gets `RecvError::Lagged(n)` and must re-read from the log by `seq`.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<CommittedBatch>> {
-        self.published.subscribe()
+        self.published.batches.subscribe()
+    }
+
+    /// The newest committed `seq`, from memory. It is set before the batch that reaches it is
+    /// published, so a reader that takes it and then follows the publications (having
+    /// subscribed first) sees every later entry live, and finds every earlier one committed.
+    pub fn committed_head(&self) -> u64 {
+        self.published
+            .committed
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Waits until every append sent before this call has been committed or failed.
