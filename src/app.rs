@@ -104,6 +104,7 @@ fn session_ended(
     store: Store,
     cursors: Arc<crate::gateway::cursors::Cursors>,
     channels: Arc<Channels>,
+    tickets: crate::gateway::tickets::Tickets,
 ) -> crate::identity::sessions::OnEnd {
     use crate::gateway::channel::CloseSocket;
     use crate::gateway::frames::close;
@@ -111,6 +112,7 @@ fn session_ended(
     Box::new(move |session, closing| {
         let close = match closing {
             Closing::Ended => {
+                tickets.session_ended(&session.session_id);
                 cursors.forget(&session.session_id);
                 let (store, session_id) = (store.clone(), session.session_id.clone());
                 actix_web::rt::spawn(async move {
@@ -223,6 +225,10 @@ impl Application {
             config.gateway.typing_ttl,
         );
         let cursors = crate::gateway::cursors::Cursors::start(store.clone());
+        let tickets = crate::gateway::tickets::Tickets::new(
+            config.gateway.ticket_lifetime,
+            u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
+        );
         let identity = Identity::start(
             &config,
             Arc::new(Clock::default()),
@@ -230,7 +236,12 @@ impl Application {
             &log,
             verifier,
             &metrics,
-            session_ended(store.clone(), cursors.clone(), channels.clone()),
+            session_ended(
+                store.clone(),
+                cursors.clone(),
+                channels.clone(),
+                tickets.clone(),
+            ),
         )
         .await?;
         let transparency = Transparency::start(
@@ -265,10 +276,7 @@ impl Application {
             hashers: crate::identity::accounts::Hashers::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
-            tickets: crate::gateway::tickets::Tickets::new(
-                config.gateway.ticket_lifetime,
-                u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
-            ),
+            tickets,
             cursors: cursors.clone(),
             admission: crate::gateway::admission::Admission::new(
                 config.gateway.handshake_rate_per_second,

@@ -28,7 +28,11 @@ pub async fn ws_ticket(
     let lifetime = state.tickets.lifetime();
     let ticket = state
         .tickets
-        .issue(&session.fid, &session.session_id)
+        .issue(
+            &session.fid,
+            &session.session_id,
+            u64::try_from(session.created_seq).unwrap_or(0),
+        )
         .ok_or_else(|| {
             ApiError::new(
                 ErrorKind::LimitExceeded,
@@ -71,30 +75,16 @@ pub async fn ws(
     let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
     let start = match query.as_ref().map(|q| (q.ticket.as_deref(), q.resume)) {
         Some((None, None)) => Some(Start::AwaitIdentify),
-        Some((Some(ticket), resume)) => match state.tickets.redeem(ticket) {
-            Some(grant) => match state.store.session(&grant.session_id).await {
-                Ok(Some(session)) => Some(Start::Ticket {
-                    identity: Identity {
-                        fid: session.fid,
-                        session_id: session.session_id,
-                        created_seq: u64::try_from(session.created_seq).unwrap_or(0),
-                    },
-                    resume,
-                }),
-                // The session ended after the ticket was issued.
-                Ok(None) => None,
-                // A fault the server survives (a pool timeout): retry, never a 500.
-                Err(error) => {
-                    return Err(ApiError::new(
-                        ErrorKind::Unavailable,
-                        "the server could not read the session; retry",
-                    )
-                    .with_cause(error)
-                    .into())
-                }
+        // The grant holds all the handshake needs: no database read. A ticket of a session
+        // that ended meanwhile is refused by the ticket store.
+        Some((Some(ticket), resume)) => state.tickets.redeem(ticket).map(|grant| Start::Ticket {
+            identity: Identity {
+                fid: grant.fid,
+                session_id: grant.session_id,
+                created_seq: grant.created_seq,
             },
-            None => None,
-        },
+            resume,
+        }),
         _ => None,
     };
     match start {

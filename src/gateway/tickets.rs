@@ -12,16 +12,21 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-/// The session a ticket was issued for.
+/// The session a ticket was issued for: all the handshake needs, so it reads no database.
 #[derive(Clone, Debug)]
 pub struct Grant {
     pub fid: String,
     pub session_id: String,
+    /// The session's `seq` at creation.
+    pub created_seq: u64,
     issued: Instant,
 }
 
+#[derive(Clone)]
 pub struct Tickets {
     live: moka::sync::Cache<String, Grant>,
+    /// Sessions ended within a ticket's lifetime: their tickets are refused.
+    ended: moka::sync::Cache<String, ()>,
     /// Tickets issued per session in the current window (one lifetime long).
     issued: moka::sync::Cache<String, Arc<AtomicU32>>,
     per_session: u32,
@@ -41,6 +46,10 @@ impl Tickets {
                 .max_capacity(1_000_000)
                 .time_to_live(lifetime)
                 .build(),
+            ended: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(lifetime)
+                .build(),
             per_session: per_session.max(1),
             lifetime,
         }
@@ -51,7 +60,7 @@ impl Tickets {
     }
 
     /// A new ticket for the session, unless it has had its share of this window.
-    pub fn issue(&self, fid: &str, session_id: &str) -> Option<String> {
+    pub fn issue(&self, fid: &str, session_id: &str, created_seq: u64) -> Option<String> {
         let count = self
             .issued
             .get_with(session_id.to_owned(), || Arc::new(AtomicU32::new(0)));
@@ -64,6 +73,7 @@ impl Tickets {
             Grant {
                 fid: fid.to_owned(),
                 session_id: session_id.to_owned(),
+                created_seq,
                 issued: Instant::now(),
             },
         );
@@ -75,6 +85,12 @@ impl Tickets {
         self.live
             .remove(ticket)
             .filter(|grant| grant.issued.elapsed() <= self.lifetime)
+            .filter(|grant| !self.ended.contains_key(&grant.session_id))
+    }
+
+    /// The session ended: tickets issued to it are refused from now on.
+    pub fn session_ended(&self, session_id: &str) {
+        self.ended.insert(session_id.to_owned(), ());
     }
 }
 
@@ -85,17 +101,31 @@ mod tests {
     #[test]
     fn a_ticket_is_redeemed_once() {
         let tickets = Tickets::new(Duration::from_secs(30), 2);
-        let ticket = tickets.issue("alice@a.test", "s1").expect("issued");
+        let ticket = tickets.issue("alice@a.test", "s1", 7).expect("issued");
         let grant = tickets.redeem(&ticket).expect("first use");
         assert_eq!(
-            (grant.fid.as_str(), grant.session_id.as_str()),
-            ("alice@a.test", "s1")
+            (
+                grant.fid.as_str(),
+                grant.session_id.as_str(),
+                grant.created_seq
+            ),
+            ("alice@a.test", "s1", 7)
         );
         assert!(tickets.redeem(&ticket).is_none());
         assert!(tickets.redeem("syt_garbage").is_none());
         // Two per session and window; other sessions are not affected.
-        assert!(tickets.issue("alice@a.test", "s1").is_some());
-        assert!(tickets.issue("alice@a.test", "s1").is_none());
-        assert!(tickets.issue("bob@a.test", "s2").is_some());
+        assert!(tickets.issue("alice@a.test", "s1", 7).is_some());
+        assert!(tickets.issue("alice@a.test", "s1", 7).is_none());
+        assert!(tickets.issue("bob@a.test", "s2", 9).is_some());
+    }
+
+    #[test]
+    fn an_ended_session_s_tickets_are_refused() {
+        let tickets = Tickets::new(Duration::from_secs(30), 4);
+        let ticket = tickets.issue("alice@a.test", "s1", 1).expect("issued");
+        tickets.session_ended("s1");
+        assert!(tickets.redeem(&ticket).is_none());
+        let other = tickets.issue("bob@a.test", "s2", 2).expect("issued");
+        assert!(tickets.redeem(&other).is_some());
     }
 }

@@ -309,6 +309,29 @@ async fn bad_reused_or_expired_tickets_close_with_4001_before_any_frame() {
     let mut expired = Ws::connect(&app, &format!("?ticket={late}")).await;
     assert!(matches!(expired.next().await, Got::Close(Some(4001))));
 
+    // A ticket of a session that ended after it was issued is refused too.
+    let carol = register(&app, "carol").await;
+    let (_, body) = call(
+        &app,
+        "POST",
+        "/api/v1/auth/ws-ticket",
+        Some(&carol.token),
+        None,
+    )
+    .await;
+    let orphan = body["ticket"].as_str().expect("ticket").to_owned();
+    let (status, _) = call(
+        &app,
+        "DELETE",
+        "/.p2/core/v1/session",
+        Some(&carol.token),
+        Some(json!({"session_id": carol.session_id})),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let mut ended = Ws::connect(&app, &format!("?ticket={orphan}")).await;
+    assert!(matches!(ended.next().await, Got::Close(Some(4001))));
+
     // A ticket needs a live session token.
     let (status, body) = call(&app, "POST", "/api/v1/auth/ws-ticket", None, None).await;
     assert_eq!(
