@@ -55,6 +55,8 @@ pub struct AppState {
     pub cursors: Arc<crate::gateway::cursors::Cursors>,
     /// Gateway handshakes admitted per second.
     pub admission: crate::gateway::admission::Admission,
+    /// The recent client events, serialised, for replays without a database read.
+    pub recent: Arc<crate::gateway::recent::RecentEvents>,
     /// The verifiable log: checkpoints, proofs, witnessing.
     pub transparency: Arc<Transparency>,
     /// Witnessing (DESIGN §2.5): the logs we cosign and the witnesses we push to.
@@ -281,6 +283,11 @@ impl Application {
             admission: crate::gateway::admission::Admission::new(
                 config.gateway.handshake_rate_per_second,
                 config.gateway.handshake_burst,
+            ),
+            recent: crate::gateway::recent::RecentEvents::start(
+                &log,
+                config.gateway.recent_events,
+                config.gateway.recent_bytes,
             ),
             identity: identity.clone(),
             transparency: transparency.clone(),

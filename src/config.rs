@@ -275,6 +275,10 @@ pub struct GatewayConfig {
     /// is read or consumed (its ticket stays valid).
     pub handshake_rate_per_second: u32,
     pub handshake_burst: u32,
+    /// The recent events kept in memory, serialised, for replays without a database read:
+    /// at most this many log positions' client events, and this many bytes of them.
+    pub recent_events: usize,
+    pub recent_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -291,6 +295,8 @@ impl Default for GatewayConfig {
             typing_ttl: Duration::from_secs(10),
             handshake_rate_per_second: 2_000,
             handshake_burst: 500,
+            recent_events: 100_000,
+            recent_bytes: 64 << 20,
         }
     }
 }

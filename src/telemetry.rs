@@ -68,6 +68,8 @@ pub struct Metrics {
     pub gateway_sockets: IntGauge,
     /// Gateway handshakes refused by admission (503).
     pub gateway_handshakes_refused: IntCounter,
+    /// Replays (connect or Resume) by where their events came from: memory or log.
+    pub gateway_replays: IntCounterVec,
     /// Gateway closes by close code.
     pub gateway_closes: IntCounterVec,
     /// Events handed to gateway sockets (live and replayed).
@@ -209,6 +211,13 @@ impl Metrics {
             .buckets(prometheus::exponential_buckets(1.0, 2.0, 8)?),
         )?;
         let gateway_sockets = IntGauge::new("gateway_sockets", "Open gateway WebSockets")?;
+        let gateway_replays = IntCounterVec::new(
+            Opts::new(
+                "gateway_replays_total",
+                "Gateway replays by source: memory (the recent window) or log (database pages)",
+            ),
+            &["source"],
+        )?;
         let gateway_handshakes_refused = IntCounter::new(
             "gateway_handshakes_refused_total",
             "Gateway handshakes refused by admission (503 with Retry-After)",
@@ -268,6 +277,7 @@ impl Metrics {
         registry.register(Box::new(log_head_seq.clone()))?;
         registry.register(Box::new(log_checkpoint_size.clone()))?;
         registry.register(Box::new(gateway_handshakes_refused.clone()))?;
+        registry.register(Box::new(gateway_replays.clone()))?;
         registry.register(Box::new(log_checkpoint_failures.clone()))?;
         registry.register(Box::new(witness_equivocations.clone()))?;
         registry.register(Box::new(witness_pushes.clone()))?;
@@ -294,6 +304,7 @@ impl Metrics {
             notary_fetches,
             gateway_sockets,
             gateway_handshakes_refused,
+            gateway_replays,
             gateway_closes,
             gateway_deliveries,
             gateway_fanout_seconds,

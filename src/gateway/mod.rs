@@ -13,5 +13,6 @@ pub mod admission;
 pub mod channel;
 pub mod cursors;
 pub mod frames;
+pub mod recent;
 pub mod session;
 pub mod tickets;

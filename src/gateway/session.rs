@@ -271,6 +271,8 @@ struct Replay {
     count: usize,
     /// Resume (answer Resumed) rather than a plain start (answer Ready).
     resume: bool,
+    /// Reading the log (the window did not cover it): counted once per replay.
+    from_log: bool,
 }
 
 struct Authed {
@@ -560,6 +562,7 @@ impl Session {
                 upto: head,
                 count: 0,
                 resume: resume.is_some(),
+                from_log: false,
             });
             actor.fetch_page(ctx);
         }));
@@ -578,7 +581,41 @@ impl Session {
             self.pump(ctx);
             return;
         }
+        // Inside the window of recent events: replayed from memory, no database read.
+        let from_memory = {
+            let feed = self.feed.borrow();
+            self.state
+                .recent
+                .replay(&auth.fid, &feed.channels, replay.after, replay.upto)
+        };
+        if let Some(events) = from_memory {
+            self.state
+                .metrics
+                .gateway_replays
+                .with_label_values(&["memory"])
+                .inc();
+            if let Some(replay) = self.replay.as_mut() {
+                replay.count += events.len();
+                replay.after = replay.upto;
+            }
+            self.backlog.extend(events);
+            self.pump(ctx);
+            return;
+        }
         self.fetching = true;
+        if !replay.from_log {
+            self.state
+                .metrics
+                .gateway_replays
+                .with_label_values(&["log"])
+                .inc();
+        }
+        if let Some(replay) = self.replay.as_mut() {
+            replay.from_log = true;
+        }
+        let Some(replay) = self.replay.as_ref() else {
+            return;
+        };
         let (state, fid, after, upto) = (
             self.state.clone(),
             auth.fid.clone(),

@@ -1216,43 +1216,79 @@ async fn a_first_connect_starts_at_the_head_with_its_channels() {
 }
 
 /// Deep resume: 10,000 missed events arrive over one socket, complete, in order, once, paced
-/// by its outbound bound, then Resumed; no 4010 within the retention.
+/// by its outbound bound, then Resumed; no 4010 within the retention. Inside the window of
+/// recent events they come from memory; with a window too small, from the log in pages, just
+/// as exact.
 #[actix_web::test]
 async fn a_resume_of_ten_thousand_events_is_complete_and_in_order() {
-    let app = spawn_app_with(TestDb::new().await, |_| {}).await;
-    let alice = register(&app, "alice").await;
-    let bob = register(&app, "bob").await;
-    let channel = channel_with(&app, &alice, &[&bob]).await;
-    let (_, from) = post(&app, &alice, &channel, "before").await;
-    let mut expected = Vec::new();
-    for chunk in 0..20 {
-        let events = (0..500)
-            .map(|i| switchyard::core::event::NewEvent {
-                event_id: format!("deep-{chunk}-{i}"),
-                origin: "localhost:8008".into(),
-                event_type: "message.new".into(),
-                sender: Some(alice.fid.clone()),
-                channel: Some(channel.clone()),
-                origin_ts: 1,
-                content: json!({"message_id": format!("deep-{chunk}-{i}"), "body": "x"}),
-            })
-            .collect();
-        let outcomes = app.log.append(events).await.expect("append");
-        expected.extend(outcomes.iter().map(|o| o.seq()));
-    }
-    let mut r = Ws::resume(&app, &bob, from).await;
-    let mut got = Vec::with_capacity(expected.len());
-    let resumed = loop {
-        let frame = r.frame().await;
-        if frame["n"] == "chat" && frame["op"] == 0 {
-            got.push(frame["d"]["seq"].as_u64().expect("seq"));
-        } else if frame["n"] == "core" && frame["op"] == 10 {
-            break frame;
+    for (window, source) in [(100_000, "memory"), (100, "log")] {
+        let app = spawn_app_with(TestDb::new().await, |c| c.gateway.recent_events = window).await;
+        let alice = register(&app, "alice").await;
+        let bob = register(&app, "bob").await;
+        let channel = channel_with(&app, &alice, &[&bob]).await;
+        let (_, from) = post(&app, &alice, &channel, "before").await;
+        let mut expected = Vec::new();
+        for chunk in 0..20 {
+            let events = (0..500)
+                .map(|i| switchyard::core::event::NewEvent {
+                    event_id: format!("deep-{chunk}-{i}"),
+                    origin: "localhost:8008".into(),
+                    event_type: "message.new".into(),
+                    sender: Some(alice.fid.clone()),
+                    channel: Some(channel.clone()),
+                    origin_ts: 1,
+                    content: json!({"message_id": format!("deep-{chunk}-{i}"), "body": "x"}),
+                })
+                .collect();
+            let outcomes = app.log.append(events).await.expect("append");
+            expected.extend(outcomes.iter().map(|o| o.seq()));
         }
-    };
-    assert_eq!(got.len(), expected.len(), "every missed event, once");
-    assert_eq!(got, expected, "in order");
-    assert_eq!(resumed["d"]["replayed"], expected.len(), "{resumed}");
+        // The window follows publications: let it see the last batch.
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        let mut r = Ws::resume(&app, &bob, from).await;
+        let mut got = Vec::with_capacity(expected.len());
+        let resumed = loop {
+            let frame = r.frame().await;
+            if frame["n"] == "chat" && frame["op"] == 0 {
+                got.push(frame["d"]["seq"].as_u64().expect("seq"));
+            } else if frame["n"] == "core" && frame["op"] == 10 {
+                break frame;
+            }
+        };
+        assert_eq!(
+            got.len(),
+            expected.len(),
+            "{source}: every missed event, once"
+        );
+        assert_eq!(got, expected, "{source}: in order");
+        assert_eq!(resumed["d"]["replayed"], expected.len(), "{resumed}");
+        let (_, metrics) = call_text(&app, "/metrics").await;
+        assert!(
+            metrics.contains(&format!(
+                "switchyard_gateway_replays_total{{source=\"{source}\"}} 1"
+            )),
+            "{source}: {}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("replays"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+/// A GET answering text.
+async fn call_text(app: &TestApp, path: &str) -> (u16, String) {
+    let mut res = awc::Client::default()
+        .get(format!("{}{path}", app.address))
+        .send()
+        .await
+        .expect("request");
+    let body = res.body().limit(16 << 20).await.expect("body");
+    (
+        res.status().as_u16(),
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Admission: beyond `gateway.handshake_rate_per_second` a handshake is 503 with
