@@ -54,6 +54,14 @@ pub async fn ws(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
+    if state.channels.stopping() {
+        return Err(ApiError::new(
+            ErrorKind::Unavailable,
+            "the server is restarting; connect again shortly",
+        )
+        .retry_after(1)
+        .into());
+    }
     // Admission first: a refused handshake reads nothing and consumes no ticket.
     if let Err(wait) = state.admission.admit() {
         state.metrics.gateway_handshakes_refused.inc();
@@ -160,7 +168,9 @@ pub async fn events(
     };
     // The cursor is stored before the answer: what is answered counts as delivered. It
     // never moves back (an explicit `since` below it just reads).
-    if cursor > current {
+    // A session's first REST call stores its cursor even where it did not move: its first
+    // socket must not take it for a first connect (which starts at the head) afterwards.
+    if cursor > current || (stored.is_none() && state.cursors.live(&session.session_id).is_none()) {
         state
             .store
             .set_session_cursors(&[(session.session_id.clone(), cursor)])

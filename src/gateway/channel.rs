@@ -363,6 +363,9 @@ pub struct Channels {
     arbiter: ArbiterHandle,
     fanout_seconds: prometheus::Histogram,
     typing_ttl: Duration,
+    /// Set by [`Channels::close_all`] (the server is stopping): sockets that register later
+    /// close themselves with 4000.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -383,6 +386,7 @@ impl Channels {
             arbiter: arbiter.handle(),
             fanout_seconds,
             typing_ttl,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         // The arbiter thread lives as long as the process; dropping the handle keeps it.
         drop(arbiter);
@@ -482,6 +486,10 @@ impl Channels {
 
     /// Closes every live socket (the server is stopping); answers how many were asked.
     pub fn close_all(&self, close: CloseSocket) -> usize {
+        // Set before the sockets are read: a socket registering meanwhile either is in the
+        // map read below or sees the flag after registering (see `stopping`).
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let sockets = lock(&self.sockets);
         let mut asked = 0;
         for link in sockets.values().flat_map(|l| l.values()) {
@@ -489,6 +497,11 @@ impl Channels {
             asked += 1;
         }
         asked
+    }
+
+    /// Whether the server is stopping; a socket checks it right after it registers.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn sockets_of(&self, fid: &str) -> Vec<(u64, SessionLink)> {

@@ -107,33 +107,40 @@ impl RecentEvents {
         window.last = u64::MAX - 1;
     }
 
-    /// The events in `(after, upto]` that `fid` sees with membership `channels` (the rules of
-    /// `Store::events_visible_to`), if the window covers that range; `None` means: read the
-    /// log.
+    /// Whether a replay from `after` can start in the window (it holds every client event
+    /// after `after` that it has seen).
+    pub fn covers(&self, after: u64) -> bool {
+        after >= self.lock().floor
+    }
+
+    /// The events in `(after, end]` that `fid` sees with membership `channels` (the rules of
+    /// `Store::events_visible_to`), with `end` = `upto` or the last position the window has
+    /// seen if it is not there yet; `None` when the window does not hold `after` (read the
+    /// log).
     pub fn replay(
         &self,
         fid: &str,
         channels: &HashMap<String, Membership>,
         after: u64,
         upto: u64,
-    ) -> Option<Vec<Arc<ChannelEvent>>> {
+    ) -> Option<(Vec<Arc<ChannelEvent>>, u64)> {
         let window = self.lock();
-        if after < window.floor || upto > window.last {
+        if after < window.floor || after >= window.last {
             return None;
         }
+        let end = upto.min(window.last);
         let start = window.events.partition_point(|e| e.seq <= after);
-        Some(
-            window
-                .events
-                .range(start..)
-                .take_while(|e| e.seq <= upto)
-                .filter(|e| match channels.get(&e.channel) {
-                    Some(Membership::Joined) => true,
-                    Some(Membership::Invited) => INVITED_TYPES.contains(&e.event_type.as_str()),
-                    _ => e.event_type == "channel.leave" && e.sender.as_deref() == Some(fid),
-                })
-                .cloned()
-                .collect(),
-        )
+        let events = window
+            .events
+            .range(start..)
+            .take_while(|e| e.seq <= end)
+            .filter(|e| match channels.get(&e.channel) {
+                Some(Membership::Joined) => true,
+                Some(Membership::Invited) => INVITED_TYPES.contains(&e.event_type.as_str()),
+                _ => e.event_type == "channel.leave" && e.sender.as_deref() == Some(fid),
+            })
+            .cloned()
+            .collect();
+        Some((events, end))
     }
 }

@@ -273,6 +273,8 @@ struct Replay {
     resume: bool,
     /// Reading the log (the window did not cover it): counted once per replay.
     from_log: bool,
+    /// Taken from the window of recent events: counted once per replay.
+    from_memory: bool,
 }
 
 struct Authed {
@@ -468,6 +470,16 @@ impl Session {
             session_id: identity.session_id.clone(),
             cursor: None,
         });
+        // A stop, or the end of this session, may have closed every registered socket just
+        // before this one registered: both set their mark before reading the sockets.
+        if self.state.channels.stopping() {
+            self.close(close::RESUME, "the server is restarting; resume", ctx);
+            return;
+        }
+        if self.state.tickets.is_ended(&identity.session_id) {
+            self.close(close::NOT_AUTHENTICATED, "the session was ended", ctx);
+            return;
+        }
         let state = self.state.clone();
         let id = self.id;
         let max_replay = state.config.gateway.max_replay_events;
@@ -544,7 +556,8 @@ impl Session {
             if let Some(auth) = actor.auth.as_mut() {
                 auth.cursor = Some(cursor);
             }
-            if behind > max_replay as u64 {
+            // Within the window of recent events a replay costs no read: no bound there.
+            if behind > max_replay as u64 && !actor.state.recent.covers(from) {
                 actor.close(
                     close::UNRESUMABLE,
                     "the position is older than the replay retention; catch up over REST",
@@ -563,6 +576,7 @@ impl Session {
                 count: 0,
                 resume: resume.is_some(),
                 from_log: false,
+                from_memory: false,
             });
             actor.fetch_page(ctx);
         }));
@@ -588,15 +602,19 @@ impl Session {
                 .recent
                 .replay(&auth.fid, &feed.channels, replay.after, replay.upto)
         };
-        if let Some(events) = from_memory {
-            self.state
-                .metrics
-                .gateway_replays
-                .with_label_values(&["memory"])
-                .inc();
+        if let Some((events, end)) = from_memory {
+            if let Some(replay) = self.replay.as_mut().filter(|r| !r.from_memory) {
+                replay.from_memory = true;
+                self.state
+                    .metrics
+                    .gateway_replays
+                    .with_label_values(&["memory"])
+                    .inc();
+            }
             if let Some(replay) = self.replay.as_mut() {
                 replay.count += events.len();
-                replay.after = replay.upto;
+                // The rest (if the window has not seen all of it yet) comes next time.
+                replay.after = end;
             }
             self.backlog.extend(events);
             self.pump(ctx);

@@ -88,6 +88,12 @@ impl Tickets {
             .filter(|grant| !self.ended.contains_key(&grant.session_id))
     }
 
+    /// Whether the session ended within a ticket's lifetime (a socket that was being set up
+    /// while it ended checks this after it registers).
+    pub fn is_ended(&self, session_id: &str) -> bool {
+        self.ended.contains_key(session_id)
+    }
+
     /// The session ended: tickets issued to it are refused from now on.
     pub fn session_ended(&self, session_id: &str) {
         self.ended.insert(session_id.to_owned(), ());

@@ -628,7 +628,12 @@ async fn a_new_socket_replays_what_the_session_missed_and_resume_takes_a_seq() {
 
 #[actix_web::test]
 async fn too_much_to_replay_is_4010() {
-    let app = spawn_app_with(TestDb::new().await, |c| c.gateway.max_replay_events = 3).await;
+    // A window of recent events that does not hold the position: the retention applies.
+    let app = spawn_app_with(TestDb::new().await, |c| {
+        c.gateway.max_replay_events = 3;
+        c.gateway.recent_events = 1;
+    })
+    .await;
     let alice = register(&app, "alice").await;
     let bob = register(&app, "bob").await;
     let channel = channel_with(&app, &alice, &[&bob]).await;
@@ -1213,6 +1218,47 @@ async fn a_first_connect_starts_at_the_head_with_its_channels() {
     assert_eq!(event["seq"], seq, "only new events: {event}");
     let (status, _) = call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None).await;
     assert_eq!(status, 204, "REST catch-up has nothing for it");
+
+    // A session that caught up over REST first (204, nothing moved) is not a first connect
+    // afterwards: what was posted in between reaches its first socket.
+    let carol = register(&app, "carol").await;
+    act(
+        &app,
+        &alice,
+        &channel,
+        "invite",
+        Some(json!({"fid": carol.fid})),
+    )
+    .await;
+    act(&app, &carol, &channel, "join", None).await;
+    let (status, _) = call(
+        &app,
+        "GET",
+        "/.p2/core/v1/events?limit=1000",
+        Some(&carol.token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&app, "GET", "/.p2/core/v1/events", Some(&carol.token), None).await;
+    assert_eq!(status, 204);
+    let (_, between) = post(&app, &alice, &channel, "between").await;
+    let carol_ticket = super::gateway::ticket(&app, &carol).await;
+    let mut c = Ws::hello(&app, &format!("?ticket={carol_ticket}")).await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = c.frame().await;
+        if frame["n"] == "chat" && frame["op"] == 0 {
+            replayed.push(frame["d"]["seq"].as_u64().expect("seq"));
+        } else if frame["n"] == "chat" && frame["op"] == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        replayed,
+        vec![between],
+        "the first socket after REST replays what it missed"
+    );
 }
 
 /// Deep resume: 10,000 missed events arrive over one socket, complete, in order, once, paced
