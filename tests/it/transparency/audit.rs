@@ -624,29 +624,11 @@ async fn server_keys_are_listed_before_and_after_a_rotation() {
     assert_eq!(status["status"], "invalidated");
 }
 
-/// A GET of an export: status, headers and body text.
+/// A GET of an export: status, `Content-Type`, `Content-Disposition` and the body text.
 async fn export(app: &TestApp, query: &str) -> (u16, String, String, String) {
-    let mut res = awc::Client::default()
-        .get(format!("{}/api/v1/audit/export?{query}", app.address))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .expect("request");
-    let header = |name: &str| {
-        res.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let (content_type, disposition) = (header("content-type"), header("content-disposition"));
-    let body = res.body().limit(256 << 20).await.expect("body");
-    (
-        res.status().as_u16(),
-        content_type,
-        disposition,
-        String::from_utf8(body.to_vec()).expect("UTF-8"),
-    )
+    let got = get(app, &format!("/api/v1/audit/export?{query}"), Some(ADMIN)).await;
+    let text = got.text();
+    (got.status, got.content_type, got.disposition, text)
 }
 
 /// RFC 4180 records (quoted fields with doubled quotes and line breaks inside).

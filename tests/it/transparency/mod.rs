@@ -49,6 +49,7 @@ pub struct Got {
     pub status: u16,
     pub content_type: String,
     pub cache_control: String,
+    pub disposition: String,
     pub body: Vec<u8>,
 }
 
@@ -76,11 +77,13 @@ pub async fn get(app: &TestApp, path: &str, token: Option<&str>) -> Got {
             .to_owned()
     };
     let (content_type, cache_control) = (header("content-type"), header("cache-control"));
-    let body = res.body().limit(64 << 20).await.expect("body").to_vec();
+    let disposition = header("content-disposition");
+    let body = res.body().limit(256 << 20).await.expect("body").to_vec();
     Got {
         status: res.status().as_u16(),
         content_type,
         cache_control,
+        disposition,
         body,
     }
 }
