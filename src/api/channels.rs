@@ -26,6 +26,7 @@ use crate::store::AppendError;
 fn answer(error: ActionError) -> ApiError {
     let error = match error {
         ActionError::Identity(error) => return ApiError::from(error),
+        ActionError::Store(error) => return super::store_fault(error),
         other => other,
     };
     let kind = match &error {

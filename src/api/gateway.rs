@@ -142,7 +142,7 @@ pub async fn events(
         .store
         .session_cursor(&session.session_id)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::store_fault)?;
     let created = u64::try_from(session.created_seq).unwrap_or(0);
     // A live cursor (the session has sockets, or had them less than a flush ago) is newer
     // than the stored one, even when it went back after a socket died.
@@ -152,12 +152,12 @@ pub async fn events(
         .unwrap_or(stored.unwrap_or(0))
         .max(created);
     let since = query.since.unwrap_or(current);
-    let (head, _) = state.store.head().await.map_err(ApiError::internal)?;
+    let (head, _) = state.store.head().await.map_err(super::store_fault)?;
     let missed = state
         .store
         .events_visible_to(&session.fid, since, limit)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::store_fault)?;
     // A short page saw everything up to `head` at least: the cursor can move there, so that
     // a quiet user's next call does not scan the same stretch of the log again.
     let last = missed.last().map_or(since, |e| e.seq);
@@ -175,7 +175,7 @@ pub async fn events(
             .store
             .set_session_cursors(&[(session.session_id.clone(), cursor)])
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(super::store_fault)?;
         state.cursors.advance_live(&session.session_id, cursor);
     }
     if missed.is_empty() {

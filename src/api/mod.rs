@@ -208,6 +208,19 @@ pub(crate) fn bearer<'a>(req: &'a HttpRequest, what: &str) -> Result<&'a str, Ap
         })
 }
 
+/// A storage fault as clients see it: a damaged row is the server's fault (500); anything
+/// else (a pool timeout, the database restarting) is one it survives: 503 with `Retry-After`.
+pub(crate) fn store_fault(error: crate::store::StoreError) -> ApiError {
+    match error {
+        crate::store::StoreError::Corrupt { .. } => ApiError::internal(error),
+        other => ApiError::new(
+            ErrorKind::Unavailable,
+            "the database is not answering; retry",
+        )
+        .with_cause(other),
+    }
+}
+
 /// The address the request came from (unspecified when the transport has none).
 pub(crate) fn peer_ip(req: &HttpRequest) -> std::net::IpAddr {
     req.peer_addr()
