@@ -238,11 +238,11 @@ async fn witnessed(app: &TestApp, origin: &str) -> Option<(i64, String, String)>
 
 async fn equivocations(app: &TestApp, origin: &str) -> u64 {
     let metrics = get(app, "/metrics", None).await.text();
-    let prefix = format!("switchyard_witness_equivocations_total{{origin=\"{origin}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0, |n| n.trim().parse().expect("a count"))
+    counter(
+        &metrics,
+        "switchyard_witness_equivocations_total",
+        &format!("origin=\"{origin}\""),
+    )
 }
 
 /// Go's verifier checks B's cosignature on A's checkpoint (C2SP cosignature/v1, which x/mod's
@@ -476,8 +476,9 @@ async fn push_status(app: &TestApp) -> serde_json::Value {
     got.json()["witnesses"][0].clone()
 }
 
-fn counter(metrics: &str, labels: &str) -> u64 {
-    let prefix = format!("switchyard_witness_pushes_total{{{labels}}} ");
+/// The value of counter `name{labels}` in a Prometheus text answer (0 when absent).
+fn counter(metrics: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{{labels}}} ");
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
@@ -544,7 +545,29 @@ async fn the_pusher_waits_out_a_down_witness_and_follows_its_size() {
     assert!(status["cosigned_size"].as_u64().expect("size") >= size);
     let metrics = get(&a, "/metrics", None).await.text();
     let labels = |result: &str| format!("result=\"{result}\",witness=\"{B}\"");
-    assert_eq!(counter(&metrics, &labels("unreachable")), 1, "{metrics}");
-    assert_eq!(counter(&metrics, &labels("conflict")), 1);
-    assert_eq!(counter(&metrics, &labels("cosigned")), 1);
+    assert_eq!(
+        counter(
+            &metrics,
+            "switchyard_witness_pushes_total",
+            &labels("unreachable")
+        ),
+        1,
+        "{metrics}"
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "switchyard_witness_pushes_total",
+            &labels("conflict")
+        ),
+        1
+    );
+    assert_eq!(
+        counter(
+            &metrics,
+            "switchyard_witness_pushes_total",
+            &labels("cosigned")
+        ),
+        1
+    );
 }
