@@ -57,6 +57,9 @@ pub struct AppState {
     pub admission: crate::gateway::admission::Admission,
     /// The recent client events, serialised, for replays without a database read.
     pub recent: Arc<crate::gateway::recent::RecentEvents>,
+    /// Replays older than the recent window read the log in pages; at most half the reader
+    /// pool does so at once, so that a reconnect storm leaves connections for the API.
+    pub replay_readers: tokio::sync::Semaphore,
     /// The verifiable log: checkpoints, proofs, witnessing.
     pub transparency: Arc<Transparency>,
     /// Witnessing (DESIGN §2.5): the logs we cosign and the witnesses we push to.
@@ -80,6 +83,8 @@ pub enum StartError {
     },
     #[error("cannot register metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{key}: {problem}")]
+    Config { key: &'static str, problem: String },
 }
 
 pub struct Application {
@@ -277,12 +282,21 @@ impl Application {
             channels: channels.clone(),
             hashers: crate::identity::accounts::Hashers::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+                config.server.password_hash_memory_kib,
+                config.server.password_hash_passes,
+            )
+            .map_err(|problem| StartError::Config {
+                key: "server.password_hash_memory_kib",
+                problem,
+            })?,
             tickets,
             cursors: cursors.clone(),
             admission: crate::gateway::admission::Admission::new(
                 config.gateway.handshake_rate_per_second,
                 config.gateway.handshake_burst,
+            ),
+            replay_readers: tokio::sync::Semaphore::new(
+                (config.database.max_connections as usize / 2).max(1),
             ),
             recent: crate::gateway::recent::RecentEvents::start(
                 &log,

@@ -60,6 +60,11 @@ pub struct ServerConfig {
     /// How long a graceful stop waits for in-flight requests.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// argon2id memory per password hash, KiB (OWASP's floor: 19,456 with 2 passes). Lower
+    /// values are for benchmarks and tests; the server warns at start.
+    pub password_hash_memory_kib: u32,
+    /// argon2id passes per password hash.
+    pub password_hash_passes: u32,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +77,8 @@ impl Default for ServerConfig {
             admin_token: String::new(),
             workers: 0,
             shutdown_timeout: Duration::from_secs(30),
+            password_hash_memory_kib: crate::identity::accounts::OWASP_MEMORY_KIB,
+            password_hash_passes: crate::identity::accounts::OWASP_PASSES,
         }
     }
 }
@@ -465,6 +472,12 @@ impl Config {
                 "server.public_base_url",
                 "must start with http:// or https://",
             ));
+        }
+        if let Err(problem) = crate::identity::accounts::Hashers::params(
+            self.server.password_hash_memory_kib,
+            self.server.password_hash_passes,
+        ) {
+            return Err(invalid("server.password_hash_memory_kib", problem));
         }
         if self.database.backend().is_none() {
             return Err(invalid(

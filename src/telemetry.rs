@@ -68,6 +68,8 @@ pub struct Metrics {
     pub gateway_sockets: IntGauge,
     /// Gateway handshakes refused by admission (503).
     pub gateway_handshakes_refused: IntCounter,
+    pub gateway_replay_reads: IntCounter,
+    pub gateway_connect_reads: IntCounter,
     /// Replays (connect or Resume) by where their events came from: memory or log.
     pub gateway_replays: IntCounterVec,
     /// Gateway closes by close code.
@@ -218,6 +220,14 @@ impl Metrics {
             ),
             &["source"],
         )?;
+        let gateway_replay_reads = IntCounter::new(
+            "gateway_replay_reads_total",
+            "Pages of the log read for gateway replays older than the recent window",
+        )?;
+        let gateway_connect_reads = IntCounter::new(
+            "gateway_connect_reads_total",
+            "Database reads by gateway start-ups and resumes (memberships, the stored cursor)",
+        )?;
         let gateway_handshakes_refused = IntCounter::new(
             "gateway_handshakes_refused_total",
             "Gateway handshakes refused by admission (503 with Retry-After)",
@@ -277,6 +287,8 @@ impl Metrics {
         registry.register(Box::new(log_head_seq.clone()))?;
         registry.register(Box::new(log_checkpoint_size.clone()))?;
         registry.register(Box::new(gateway_handshakes_refused.clone()))?;
+        registry.register(Box::new(gateway_replay_reads.clone()))?;
+        registry.register(Box::new(gateway_connect_reads.clone()))?;
         registry.register(Box::new(gateway_replays.clone()))?;
         registry.register(Box::new(log_checkpoint_failures.clone()))?;
         registry.register(Box::new(witness_equivocations.clone()))?;
@@ -304,6 +316,8 @@ impl Metrics {
             notary_fetches,
             gateway_sockets,
             gateway_handshakes_refused,
+            gateway_replay_reads,
+            gateway_connect_reads,
             gateway_replays,
             gateway_closes,
             gateway_deliveries,

@@ -486,6 +486,8 @@ impl Session {
         let subscribed = self.subscribed.clone();
         let work = async move {
             let store = &state.store;
+            let reads = &state.metrics.gateway_connect_reads;
+            reads.inc();
             let first = store.channels_of(&identity.fid).await?;
             for (channel, _) in &first {
                 subscribed.borrow_mut().push(channel.clone());
@@ -499,7 +501,10 @@ impl Session {
             let live = state.cursors.live(&identity.session_id);
             let stored = match live {
                 Some(_) => None,
-                None => store.session_cursor(&identity.session_id).await?,
+                None => {
+                    reads.inc();
+                    store.session_cursor(&identity.session_id).await?
+                }
             };
             // The committed head from memory (set before its batch is published; this
             // socket is registered, so everything after it reaches it live).
@@ -520,6 +525,7 @@ impl Session {
             };
             let cursor = state.cursors.acquire(&identity.session_id, start);
             // Membership as of `head`: changes after it arrive live, in order.
+            reads.inc();
             let channels = store.channels_of(&identity.fid).await?;
             for (channel, _) in &channels {
                 if !first.iter().any(|(c, _)| c == channel) {
@@ -640,7 +646,10 @@ impl Session {
             replay.after,
             replay.upto,
         );
+        // The permit is held for the read only, not while the page is written out.
         let read = async move {
+            let _permit = state.replay_readers.acquire().await;
+            state.metrics.gateway_replay_reads.inc();
             state
                 .store
                 .events_visible_to(&fid, after, REPLAY_PAGE as u64)

@@ -63,38 +63,76 @@ fn check_password(password: &str) -> Result<(), AccountError> {
     }
 }
 
-/// Password hashes at once: each argon2id run holds about 19 MiB, so an unbounded number of
-/// concurrent registrations or logins would be a memory attack. Size it to the CPU count.
-pub struct Hashers(tokio::sync::Semaphore);
+/// argon2id's cost as OWASP's password storage cheat sheet sets its floor (and the argon2
+/// crate's default): 19 MiB, 2 passes, 1 lane.
+pub const OWASP_MEMORY_KIB: u32 = 19_456;
+pub const OWASP_PASSES: u32 = 2;
+
+/// The one owner of password hashing: argon2id at the configured cost
+/// (`server.password_hash_memory_kib`, `server.password_hash_passes`), and how many hashes run
+/// at once. Each run holds its memory cost, so an unbounded number of concurrent registrations
+/// or logins would be a memory attack; the permits are sized to the CPU count. Verification
+/// takes the cost from the stored hash, so a changed cost applies to new hashes only.
+pub struct Hashers {
+    permits: tokio::sync::Semaphore,
+    params: argon2::Params,
+}
 
 impl Hashers {
-    pub fn new(permits: usize) -> Hashers {
-        Hashers(tokio::sync::Semaphore::new(permits.max(1)))
+    pub fn new(permits: usize, memory_kib: u32, passes: u32) -> Result<Hashers, String> {
+        let params = Hashers::params(memory_kib, passes)?;
+        if memory_kib < OWASP_MEMORY_KIB || passes < OWASP_PASSES {
+            tracing::warn!(
+                memory_kib,
+                passes,
+                "password hashes are cheaper than OWASP's floor (19456 KiB, 2 passes): for benchmarks and tests only"
+            );
+        }
+        Ok(Hashers {
+            permits: tokio::sync::Semaphore::new(permits.max(1)),
+            params,
+        })
+    }
+
+    /// The argon2id parameters for a cost, or why it is out of range (memory 8 KiB..4 GiB,
+    /// passes 1..=16).
+    pub fn params(memory_kib: u32, passes: u32) -> Result<argon2::Params, String> {
+        if !(1..=16).contains(&passes) {
+            return Err(format!("{passes} passes: must be 1..=16"));
+        }
+        if !(8..=4 * 1024 * 1024).contains(&memory_kib) {
+            return Err(format!("{memory_kib} KiB: must be 8..=4194304"));
+        }
+        argon2::Params::new(memory_kib, passes, 1, None).map_err(|e| e.to_string())
     }
 
     /// Waits up to two seconds for a turn; past that the server is overloaded.
     async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, AccountError> {
-        match tokio::time::timeout(std::time::Duration::from_secs(2), self.0.acquire()).await {
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.permits.acquire()).await
+        {
             Ok(Ok(permit)) => Ok(permit),
             _ => Err(AccountError::Busy),
         }
     }
+
+    /// argon2id at the configured cost, off the async threads.
+    async fn hash(&self, password: String) -> Result<String, AccountError> {
+        let params = self.params.clone();
+        tokio::task::spawn_blocking(move || {
+            let salt: [u8; 16] = rand::thread_rng().gen();
+            let salt =
+                SaltString::encode_b64(&salt).map_err(|e| AccountError::Hash(e.to_string()))?;
+            Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+                .hash_password(password.as_bytes(), &salt)
+                .map(|h| h.to_string())
+                .map_err(|e| AccountError::Hash(e.to_string()))
+        })
+        .await
+        .map_err(|e| AccountError::Hash(e.to_string()))?
+    }
 }
 
-/// argon2id with the crate's default cost, run off the async threads.
-async fn hash_password(password: String) -> Result<String, AccountError> {
-    tokio::task::spawn_blocking(move || {
-        let salt: [u8; 16] = rand::thread_rng().gen();
-        let salt = SaltString::encode_b64(&salt).map_err(|e| AccountError::Hash(e.to_string()))?;
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| AccountError::Hash(e.to_string()))
-    })
-    .await
-    .map_err(|e| AccountError::Hash(e.to_string()))?
-}
-
+/// Checks `password` against a stored hash, with the cost the hash names.
 async fn verify_password(hash: String, password: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
@@ -175,7 +213,7 @@ pub async fn register(
     check_password(password)?;
     let fid = format!("{username}@{server_name}");
     let permit = hashers.permit().await?;
-    let password_hash = hash_password(password.to_owned()).await?;
+    let password_hash = hashers.hash(password.to_owned()).await?;
     drop(permit);
     let outcome = log
         .append(vec![NewEvent {
@@ -308,13 +346,21 @@ mod tests {
 
     #[actix_web::test]
     async fn passwords_hash_and_verify() {
-        let hash = hash_password("correct horse".into()).await.expect("hash");
-        assert!(hash.starts_with("$argon2id$"));
+        let hashers = Hashers::new(1, OWASP_MEMORY_KIB, OWASP_PASSES).expect("the default cost");
+        let hash = hashers.hash("correct horse".into()).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(verify_password(hash.clone(), "correct horse".into()).await);
         assert!(!verify_password(hash, "wrong horse".into()).await);
         // The dummy hash parses, so unknown users cost a real verification.
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
         assert!(!verify_password(DUMMY_HASH.into(), "anything".into()).await);
+        // A cheaper configured cost applies to new hashes; verification reads the cost from
+        // the hash, so both kinds verify.
+        let cheap = Hashers::new(1, 8, 1).expect("the least cost");
+        let hash = cheap.hash("correct horse".into()).await.expect("hash");
+        assert!(hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{hash}");
+        assert!(verify_password(hash, "correct horse".into()).await);
+        assert!(Hashers::params(7, 1).is_err() && Hashers::params(8, 0).is_err());
     }
 
     #[test]

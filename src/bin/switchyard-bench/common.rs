@@ -121,13 +121,16 @@ pub fn string_field(value: &Value, key: &str) -> anyhow::Result<String> {
 }
 
 /// Starts `switchyard serve` (the binary `bin`) in `dir` as `name` on 127.0.0.1:`port`, with
-/// `extra` TOML appended to its configuration, and waits for `/health`.
+/// `extra` TOML appended to its configuration and `env` in its environment (for the
+/// `SWITCHYARD__SECTION__KEY` overrides of the sections written here), and waits for
+/// `/health`.
 pub async fn start_switchyard(
     bin: &Path,
     dir: &Path,
     name: &str,
     port: u16,
     extra: &str,
+    env: &[(&str, &str)],
     client: &awc::Client,
 ) -> anyhow::Result<ChildGuard> {
     std::fs::create_dir_all(dir)?;
@@ -156,6 +159,7 @@ level = "warn"
     let mut guard = ChildGuard::spawn(
         "switchyard",
         Command::new(bin)
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(&config)

@@ -81,15 +81,15 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::common::{self, call, cpu_time, free_port, string_field, ChildGuard, ScratchDir};
 
-/// The environment variable that hands the subscriber's bearer token to the clients process
-/// (kept off its command line).
-const TOKEN_ENV: &str = "SWITCHYARD_BENCH_TOKEN";
-/// Phase tags carried in the payloads; the clients keep one tally per tag.
+/// Phase tags carried in the payloads; the clients keep one tally per tag, in this order.
 const MAX_PHASES: usize = 4;
-const PHASE_FIXED: usize = 0;
-const PHASE_SATURATION: usize = 1;
-/// Idle time between "all ready" and the second RSS sample.
-const IDLE_SETTLE: Duration = Duration::from_secs(2);
+/// The connect storm: every socket connects at once while publishers post at `--rate`.
+const PHASE_CONNECT: usize = 0;
+const PHASE_FIXED: usize = 1;
+const PHASE_SATURATION: usize = 2;
+/// The reconnect storm: `--storm-messages` posted while every socket is away, then all
+/// resume while publishers post at `--rate`.
+const PHASE_RECONNECT: usize = 3;
 /// A phase is reported once nothing has arrived for this long (or everything has).
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
 /// Longest drain of a phase.
@@ -144,6 +144,13 @@ pub struct FanoutArgs {
     /// Threads of the clients process, one actix System each.
     #[arg(long, default_value_t = 2)]
     client_threads: usize,
+    /// Handshakes in progress at once over all client threads (a socket holds its slot from
+    /// its connect until Ready or Resumed).
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Messages posted while every socket is away, in the reconnect storm.
+    #[arg(long, default_value_t = 1000)]
+    storm_messages: u64,
     /// Source addresses of the clients: 127.0.0.2, 127.0.0.3, … (so that no one address
     /// runs out of ephemeral ports).
     #[arg(long, default_value_t = 40)]
@@ -176,8 +183,12 @@ pub struct ClientsArgs {
     #[arg(long, default_value_t = 40)]
     source_addresses: u8,
     /// Handshakes in progress at once per thread (a socket holds its slot until Ready).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     connect_concurrency: usize,
+    /// Bearer tokens, one per line, one per socket (socket k sends line k); without it every
+    /// socket sends an empty token (the ceiling does not check).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -380,6 +391,10 @@ struct ClientStatus {
     ready: u64,
     /// Sockets connected now.
     open: u64,
+    /// Sockets connected now and past Ready or Resumed.
+    live: u64,
+    /// Reconnect storm: sockets that have every message posted while they were away.
+    caught_up: u64,
     /// Deliveries so far, per phase tag.
     deliveries: Vec<u64>,
     /// The latest reason a socket failed to connect or ended, if any.
@@ -390,6 +405,8 @@ impl ClientStatus {
     fn merge(&mut self, other: ClientStatus) {
         self.ready += other.ready;
         self.open += other.open;
+        self.live += other.live;
+        self.caught_up += other.caught_up;
         if self.deliveries.len() < other.deliveries.len() {
             self.deliveries.resize(other.deliveries.len(), 0);
         }
@@ -399,6 +416,25 @@ impl ClientStatus {
         if other.last_error.is_some() {
             self.last_error = other.last_error;
         }
+    }
+}
+
+/// The clients' answer to `handshakes`: what they saw of the upgrades since the last ask.
+#[derive(Clone, Default, Serialize, Deserialize)]
+struct HandshakeTally {
+    /// From a socket's connect to its Ready or Resumed (the attempt that succeeded), µs.
+    latency: Histogram,
+    /// Upgrades answered 503 (admission: retried after a pause).
+    refused: u64,
+    /// Upgrades answered with any other 5xx.
+    server_errors: u64,
+}
+
+impl HandshakeTally {
+    fn merge(&mut self, other: &HandshakeTally) {
+        self.latency.merge(&other.latency);
+        self.refused += other.refused;
+        self.server_errors += other.server_errors;
     }
 }
 
@@ -481,17 +517,30 @@ struct ClientsProcess {
 }
 
 impl ClientsProcess {
-    fn spawn(args: &FanoutArgs, url: &str, token: &str) -> anyhow::Result<ClientsProcess> {
+    fn spawn(
+        args: &FanoutArgs,
+        url: &str,
+        tokens: Option<&Path>,
+    ) -> anyhow::Result<ClientsProcess> {
+        let threads = args.client_threads.max(1);
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("fanout-clients")
+            .args(["--url", url])
+            .args(["--clients", &args.clients.to_string()])
+            .args(["--publishers", &args.publishers.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .args(["--source-addresses", &args.source_addresses.to_string()])
+            .args([
+                "--connect-concurrency",
+                &args.connect_concurrency.div_ceil(threads).to_string(),
+            ]);
+        if let Some(tokens) = tokens {
+            command.arg("--tokens").arg(tokens);
+        }
         let mut guard = ChildGuard::spawn(
             "clients",
-            Command::new(std::env::current_exe()?)
-                .arg("fanout-clients")
-                .args(["--url", url])
-                .args(["--clients", &args.clients.to_string()])
-                .args(["--publishers", &args.publishers.to_string()])
-                .args(["--threads", &args.client_threads.to_string()])
-                .args(["--source-addresses", &args.source_addresses.to_string()])
-                .env(TOKEN_ENV, token)
+            command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit()),
@@ -530,6 +579,26 @@ impl ClientsProcess {
     async fn status(&mut self) -> anyhow::Result<ClientStatus> {
         let answer = self.ask("status", "status").await?;
         serde_json::from_str(&answer).context("bad status answer")
+    }
+
+    /// Drops every socket at once (no close frame) and keeps them away until [`Self::back`].
+    async fn away(&mut self) -> anyhow::Result<()> {
+        self.ask("away", "away").await.map(drop)
+    }
+
+    /// Lets the sockets come back (each resumes from its last seq); `targets` are the
+    /// publishers' last numbers posted while they were away (see `caught_up`).
+    async fn back(&mut self, targets: &[u64]) -> anyhow::Result<()> {
+        let targets: Vec<String> = targets.iter().map(u64::to_string).collect();
+        self.ask(&format!("back {}", targets.join(",")), "back")
+            .await
+            .map(drop)
+    }
+
+    /// The handshakes since the last ask (and starts a new tally).
+    async fn handshakes(&mut self) -> anyhow::Result<HandshakeTally> {
+        let answer = self.ask("handshakes", "handshakes").await?;
+        serde_json::from_str(&answer).context("bad handshakes answer")
     }
 
     async fn report(&mut self, phase: usize, finals: &[u64]) -> anyhow::Result<PhaseTally> {
@@ -598,13 +667,15 @@ async fn post_payload(client: &awc::Client, to: &PublishTo, payload: &Payload) -
     }
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default, Clone)]
 struct PublishTally {
     sent: u64,
     busy: u64,
     errors: u64,
     /// Fixed rate: messages sent later than their slot (the previous one was still running).
     late: u64,
+    /// Post latency, µs: from a message's first try to its 2xx (busy retries included).
+    latency: Histogram,
 }
 
 impl PublishTally {
@@ -613,6 +684,34 @@ impl PublishTally {
         self.busy += other.busy;
         self.errors += other.errors;
         self.late += other.late;
+        self.latency.merge(&other.latency);
+    }
+}
+
+/// When a phase's publishing stops.
+#[derive(Clone)]
+enum Until {
+    /// After this long.
+    Elapsed(Duration),
+    /// Once this many messages have been posted over all publishers (a shared countdown).
+    Count(Rc<std::cell::Cell<u64>>),
+    /// Once the flag is raised (checked before each message).
+    Raised(Rc<std::cell::Cell<bool>>),
+}
+
+impl Until {
+    /// Whether the next message may go (and takes its place in a countdown); the deadline
+    /// of [`Until::Elapsed`] is checked against each message's slot by the caller.
+    fn next(&self) -> bool {
+        match self {
+            Until::Elapsed(_) => true,
+            Until::Count(left) => {
+                let n = left.get();
+                left.set(n.saturating_sub(1));
+                n > 0
+            }
+            Until::Raised(flag) => !flag.get(),
+        }
     }
 }
 
@@ -637,6 +736,7 @@ async fn publish_one(
         let pause = match post_payload(client, to, &payload).await {
             PostOutcome::Sent => {
                 tally.sent += 1;
+                tally.latency.record(first_try.elapsed().as_micros() as u64);
                 return Ok(());
             }
             PostOutcome::Busy => {
@@ -659,44 +759,53 @@ async fn publish_one(
     }
 }
 
-/// One phase's publishing: every publisher from its next number on, for `duration`. Returns
+/// One phase's publishing: every publisher from its next number on, until `until`. Returns
 /// the unix µs at the start, the publishing time and the publishers' tallies; `next_n` is
 /// advanced past what was sent.
 async fn publish_phase(
     client: &awc::Client,
     to: &Rc<PublishTo>,
     phase: usize,
-    duration: Duration,
+    until: Until,
     rate: Option<u32>,
     next_n: &mut [u64],
 ) -> anyhow::Result<(u64, Duration, PublishTally)> {
     let publishers = next_n.len();
     let started_us = now_us();
     let started = Instant::now();
-    let deadline = started + duration;
+    let deadline = match until {
+        Until::Elapsed(duration) => Some(started + duration),
+        _ => None,
+    };
     let tasks: Vec<_> = next_n
         .iter()
         .enumerate()
         .map(|(publisher, &first)| {
-            let (client, to) = (client.clone(), to.clone());
+            let (client, to, until) = (client.clone(), to.clone(), until.clone());
             actix_web::rt::spawn(async move {
                 let mut tally = PublishTally::default();
                 let mut n = first;
                 for k in 0u64.. {
-                    if let Some(rate) = rate {
+                    let due = match rate {
                         // Publisher p's k-th slot: the publishers interleave evenly.
-                        let slot =
-                            (k * publishers as u64 + publisher as u64) as f64 / f64::from(rate);
-                        let due = started + Duration::from_secs_f64(slot);
-                        if due >= deadline {
-                            break;
+                        Some(rate) => {
+                            started
+                                + Duration::from_secs_f64(
+                                    (k * publishers as u64 + publisher as u64) as f64
+                                        / f64::from(rate),
+                                )
                         }
-                        if due > Instant::now() {
-                            actix_web::rt::time::sleep_until(due.into()).await;
-                        } else if k > 0 {
-                            tally.late += 1;
-                        }
-                    } else if Instant::now() >= deadline {
+                        None => Instant::now(),
+                    };
+                    if deadline.is_some_and(|deadline| due >= deadline) {
+                        break;
+                    }
+                    if due > Instant::now() {
+                        actix_web::rt::time::sleep_until(due.into()).await;
+                    } else if rate.is_some() && k > 0 {
+                        tally.late += 1;
+                    }
+                    if !until.next() {
                         break;
                     }
                     publish_one(&client, &to, phase, publisher, n, &mut tally).await?;
@@ -721,8 +830,10 @@ struct Server {
     /// `host:port`.
     addr: SocketAddr,
     publish: Rc<PublishTo>,
-    /// The subscriber's bearer token (empty for the ceiling).
-    token: String,
+    /// The subscribers' bearer tokens, one per line (none for the ceiling).
+    tokens: Option<PathBuf>,
+    /// Switchyard's `/metrics` (none for the ceiling).
+    metrics: Option<String>,
     /// The ceiling's stdin: its end of file stops the ceiling.
     _stdin: Option<ChildStdin>,
 }
@@ -760,12 +871,20 @@ async fn start_bare(args: &FanoutArgs) -> anyhow::Result<Server> {
         publish: Rc::new(PublishTo::Bare {
             url: format!("http://{addr}/publish"),
         }),
-        token: String::new(),
+        tokens: None,
+        metrics: None,
         _stdin: stdin,
     })
 }
 
-/// A free port on 127.0.0.1 (bound and released; the server binds it right after).
+/// Registrations, invitations and joins in flight at once while setting up.
+const SETUP_CONCURRENCY: usize = 64;
+
+/// Starts `switchyard serve` on a temporary SQLite database and sets up the run: the
+/// publishers `pub0..` (pub0 creates the channel) and one user per subscriber socket
+/// (`sub0..`), each invited and joined. Password hashes are at argon2's least cost here
+/// (`server.password_hash_memory_kib`): registering 10,000 users at the default cost would
+/// take minutes of this machine's two cores, and no figure of this run includes a hash.
 async fn start_switchyard(
     args: &FanoutArgs,
     dir: &Path,
@@ -777,14 +896,16 @@ async fn start_switchyard(
         dir,
         &format!("127.0.0.1:{port}"),
         port,
-        &format!(
-            "[gateway]\nheartbeat_interval = \"30s\"\nmax_sockets_per_user = {}",
-            args.clients
-        ),
+        "[gateway]\nheartbeat_interval = \"30s\"",
+        &[
+            ("SWITCHYARD__SERVER__PASSWORD_HASH_MEMORY_KIB", "8"),
+            ("SWITCHYARD__SERVER__PASSWORD_HASH_PASSES", "1"),
+        ],
         client,
     )
     .await?;
     let base = format!("http://127.0.0.1:{port}");
+    let setting_up = Instant::now();
 
     let register = |username: String| {
         let url = format!("{base}/api/v1/auth/register");
@@ -802,7 +923,6 @@ async fn start_switchyard(
             ))
         }
     };
-    let (sub_fid, sub_token) = register("sub".into()).await?;
     let mut publishers = Vec::with_capacity(args.publishers);
     for k in 0..args.publishers {
         publishers.push(register(format!("pub{k}")).await?);
@@ -817,24 +937,47 @@ async fn start_switchyard(
     .await?;
     let channel_id = string_field(&channel, "id")?;
     let channel_url = format!("{base}/api/v1/channels/{channel_id}");
-    let invitees =
-        std::iter::once((&sub_fid, &sub_token)).chain(publishers[1..].iter().map(|(f, t)| (f, t)));
-    for (fid, token) in invitees {
-        call(
-            client,
-            &format!("{channel_url}/invite"),
-            Some(owner_token),
-            &json!({"fid": fid}),
-        )
-        .await?;
-        call(
-            client,
-            &format!("{channel_url}/join"),
-            Some(token),
-            &json!({}),
-        )
-        .await?;
+    let admit = |fid: String, token: String| {
+        let channel_url = &channel_url;
+        async move {
+            call(
+                client,
+                &format!("{channel_url}/invite"),
+                Some(owner_token),
+                &json!({"fid": fid}),
+            )
+            .await?;
+            call(
+                client,
+                &format!("{channel_url}/join"),
+                Some(&token),
+                &json!({}),
+            )
+            .await?;
+            anyhow::Ok(token)
+        }
+    };
+    for (fid, token) in &publishers[1..] {
+        admit(fid.clone(), token.clone()).await?;
     }
+    let subscribers: Vec<String> = futures_util::stream::iter(0..args.clients)
+        .map(|k| async move {
+            let (fid, token) = register(format!("sub{k}")).await?;
+            admit(fid, token).await
+        })
+        .buffered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    let tokens = dir.join("tokens");
+    std::fs::write(&tokens, subscribers.join("\n"))?;
+    println!(
+        "switchyard  setup       {} subscribers and {} publishers registered, invited and joined in {:.1} s",
+        args.clients,
+        args.publishers,
+        setting_up.elapsed().as_secs_f64()
+    );
     Ok(Server {
         guard,
         addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -842,9 +985,35 @@ async fn start_switchyard(
             url: format!("{channel_url}/messages"),
             tokens: publishers.into_iter().map(|(_, token)| token).collect(),
         }),
-        token: sub_token,
+        tokens: Some(tokens),
+        metrics: Some(format!("{base}/metrics")),
         _stdin: None,
     })
+}
+
+/// A counter's value in a Prometheus text exposition (the sum over its label sets when
+/// `name` has no labels, or one label set named in full: `name{source="log"}`).
+async fn counter(client: &awc::Client, url: &str, name: &str) -> anyhow::Result<f64> {
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|error| anyhow!("GET {url}: {error}"))?;
+    let body = response.body().limit(16 << 20).await?;
+    let text = std::str::from_utf8(&body).context("metrics are not UTF-8")?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(key, _)| {
+            *key == name
+                || (!name.contains('{')
+                    && key
+                        .strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('{')))
+        })
+        .filter_map(|(_, value)| value.parse::<f64>().ok())
+        .sum())
 }
 
 /// `VmRSS` of a process, bytes.
@@ -891,6 +1060,8 @@ impl CpuWindow {
 }
 
 struct PhaseResult {
+    /// The phase tag.
+    index: usize,
     label: String,
     published: PublishTally,
     publish_time: Duration,
@@ -921,7 +1092,12 @@ struct TargetResult {
     rss_after: u64,
     clients: usize,
     connect_time: Duration,
+    /// The connect storm's upgrades.
+    handshakes: HandshakeTally,
+    /// The connect storm first, then the fixed-rate and saturation phases.
     phases: Vec<PhaseResult>,
+    /// The reconnect storm (Switchyard only: the ceiling cannot resume).
+    reconnect: Option<ReconnectResult>,
     /// The ceiling's count of sockets dropped for a full queue.
     server_dropped: Option<u64>,
 }
@@ -932,8 +1108,27 @@ impl TargetResult {
     }
 
     fn phase(&self, index: usize) -> Option<&PhaseResult> {
-        self.phases.get(index)
+        self.phases.iter().find(|phase| phase.index == index)
     }
+}
+
+/// What the reconnect storm measured.
+struct ReconnectResult {
+    /// The messages posted while the sockets were away, and how long that took.
+    backlog: PublishTally,
+    away_time: Duration,
+    /// From "back" until every socket is live and has every message posted while away.
+    back_time: Duration,
+    handshakes: HandshakeTally,
+    /// The phase: the backlog and what the publishers posted at `--rate` meanwhile.
+    phase: PhaseResult,
+    /// Replays served from the recent window and from the log, database pages read by
+    /// replays, and database reads by the start-ups (memberships, stored cursors).
+    replays_memory: f64,
+    replays_log: f64,
+    replay_reads: f64,
+    connect_reads: f64,
+    rss_after: u64,
 }
 
 /// Waits until the clients have every message of `phase` (`expected` deliveries), or none
@@ -957,6 +1152,90 @@ async fn drain(clients: &mut ClientsProcess, phase: usize, expected: u64) -> any
     }
 }
 
+/// Publishing that runs in the background until its flag is raised: the storms' steady
+/// publishers.
+struct Background {
+    stop: Rc<std::cell::Cell<bool>>,
+    task:
+        actix_web::rt::task::JoinHandle<anyhow::Result<((u64, Duration, PublishTally), Vec<u64>)>>,
+}
+
+impl Background {
+    fn start(
+        client: &awc::Client,
+        to: &Rc<PublishTo>,
+        phase: usize,
+        rate: u32,
+        next_n: &[u64],
+    ) -> Background {
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let (client, to, until, mut next_n) = (
+            client.clone(),
+            to.clone(),
+            Until::Raised(stop.clone()),
+            next_n.to_vec(),
+        );
+        let task = actix_web::rt::spawn(async move {
+            let outcome =
+                publish_phase(&client, &to, phase, until, Some(rate), &mut next_n).await?;
+            Ok((outcome, next_n))
+        });
+        Background { stop, task }
+    }
+
+    /// Stops it; `next_n` is advanced past what it sent.
+    async fn finish(self, next_n: &mut [u64]) -> anyhow::Result<(u64, Duration, PublishTally)> {
+        self.stop.set(true);
+        let (outcome, after) = self.task.await.context("a publisher task panicked")??;
+        next_n.copy_from_slice(&after);
+        Ok(outcome)
+    }
+}
+
+/// Polls the clients until `done` says so, printing progress every 5 s; past `limit` the run
+/// is abandoned.
+async fn wait_for_clients(
+    server: &mut Server,
+    clients: &mut ClientsProcess,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&ClientStatus) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut reported = Instant::now();
+    loop {
+        server.guard.ensure_running()?;
+        clients.guard.ensure_running()?;
+        let status = clients.status().await?;
+        if done(&status) {
+            return Ok(());
+        }
+        let describe = || {
+            format!(
+                "{what}: {} open, {} live, {} caught up{}",
+                status.open,
+                status.live,
+                status.caught_up,
+                status
+                    .last_error
+                    .as_deref()
+                    .map(|error| format!(" (last error: {error})"))
+                    .unwrap_or_default()
+            )
+        };
+        if reported.elapsed() >= Duration::from_secs(5) {
+            eprintln!("fanout: {}", describe());
+            reported = Instant::now();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not done in {limit:?}: {}",
+            describe()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn measure(
     args: &FanoutArgs,
     kind: TargetKind,
@@ -967,61 +1246,63 @@ async fn measure(
         TargetKind::Bare => start_bare(args).await?,
         TargetKind::Switchyard => start_switchyard(args, &dir.0, client).await?,
     };
-    let name = kind.name();
     let rss_before = rss_bytes(server.guard.pid())?;
-
-    let connecting = Instant::now();
-    let url = format!("ws://{}/ws", server.addr);
-    let mut clients = ClientsProcess::spawn(args, &url, &server.token)?;
-    let ready_deadline = Instant::now() + Duration::from_secs(60 + args.clients as u64 / 100);
-    let mut reported = Instant::now();
-    loop {
-        server.guard.ensure_running()?;
-        clients.guard.ensure_running()?;
-        let status = clients.status().await?;
-        if status.ready >= args.clients as u64 {
-            break;
-        }
-        if reported.elapsed() >= Duration::from_secs(5) {
-            eprintln!(
-                "fanout: {name}: {}/{} sockets ready{}",
-                status.ready,
-                args.clients,
-                status
-                    .last_error
-                    .as_deref()
-                    .map(|error| format!(" (last error: {error})"))
-                    .unwrap_or_default()
-            );
-            reported = Instant::now();
-        }
-        ensure!(
-            Instant::now() < ready_deadline,
-            "{name}: only {} of {} sockets ready; last error: {}",
-            status.ready,
-            args.clients,
-            status.last_error.as_deref().unwrap_or("none")
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    let connect_time = connecting.elapsed();
-    actix_web::rt::time::sleep(IDLE_SETTLE).await;
-    let rss_after = rss_bytes(server.guard.pid())?;
-
     let mut next_n = vec![1u64; args.publishers];
-    let duration = Duration::from_secs(args.seconds);
     let mut phases = Vec::new();
+
+    // The connect storm: every socket at once (--connect-concurrency handshakes in flight),
+    // the publishers posting at --rate meanwhile.
+    let url = format!("ws://{}/ws", server.addr);
+    let cpu = CpuWindow::start(server.guard.pid(), 0);
+    let publishing = Background::start(client, &server.publish, PHASE_CONNECT, args.rate, &next_n);
+    let connecting = Instant::now();
+    let mut clients = ClientsProcess::spawn(args, &url, server.tokens.as_deref())?;
+    let all = args.clients as u64;
+    wait_for_clients(
+        &mut server,
+        &mut clients,
+        &format!("{}: connect storm", kind.name()),
+        Duration::from_secs(60 + args.clients as u64 / 100),
+        |status| status.live >= all,
+    )
+    .await?;
+    let connect_time = connecting.elapsed();
+    let (started_us, publish_time, published) = publishing.finish(&mut next_n).await?;
+    let handshakes = clients.handshakes().await?;
+    // Every socket is idle once nothing has arrived for DRAIN_QUIET.
+    drain(&mut clients, PHASE_CONNECT, u64::MAX).await?;
+    let rss_after = rss_bytes(server.guard.pid())?;
+    let finals: Vec<u64> = next_n.iter().map(|n| n - 1).collect();
+    phases.push(PhaseResult {
+        index: PHASE_CONNECT,
+        label: "connect".to_owned(),
+        published,
+        publish_time,
+        started_us,
+        tally: clients.report(PHASE_CONNECT, &finals).await?,
+        cpu: cpu.cores(server.guard.pid(), clients.guard.pid()),
+    });
+
+    let duration = Duration::from_secs(args.seconds);
     for (phase, rate, label) in [
         (PHASE_FIXED, Some(args.rate), format!("{}/s", args.rate)),
         (PHASE_SATURATION, None, "saturation".to_owned()),
     ] {
         let cpu = CpuWindow::start(server.guard.pid(), clients.guard.pid());
-        let (started_us, publish_time, published) =
-            publish_phase(client, &server.publish, phase, duration, rate, &mut next_n).await?;
-        drain(&mut clients, phase, published.sent * args.clients as u64).await?;
+        let (started_us, publish_time, published) = publish_phase(
+            client,
+            &server.publish,
+            phase,
+            Until::Elapsed(duration),
+            rate,
+            &mut next_n,
+        )
+        .await?;
+        drain(&mut clients, phase, published.sent * all).await?;
         let finals: Vec<u64> = next_n.iter().map(|n| n - 1).collect();
         let tally = clients.report(phase, &finals).await?;
         phases.push(PhaseResult {
+            index: phase,
             label,
             published,
             publish_time,
@@ -1032,6 +1313,12 @@ async fn measure(
         server.guard.ensure_running()?;
     }
 
+    let reconnect = match kind {
+        TargetKind::Bare => None,
+        TargetKind::Switchyard => {
+            Some(reconnect_storm(args, client, &mut server, &mut clients, &mut next_n).await?)
+        }
+    };
     let server_dropped = match kind {
         TargetKind::Bare => {
             let mut response = client
@@ -1053,8 +1340,102 @@ async fn measure(
         rss_after,
         clients: args.clients,
         connect_time,
+        handshakes,
         phases,
+        reconnect,
         server_dropped,
+    })
+}
+
+/// The reconnect storm: every socket dropped at once (no close frame), `--storm-messages`
+/// posted while they are away, then all come back at once and resume, while the publishers
+/// post at `--rate`; until every socket is live and has every message posted while away.
+async fn reconnect_storm(
+    args: &FanoutArgs,
+    client: &awc::Client,
+    server: &mut Server,
+    clients: &mut ClientsProcess,
+    next_n: &mut [u64],
+) -> anyhow::Result<ReconnectResult> {
+    let metrics = server
+        .metrics
+        .clone()
+        .context("the reconnect storm needs the server's /metrics")?;
+    let counters = |client: awc::Client, metrics: String| async move {
+        let mut values = [0.0; 4];
+        for (value, name) in values.iter_mut().zip([
+            "switchyard_gateway_replays_total{source=\"memory\"}",
+            "switchyard_gateway_replays_total{source=\"log\"}",
+            "switchyard_gateway_replay_reads_total",
+            "switchyard_gateway_connect_reads_total",
+        ]) {
+            *value = counter(&client, &metrics, name).await?;
+        }
+        anyhow::Ok(values)
+    };
+    let all = args.clients as u64;
+    let cpu = CpuWindow::start(server.guard.pid(), clients.guard.pid());
+    clients.away().await?;
+    wait_for_clients(
+        server,
+        clients,
+        "reconnect storm, dropping",
+        Duration::from_secs(30),
+        |status| status.open == 0,
+    )
+    .await?;
+    let (started_us, away_time, backlog) = publish_phase(
+        client,
+        &server.publish,
+        PHASE_RECONNECT,
+        Until::Count(Rc::new(std::cell::Cell::new(args.storm_messages))),
+        None,
+        next_n,
+    )
+    .await?;
+    let targets: Vec<u64> = next_n.iter().map(|n| n - 1).collect();
+    let before = counters(client.clone(), metrics.clone()).await?;
+    clients.handshakes().await?;
+    let publishing = Background::start(client, &server.publish, PHASE_RECONNECT, args.rate, next_n);
+    let returning = Instant::now();
+    clients.back(&targets).await?;
+    wait_for_clients(
+        server,
+        clients,
+        "reconnect storm",
+        Duration::from_secs(120 + args.clients as u64 / 100),
+        |status| status.live >= all && status.caught_up >= all,
+    )
+    .await?;
+    let back_time = returning.elapsed();
+    let handshakes = clients.handshakes().await?;
+    let (_, steady_time, steady) = publishing.finish(next_n).await?;
+    let after = counters(client.clone(), metrics).await?;
+    let mut published = backlog.clone();
+    published.merge(steady);
+    drain(clients, PHASE_RECONNECT, published.sent * all).await?;
+    let rss_after = rss_bytes(server.guard.pid())?;
+    let finals: Vec<u64> = next_n.iter().map(|n| n - 1).collect();
+    let tally = clients.report(PHASE_RECONNECT, &finals).await?;
+    Ok(ReconnectResult {
+        backlog,
+        away_time,
+        back_time,
+        handshakes,
+        phase: PhaseResult {
+            index: PHASE_RECONNECT,
+            label: "reconnect".to_owned(),
+            published,
+            publish_time: away_time + steady_time,
+            started_us,
+            tally,
+            cpu: cpu.cores(server.guard.pid(), clients.guard.pid()),
+        },
+        replays_memory: after[0] - before[0],
+        replays_log: after[1] - before[1],
+        replay_reads: after[2] - before[2],
+        connect_reads: after[3] - before[3],
+        rss_after,
     })
 }
 
@@ -1062,56 +1443,113 @@ fn ms(value: Option<f64>) -> String {
     value.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}ms"))
 }
 
+fn handshake_summary(handshakes: &HandshakeTally) -> String {
+    let quantile = |q| handshakes.latency.quantile(q).map(|us| us as f64 / 1000.0);
+    format!(
+        "handshakes p50 {} p99 {}, {} answered 503, {} other 5xx",
+        ms(quantile(0.5)),
+        ms(quantile(0.99)),
+        handshakes.refused,
+        handshakes.server_errors
+    )
+}
+
+fn print_phase(name: &str, phase: &PhaseResult) {
+    let sent_rate = phase.published.sent as f64 / phase.publish_time.as_secs_f64();
+    let t = &phase.tally;
+    let mut notes = String::new();
+    if let Some(p99) = phase.published.latency.quantile(0.99) {
+        let _ = write!(notes, " post p99 {:.2}ms", p99 as f64 / 1000.0);
+    }
+    if phase.published.busy > 0 {
+        let _ = write!(notes, " busy={}", phase.published.busy);
+    }
+    if phase.published.errors > 0 {
+        let _ = write!(notes, " post-errors={}", phase.published.errors);
+    }
+    if phase.published.late > 0 {
+        let _ = write!(notes, " late={}", phase.published.late);
+    }
+    if t.resume_failures > 0 {
+        let _ = write!(notes, " resume-failed={}", t.resume_failures);
+    }
+    if t.lost > 0 {
+        let _ = write!(notes, " lost={}", t.lost);
+    }
+    if t.malformed > 0 {
+        let _ = write!(notes, " malformed={}", t.malformed);
+    }
+    let _ = write!(
+        notes,
+        " cpu: server {:.2}, clients {:.2} cores",
+        phase.cpu.0, phase.cpu.1
+    );
+    // A socket of the connect storm starts at the head: what was posted before its Ready is
+    // not owed to it, so gaps do not apply there.
+    let gaps = match phase.index {
+        PHASE_CONNECT => "-".to_owned(),
+        _ => t.gaps.to_string(),
+    };
+    println!(
+        "{name:<11} {:<11} {:>9.1} {:>13.0} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7}{notes}",
+        phase.label,
+        sent_rate,
+        phase.deliveries_per_second(),
+        ms(phase.quantile_ms(0.50)),
+        ms(phase.quantile_ms(0.99)),
+        ms(phase.quantile_ms(0.999)),
+        gaps,
+        t.duplicates,
+        t.reconnects,
+    );
+}
+
 fn print_target(result: &TargetResult) {
     let name = result.kind.name();
     println!(
-        "{name:<11} {:<11} RSS {:.1} MiB before the clients, {:.1} MiB with {} idle sockets: {:.2} KiB per socket ({} ready in {:.1} s)",
+        "{name:<11} {:<11} {} sockets live in {:.1} s; {}",
+        "connect",
+        result.clients,
+        result.connect_time.as_secs_f64(),
+        handshake_summary(&result.handshakes),
+    );
+    println!(
+        "{name:<11} {:<11} RSS {:.1} MiB before the clients, {:.1} MiB with {} idle sockets: {:.2} KiB per socket",
         "idle",
         result.rss_before as f64 / 1048576.0,
         result.rss_after as f64 / 1048576.0,
         result.clients,
         result.rss_per_connection() / 1024.0,
-        result.clients,
-        result.connect_time.as_secs_f64(),
     );
     for phase in &result.phases {
-        let sent_rate = phase.published.sent as f64 / phase.publish_time.as_secs_f64();
-        let t = &phase.tally;
-        let mut notes = String::new();
-        if phase.published.busy > 0 {
-            let _ = write!(notes, " busy={}", phase.published.busy);
-        }
-        if phase.published.errors > 0 {
-            let _ = write!(notes, " post-errors={}", phase.published.errors);
-        }
-        if phase.published.late > 0 {
-            let _ = write!(notes, " late={}", phase.published.late);
-        }
-        if t.resume_failures > 0 {
-            let _ = write!(notes, " resume-failed={}", t.resume_failures);
-        }
-        if t.lost > 0 {
-            let _ = write!(notes, " lost={}", t.lost);
-        }
-        if t.malformed > 0 {
-            let _ = write!(notes, " malformed={}", t.malformed);
-        }
-        let _ = write!(
-            notes,
-            " cpu: server {:.2}, clients {:.2} cores",
-            phase.cpu.0, phase.cpu.1
+        print_phase(name, phase);
+    }
+    if let Some(storm) = &result.reconnect {
+        print_phase(name, &storm.phase);
+        let resumes = result.clients.max(1) as f64;
+        println!(
+            "{name:<11} {:<11} {} sockets dropped; {} messages posted while away in {:.1} s; all live and caught up {:.1} s after they came back; {}",
+            "reconnect",
+            result.clients,
+            storm.backlog.sent,
+            storm.away_time.as_secs_f64(),
+            storm.back_time.as_secs_f64(),
+            handshake_summary(&storm.handshakes),
         );
         println!(
-            "{name:<11} {:<11} {:>9.1} {:>13.0} {:>10} {:>10} {:>10} {:>8} {:>8} {:>7}{notes}",
-            phase.label,
-            sent_rate,
-            phase.deliveries_per_second(),
-            ms(phase.quantile_ms(0.50)),
-            ms(phase.quantile_ms(0.99)),
-            ms(phase.quantile_ms(0.999)),
-            t.gaps,
-            t.duplicates,
-            t.reconnects,
+            "{name:<11} {:<11} replays from memory {:.0}, from the log {:.0}; database reads per resume: {:.2} at start-up (memberships, stored cursor) + {:.2} replay pages",
+            "",
+            storm.replays_memory,
+            storm.replays_log,
+            storm.connect_reads / resumes,
+            storm.replay_reads / resumes,
+        );
+        println!(
+            "{name:<11} {:<11} RSS {:.1} MiB with {} idle sockets after the storm: {:.2} KiB per socket",
+            "idle",
+            storm.rss_after as f64 / 1048576.0,
+            result.clients,
+            storm.rss_after.saturating_sub(result.rss_before) as f64 / resumes / 1024.0,
         );
     }
     if let Some(dropped) = result.server_dropped {
@@ -1189,17 +1627,74 @@ fn print_targets(
     let errors: u64 = sy
         .phases
         .iter()
-        .map(|phase| phase.tally.gaps + phase.tally.duplicates)
+        .chain(sy.reconnect.as_ref().map(|storm| &storm.phase))
+        .map(|phase| match phase.index {
+            PHASE_CONNECT => phase.tally.duplicates,
+            _ => phase.tally.gaps + phase.tally.duplicates,
+        })
         .sum();
     println!(
         "  gaps and duplicates         {errors:>6}                 target 0         {}",
         verdict(errors == 0)
     );
+    let connect = sy.connect_time.as_secs_f64();
+    println!(
+        "  connect storm, all live     {connect:>6.1} s               target <= 20 s   {}",
+        verdict(connect <= 20.0)
+    );
+    let mut server_errors = sy.handshakes.refused + sy.handshakes.server_errors;
+    match &sy.reconnect {
+        Some(storm) => {
+            let back = storm.back_time.as_secs_f64();
+            println!(
+                "  reconnect storm, all back   {back:>6.1} s               target <= 30 s   {}",
+                verdict(back <= 30.0)
+            );
+            server_errors += storm.handshakes.refused + storm.handshakes.server_errors;
+        }
+        None => println!("  reconnect storm             not measured"),
+    }
+    println!(
+        "  5xx answers to handshakes   {server_errors:>6}                 target 0         {}",
+        verdict(server_errors == 0)
+    );
+    let post_p99 = |phase: &PhaseResult| {
+        phase
+            .published
+            .latency
+            .quantile(0.99)
+            .map(|us| us as f64 / 1000.0)
+    };
+    let calm = sy.phase(PHASE_FIXED).and_then(post_p99);
+    for (label, phase) in [
+        ("connect storm", sy.phase(PHASE_CONNECT)),
+        (
+            "reconnect storm",
+            sy.reconnect.as_ref().map(|storm| &storm.phase),
+        ),
+    ] {
+        if let (Some(calm), Some(storm)) = (calm, phase.and_then(post_p99)) {
+            println!(
+                "  post p99 in the {label:<15} {storm:.2} ms, {:.2}x the calm {}/s phase's {calm:.2} ms",
+                storm / calm.max(0.001),
+                args.rate
+            );
+        }
+    }
     let kib = sy.rss_per_connection() / 1024.0;
     println!(
-        "  RSS per idle session        {kib:>6.2} KiB             target <= 12 KiB {}",
-        verdict(kib <= 12.0)
+        "  RSS per idle socket         {kib:>6.2} KiB             target <= 16 KiB {}",
+        verdict(kib <= 16.0)
     );
+    if let Some(storm) = &sy.reconnect {
+        let kib = storm.rss_after.saturating_sub(sy.rss_before) as f64
+            / sy.clients.max(1) as f64
+            / 1024.0;
+        println!(
+            "    after the reconnect storm {kib:>6.2} KiB             target <= 16 KiB {}",
+            verdict(kib <= 16.0)
+        );
+    }
 }
 
 async fn run_targets(args: &FanoutArgs) -> anyhow::Result<()> {
@@ -1280,6 +1775,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
 /// A request from the control loop to a client thread.
 enum Control {
     Status(oneshot::Sender<ClientStatus>),
+    /// Drop every socket (true) and keep them away, or let them come back (false) with the
+    /// publishers' last numbers posted meanwhile.
+    Away(bool, Vec<u64>, oneshot::Sender<()>),
+    Handshakes(oneshot::Sender<HandshakeTally>),
     Report {
         phase: usize,
         finals: Vec<u64>,
@@ -1290,10 +1789,13 @@ enum Control {
 /// One client thread's sockets and tallies (single-threaded: `Rc<RefCell<_>>`).
 struct Worker {
     url: String,
-    token: String,
+    /// Each socket's bearer token.
+    tokens: Vec<String>,
     publishers: usize,
     /// Handshakes in progress; a socket holds a permit until Ready.
     permits: Semaphore,
+    /// True while the sockets are to stay away (the reconnect storm).
+    away: tokio::sync::watch::Sender<bool>,
     state: RefCell<WorkerState>,
 }
 
@@ -1306,10 +1808,33 @@ struct WorkerState {
     last_n: Vec<u64>,
     ready: u64,
     open: u64,
+    live: u64,
+    handshakes: HandshakeTally,
+    /// The reconnect storm: each publisher's last number posted while the sockets were away
+    /// (empty otherwise), and which sockets have all of them.
+    targets: Vec<u64>,
+    caught: Vec<bool>,
+    caught_up: u64,
     last_error: Option<String>,
 }
 
 impl WorkerState {
+    fn new(sockets: usize, publishers: usize) -> WorkerState {
+        WorkerState {
+            phases: vec![PhaseTally::default(); MAX_PHASES],
+            current_phase: 0,
+            last_n: vec![0; sockets * publishers],
+            ready: 0,
+            open: 0,
+            live: 0,
+            handshakes: HandshakeTally::default(),
+            targets: Vec::new(),
+            caught: vec![false; sockets],
+            caught_up: 0,
+            last_error: None,
+        }
+    }
+
     fn current(&mut self) -> &mut PhaseTally {
         &mut self.phases[self.current_phase]
     }
@@ -1330,6 +1855,24 @@ impl WorkerState {
             *last = payload.n;
         } else {
             tally.duplicates += 1;
+        }
+        self.check_caught_up(socket);
+    }
+
+    /// Counts `socket` as caught up once it has every message up to the targets.
+    fn check_caught_up(&mut self, socket: usize) {
+        let publishers = self.targets.len();
+        if publishers == 0 || self.caught[socket] {
+            return;
+        }
+        let last = &self.last_n[socket * publishers..(socket + 1) * publishers];
+        if last
+            .iter()
+            .zip(&self.targets)
+            .all(|(last, target)| last >= target)
+        {
+            self.caught[socket] = true;
+            self.caught_up += 1;
         }
     }
 
@@ -1365,6 +1908,10 @@ struct Link {
     /// The last log `seq` received (from Ready or an event): where a Resume starts.
     last_seq: Option<u64>,
     ready: bool,
+    /// Open and past Ready or Resumed.
+    live: bool,
+    /// When the current connection attempt began.
+    began: Instant,
     /// Reconnect with Resume rather than Identify.
     resume: bool,
 }
@@ -1373,6 +1920,8 @@ struct Link {
 enum Ending {
     Closed(u16, String),
     Lost(String),
+    /// Dropped on purpose (the reconnect storm).
+    Away,
 }
 
 /// What awc's WebSocket connection is (a `Framed` of a crate this one does not depend on):
@@ -1399,13 +1948,20 @@ impl Worker {
         let data = envelope.d.map_or("null", RawValue::get);
         match (envelope.n.as_ref(), envelope.op) {
             ("core", 11) => Reaction::Heartbeat,
-            ("chat", 2) => {
+            // Ready, or Resumed after a resume's replay: both carry the seq they reach.
+            ("chat", 2) | ("core", 10) => {
                 if let Ok(ready) = serde_json::from_str::<ReadyData>(data) {
                     link.last_seq = link.last_seq.max(ready.seq);
                 }
                 if !link.ready {
                     link.ready = true;
                     state.ready += 1;
+                }
+                if !link.live {
+                    link.live = true;
+                    state.live += 1;
+                    let took = link.began.elapsed().as_micros() as u64;
+                    state.handshakes.latency.record(took);
                 }
                 Reaction::Ready
             }
@@ -1461,13 +2017,14 @@ impl Worker {
             return Ending::Lost("the first frame was not Hello".into());
         };
         let greeting = match (link.resume, link.last_seq) {
-            (true, Some(seq)) => resume_frame(seq, &self.token),
-            _ => identify_frame(&self.token),
+            (true, Some(seq)) => resume_frame(seq, &self.tokens[link.socket]),
+            _ => identify_frame(&self.tokens[link.socket]),
         };
         if let Err(error) = socket.send(Message::Text(greeting.into())).await {
             return Ending::Lost(format!("sending Identify/Resume: {error}"));
         }
         let mut permit = Some(permit);
+        let mut away = self.away.subscribe();
         let mut heartbeat =
             tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
@@ -1490,14 +2047,15 @@ impl Worker {
                     Some(Ok(Frame::Pong(_) | Frame::Continuation(_))) => None,
                 },
                 _ = heartbeat.tick() => Some(Message::Text(heartbeat_frame().into())),
+                _ = away.wait_for(|away| *away) => return Ending::Away,
             };
             if let Some(message) = outgoing {
                 if let Err(error) = socket.send(message).await {
                     return Ending::Lost(format!("sending: {error}"));
                 }
             }
-            // Ready came: let the next socket start its handshake.
-            if link.ready {
+            // Ready or Resumed came: let the next socket start its handshake.
+            if link.live {
                 drop(permit.take());
             }
         }
@@ -1507,7 +2065,16 @@ impl Worker {
     /// resume, or a 4010, to start afresh), false when after a pause.
     fn settle(&self, link: &mut Link, ending: Ending) -> bool {
         let mut state = self.state.borrow_mut();
+        if link.live {
+            link.live = false;
+            state.live -= 1;
+        }
         match ending {
+            Ending::Away => {
+                state.current().reconnects += 1;
+                link.resume = link.last_seq.is_some();
+                return true;
+            }
             Ending::Closed(4000, _) => {
                 state.current().reconnects += 1;
                 link.resume = true;
@@ -1539,14 +2106,22 @@ impl Worker {
             socket,
             last_seq: None,
             ready: false,
+            live: false,
+            began: Instant::now(),
             resume: false,
         };
         let mut backoff = Duration::from_millis(50);
+        let mut away = self.away.subscribe();
         loop {
+            // Away (the reconnect storm): back when told, all at once.
+            if away.wait_for(|away| !*away).await.is_err() {
+                return;
+            }
             let ending = {
                 let Ok(permit) = self.permits.acquire().await else {
                     return;
                 };
+                link.began = Instant::now();
                 match client
                     .ws(self.url.as_str())
                     .max_frame_size(1 << 20)
@@ -1559,7 +2134,17 @@ impl Worker {
                         self.state.borrow_mut().open -= 1;
                         ending
                     }
-                    Err(error) => Ending::Lost(format!("connect: {error}")),
+                    Err(error) => {
+                        if let awc::error::WsClientError::InvalidResponseStatus(status) = &error {
+                            let mut state = self.state.borrow_mut();
+                            if status.as_u16() == 503 {
+                                state.handshakes.refused += 1;
+                            } else if status.is_server_error() {
+                                state.handshakes.server_errors += 1;
+                            }
+                        }
+                        Ending::Lost(format!("connect: {error}"))
+                    }
                 }
             };
             if self.settle(&mut link, ending) {
@@ -1587,9 +2172,9 @@ fn closed(reason: Option<CloseReason>) -> Ending {
 fn spawn_worker(
     index: usize,
     args: &ClientsArgs,
-    token: String,
-    sockets: usize,
+    tokens: Vec<String>,
 ) -> anyhow::Result<mpsc::UnboundedSender<Control>> {
+    let sockets = tokens.len();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let url = args.url.clone();
     let publishers = args.publishers;
@@ -1601,17 +2186,11 @@ fn spawn_worker(
             actix_web::rt::System::new().block_on(async move {
                 let worker = Rc::new(Worker {
                     url,
-                    token,
+                    tokens,
                     publishers,
                     permits: Semaphore::new(concurrency),
-                    state: RefCell::new(WorkerState {
-                        phases: vec![PhaseTally::default(); MAX_PHASES],
-                        current_phase: 0,
-                        last_n: vec![0; sockets * publishers],
-                        ready: 0,
-                        open: 0,
-                        last_error: None,
-                    }),
+                    away: tokio::sync::watch::Sender::new(false),
+                    state: RefCell::new(WorkerState::new(sockets, publishers)),
                 });
                 let clients: Vec<awc::Client> = (0..sources)
                     .map(|k| {
@@ -1633,6 +2212,8 @@ fn spawn_worker(
                             let _ = reply.send(ClientStatus {
                                 ready: state.ready,
                                 open: state.open,
+                                live: state.live,
+                                caught_up: state.caught_up,
                                 deliveries: state.phases.iter().map(|p| p.deliveries).collect(),
                                 last_error: state.last_error.clone(),
                             });
@@ -1643,6 +2224,21 @@ fn spawn_worker(
                             reply,
                         } => {
                             let _ = reply.send(state.report(phase, &finals));
+                        }
+                        Control::Away(away, targets, reply) => {
+                            if !away {
+                                state.targets = targets;
+                                state.caught = vec![false; sockets];
+                                state.caught_up = 0;
+                                for socket in 0..sockets {
+                                    state.check_caught_up(socket);
+                                }
+                            }
+                            worker.away.send_replace(away);
+                            let _ = reply.send(());
+                        }
+                        Control::Handshakes(reply) => {
+                            let _ = reply.send(std::mem::take(&mut state.handshakes));
                         }
                     }
                 }
@@ -1656,23 +2252,33 @@ fn parse_report(rest: &str, publishers: usize) -> anyhow::Result<(usize, Vec<u64
     let (phase, finals) = rest.split_once(' ').context("report <phase> <finals>")?;
     let phase: usize = phase.parse().context("bad phase")?;
     ensure!(phase < MAX_PHASES, "phase {phase} out of range");
-    let finals = finals
+    Ok((phase, parse_numbers(finals, publishers)?))
+}
+
+/// Parses `<n0>,<n1>,…`, one number per publisher.
+fn parse_numbers(text: &str, publishers: usize) -> anyhow::Result<Vec<u64>> {
+    let numbers = text
         .split(',')
-        .map(|n| n.trim().parse::<u64>().context("bad final number"))
+        .map(|n| n.trim().parse::<u64>().context("bad number"))
         .collect::<anyhow::Result<Vec<u64>>>()?;
     ensure!(
-        finals.len() == publishers,
-        "expected {publishers} final numbers"
+        numbers.len() == publishers,
+        "expected {publishers} numbers, one per publisher"
     );
-    Ok((phase, finals))
+    Ok(numbers)
 }
 
 /// `switchyard-bench fanout-clients`: the client threads, and the control loop on this
 /// thread: one command per stdin line, one answer per stdout line.
 ///
 /// ```text
-///  status                    → status {"ready","open","deliveries":[per phase],"last_error"}
+///  status                    → status {"ready","open","live","caught_up","deliveries":[per
+///                                      phase],"last_error"}
 ///  report <phase> <n0>,<n1>… → report {PhaseTally}   (n_p: publisher p's last sent number)
+///  away                      → away     (every socket dropped, no close frame; they stay away)
+///  back <n0>,<n1>…           → back     (all come back and resume; a socket is caught up
+///                                        once it has message n_p of each publisher p)
+///  handshakes                → handshakes {HandshakeTally}   (since the last ask)
 ///  quit, or end of file      → exit
 /// ```
 pub async fn run_clients(args: ClientsArgs) -> anyhow::Result<()> {
@@ -1680,13 +2286,28 @@ pub async fn run_clients(args: ClientsArgs) -> anyhow::Result<()> {
         args.threads > 0 && args.publishers > 0,
         "--threads and --publishers must be positive"
     );
-    let token = std::env::var(TOKEN_ENV).unwrap_or_default();
+    let mut tokens: Vec<String> = match &args.tokens {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        None => vec![String::new(); args.clients],
+    };
+    ensure!(
+        tokens.len() >= args.clients,
+        "{} tokens for {} sockets",
+        tokens.len(),
+        args.clients
+    );
+    tokens.truncate(args.clients);
+    let mut tokens = tokens.into_iter();
     let workers = (0..args.threads)
         .map(|index| {
             // Sockets split evenly; the first threads take the remainder.
             let sockets =
                 args.clients / args.threads + usize::from(index < args.clients % args.threads);
-            spawn_worker(index, &args, token.clone(), sockets)
+            spawn_worker(index, &args, tokens.by_ref().take(sockets).collect())
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut commands = lines_of(std::io::stdin());
@@ -1720,6 +2341,32 @@ pub async fn run_clients(args: ClientsArgs) -> anyhow::Result<()> {
                     total.merge(&answer.await.context("a client thread ended")?);
                 }
                 format!("report {}", serde_json::to_string(&total)?)
+            }
+            "away" | "back" => {
+                let away = command == "away";
+                let targets = match away {
+                    true => Vec::new(),
+                    false => parse_numbers(rest, args.publishers)?,
+                };
+                for worker in &workers {
+                    let (reply, answer) = oneshot::channel();
+                    worker
+                        .send(Control::Away(away, targets.clone(), reply))
+                        .map_err(|_| anyhow!("a client thread ended"))?;
+                    answer.await.context("a client thread ended")?;
+                }
+                command.to_owned()
+            }
+            "handshakes" => {
+                let mut total = HandshakeTally::default();
+                for worker in &workers {
+                    let (reply, answer) = oneshot::channel();
+                    worker
+                        .send(Control::Handshakes(reply))
+                        .map_err(|_| anyhow!("a client thread ended"))?;
+                    total.merge(&answer.await.context("a client thread ended")?);
+                }
+                format!("handshakes {}", serde_json::to_string(&total)?)
             }
             "quit" => break,
             other => bail!("unknown command {other:?}"),
@@ -1973,14 +2620,7 @@ mod tests {
 
     #[test]
     fn gaps_duplicates_and_tails() {
-        let mut state = WorkerState {
-            phases: vec![PhaseTally::default(); MAX_PHASES],
-            current_phase: 0,
-            last_n: vec![0; 2],
-            ready: 0,
-            open: 0,
-            last_error: None,
-        };
+        let mut state = WorkerState::new(1, 2);
         for n in [1, 2, 4, 4, 3, 5] {
             let payload = Payload {
                 phase: 0,

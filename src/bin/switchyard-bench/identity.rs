@@ -742,6 +742,7 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<()> {
         "home.bench",
         home_port,
         "",
+        &[],
         &client,
     )
     .await?;
@@ -753,7 +754,7 @@ pub async fn run(args: IdentityArgs) -> anyhow::Result<()> {
         &format!(
             "[identity]\nchallenge_rate_per_second = 1000000\nchallenge_burst = 1000000\n[federation.resolve]\n\"home.bench\" = \"{home}\""
         ),
-        &client,
+        &[],        &client,
     )
     .await?;
     println!(

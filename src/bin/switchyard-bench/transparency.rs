@@ -511,6 +511,7 @@ impl Bench {
             "proofs.bench",
             port,
             "",
+            &[],
             &self.client,
         )
         .await?;
@@ -629,9 +630,16 @@ impl Bench {
             let (filled, took) = fill(&db, size, "x").await?;
             let port = free_port()?;
             let base = format!("http://127.0.0.1:{port}");
-            let server =
-                common::start_switchyard(&args.server_bin, &dir, "export.bench", port, "", &client)
-                    .await?;
+            let server = common::start_switchyard(
+                &args.server_bin,
+                &dir,
+                "export.bench",
+                port,
+                "",
+                &[],
+                &client,
+            )
+            .await?;
             let before = peak_rss(server.pid())?;
             let started = Instant::now();
             let mut response = client
