@@ -60,6 +60,9 @@ pub struct AppState {
     /// Replays older than the recent window read the log in pages; at most half the reader
     /// pool does so at once, so that a reconnect storm leaves connections for the API.
     pub replay_readers: tokio::sync::Semaphore,
+    /// The thread gateway start-ups (token check, memberships, cursor) run on, off the HTTP
+    /// workers (see `gateway::session::off_worker`).
+    pub startup: actix::ArbiterHandle,
     /// The verifiable log: checkpoints, proofs, witnessing.
     pub transparency: Arc<Transparency>,
     /// Witnessing (DESIGN §2.5): the logs we cosign and the witnesses we push to.
@@ -231,7 +234,7 @@ impl Application {
             metrics.gateway_fanout_seconds.clone(),
             config.gateway.typing_ttl,
         );
-        let cursors = crate::gateway::cursors::Cursors::start(store.clone());
+        let cursors = crate::gateway::cursors::Cursors::start(log.clone());
         let tickets = crate::gateway::tickets::Tickets::new(
             config.gateway.ticket_lifetime,
             u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
@@ -295,6 +298,11 @@ impl Application {
                 config.gateway.handshake_rate_per_second,
                 config.gateway.handshake_burst,
             ),
+            startup: {
+                // The thread lives as long as the process; dropping the Arbiter keeps it.
+                let arbiter = actix::Arbiter::new();
+                arbiter.handle()
+            },
             replay_readers: tokio::sync::Semaphore::new(
                 (config.database.max_connections as usize / 2).max(1),
             ),
@@ -397,7 +405,7 @@ impl Application {
         self.delivery.stop();
         self.log.drain().await;
         tracing::info!("event log drained");
-        self.cursors.flush(&self.store).await;
+        self.cursors.flush(&self.log).await;
         drop(self.log);
         self.store.close().await?;
         served.map_err(|source| StartError::Bind {

@@ -172,8 +172,8 @@ pub async fn events(
     // socket must not take it for a first connect (which starts at the head) afterwards.
     if cursor > current || (stored.is_none() && state.cursors.live(&session.session_id).is_none()) {
         state
-            .store
-            .set_session_cursors(&[(session.session_id.clone(), cursor)])
+            .cursors
+            .store(&session.session_id, cursor)
             .await
             .map_err(super::store_fault)?;
         state.cursors.advance_live(&session.session_id, cursor);

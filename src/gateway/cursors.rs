@@ -4,7 +4,12 @@
 //!
 //! The cursor moves on every delivered event, so it lives in memory while a session has
 //! sockets (an atomic per session) and a flusher writes the ones that moved to
-//! `session_cursors` once a second. REST catch-up writes its own advance before it answers.
+//! `session_cursors` once a second. A cursor that must be stored before its caller goes on
+//! (a first connect, a REST catch-up's advance) is handed to the flusher with [`Cursors::store`],
+//! which starts a flush at once: every store waiting then shares one write (a group commit),
+//! so a connect storm costs a write per batch, not per socket. The flusher writes through the
+//! log writer (`EventLogHandle::write_beside`): on SQLite a second writer connection would
+//! wait for the one write lock in SQLite's sleeping busy handler, and stall the log.
 //! A cursor only ever errs backwards: after a crash it can be up to a second behind, and a
 //! socket that ends without a clean close rewinds it (see `gateway::session`). The client then
 //! sees some events twice (it can drop them by `seq`), never misses one.
@@ -14,7 +19,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::store::Store;
+use tokio::sync::oneshot;
+
+use crate::store::{EventLogHandle, Store, StoreError};
 
 /// A session's cursor while it has sockets.
 #[derive(Debug, Default)]
@@ -61,6 +68,17 @@ impl Drop for Lease {
 
 pub struct Cursors {
     live: Mutex<HashMap<String, Arc<Cursor>>>,
+    /// Cursors to store at once, with their callers.
+    urgent: Mutex<Vec<Urgent>>,
+    /// Starts a flush before the next tick.
+    wake: tokio::sync::Notify,
+}
+
+/// A cursor its caller waits to see stored.
+struct Urgent {
+    session_id: String,
+    seq: u64,
+    stored: oneshot::Sender<Result<(), String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -68,23 +86,46 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Cursors {
-    /// Starts the flusher.
-    pub fn start(store: Store) -> Arc<Cursors> {
+    /// Starts the flusher: once a second, and at once when a store waits.
+    pub fn start(log: EventLogHandle) -> Arc<Cursors> {
         let cursors = Arc::new(Cursors {
             live: Mutex::new(HashMap::new()),
+            urgent: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
         });
         let flusher = Arc::downgrade(&cursors);
         actix_web::rt::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
-                tick.tick().await;
                 let Some(cursors) = flusher.upgrade() else {
                     break;
                 };
-                cursors.flush(&store).await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = cursors.wake.notified() => {}
+                }
+                cursors.flush(&log).await;
             }
         });
         cursors
+    }
+
+    /// Stores `seq` as the cursor of `session_id` and returns once it is written: with the
+    /// flush this starts, shared with every other store waiting.
+    pub async fn store(&self, session_id: &str, seq: u64) -> Result<(), StoreError> {
+        let (stored, written) = oneshot::channel();
+        lock(&self.urgent).push(Urgent {
+            session_id: session_id.to_owned(),
+            seq,
+            stored,
+        });
+        self.wake.notify_one();
+        let problem = match written.await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(problem)) => problem,
+            Err(_) => "the cursor flusher has stopped".to_owned(),
+        };
+        Err(StoreError::Db(sea_orm::DbErr::Custom(problem)))
     }
 
     /// The cursor of a session that opens a socket, starting at `stored` (what the database
@@ -121,8 +162,10 @@ impl Cursors {
         lock(&self.live).remove(session_id);
     }
 
-    /// Writes the cursors that moved; forgets those without sockets once written.
-    pub async fn flush(&self, store: &Store) {
+    /// Writes the stores waiting and the cursors that moved, in one transaction; forgets
+    /// the cursors without sockets once written.
+    pub async fn flush(&self, log: &EventLogHandle) {
+        let urgent = std::mem::take(&mut *lock(&self.urgent));
         let moved: Vec<(String, u64, Arc<Cursor>)> = lock(&self.live)
             .iter()
             .filter_map(|(id, c)| {
@@ -130,17 +173,41 @@ impl Cursors {
                 (seq != c.flushed.load(Ordering::Acquire)).then(|| (id.clone(), seq, c.clone()))
             })
             .collect();
-        if !moved.is_empty() {
+        if !moved.is_empty() || !urgent.is_empty() {
+            // The stores first, then the live cursors: for a session in both, the live
+            // cursor is the newer truth (a REST advance moves it too).
+            let stores: Vec<(String, u64)> = urgent
+                .iter()
+                .map(|u| (u.session_id.clone(), u.seq))
+                .collect();
             let rows: Vec<(String, u64)> = moved
                 .iter()
                 .map(|(id, seq, _)| (id.clone(), *seq))
                 .collect();
-            if let Err(error) = store.set_session_cursors(&rows).await {
-                tracing::warn!(%error, "cannot store session cursors; retrying in a second");
-                return;
+            let written = log
+                .write_beside(|backend| {
+                    let mut statements = Store::session_cursor_statements(&stores, backend);
+                    statements.extend(Store::session_cursor_statements(&rows, backend));
+                    statements
+                })
+                .await;
+            let outcome = match written {
+                Ok(()) => {
+                    for (_, seq, cursor) in &moved {
+                        cursor.flushed.store(*seq, Ordering::Release);
+                    }
+                    Ok(())
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot store session cursors; retrying in a second");
+                    Err(error.to_string())
+                }
+            };
+            for waiting in urgent {
+                let _ = waiting.stored.send(outcome.clone());
             }
-            for (_, seq, cursor) in &moved {
-                cursor.flushed.store(*seq, Ordering::Release);
+            if outcome.is_err() {
+                return;
             }
         }
         lock(&self.live).retain(|_, c| {

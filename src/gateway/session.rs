@@ -61,10 +61,30 @@ const FRAME_WINDOW: Duration = Duration::from_secs(10);
 const CONTROL_RESERVE: usize = 8;
 /// Events a replay reads at once.
 const REPLAY_PAGE: usize = 200;
-/// How soon a stalled replay looks for room again.
-const PUMP_RETRY: Duration = Duration::from_millis(5);
 /// Presence states a client may announce.
 const PRESENCE: [&str; 4] = ["online", "idle", "dnd", "offline"];
+
+/// Runs `work` on the gateway's start-up arbiter and hands its output back (`None` when that
+/// arbiter is gone: the process is stopping). A socket's start-up awaits the database and
+/// the Channel actors several times, and on an HTTP worker each await waits a full turn of
+/// the worker's task queue, which under fan-out holds thousands of socket writers: at 20
+/// messages/s to 9,000 sockets a turn took tens of milliseconds and a connect storm slowed to
+/// a few dozen handshakes a second. Off the workers, a start-up costs them two turns.
+fn off_worker<T: Send + 'static>(
+    arbiter: &actix::ArbiterHandle,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> impl std::future::Future<Output = Option<T>> {
+    let (done, output) = oneshot::channel();
+    let spawned = arbiter.spawn(async move {
+        let _ = done.send(work.await);
+    });
+    async move {
+        match spawned {
+            true => output.await.ok(),
+            false => None,
+        }
+    }
+}
 
 /// Who the socket belongs to, once authenticated.
 pub struct Identity {
@@ -134,7 +154,16 @@ pub struct SocketQueue {
     poisoned: AtomicBool,
     /// The socket's actor, told when a Channel actor dropped it.
     actor: Recipient<Delivered>,
+    /// Set by a replay that found the queue full: the writer tells `room` once the queue is
+    /// down to a quarter, and the replay goes on (no polling).
+    wants_room: AtomicBool,
+    room: Recipient<Room>,
 }
+
+/// The outbound queue has room again for a stalled replay.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Room;
 
 /// One frame in [`SocketQueue::queued`].
 const FRAME_UNIT: u64 = 1 << 40;
@@ -176,8 +205,29 @@ impl SocketQueue {
     }
 
     fn taken(&self, item: &Outgoing) {
-        self.queued
-            .fetch_sub(FRAME_UNIT + item.weight() as u64, Ordering::AcqRel);
+        let unit = FRAME_UNIT + item.weight() as u64;
+        let left = self.queued.fetch_sub(unit, Ordering::AcqRel) - unit;
+        if (left / FRAME_UNIT) as usize <= self.max_frames / 4
+            && self.wants_room.load(Ordering::Acquire)
+            && self.wants_room.swap(false, Ordering::AcqRel)
+        {
+            self.room.do_send(Room);
+        }
+    }
+
+    /// Whether an event of `len` bytes fits with `spare` frames free; if not, asks the
+    /// writer to say when the queue has drained (checked again after asking, so that a
+    /// drain in between is not missed).
+    fn room_or_ask(&self, len: usize, spare: usize) -> bool {
+        if self.has_room(len, spare) {
+            return true;
+        }
+        self.wants_room.store(true, Ordering::Release);
+        if self.has_room(len, spare) {
+            self.wants_room.store(false, Ordering::Release);
+            return true;
+        }
+        false
     }
 }
 
@@ -297,12 +347,12 @@ pub struct Session {
     cursor_slot: Rc<RefCell<Option<Arc<Cursor>>>>,
     /// Replayed events waiting for room in the outbound queue.
     backlog: VecDeque<Arc<ChannelEvent>>,
-    /// Every channel this socket subscribed to at start, to unsubscribe when it stops.
-    subscribed: Rc<RefCell<Vec<String>>>,
+    /// Every channel this socket subscribed to at start, to unsubscribe when it stops
+    /// (the start-up runs on the start-up arbiter, hence the lock).
+    subscribed: Arc<std::sync::Mutex<Vec<String>>>,
     /// The replay still to read.
     replay: Option<Replay>,
     fetching: bool,
-    pump_scheduled: bool,
     connected: Instant,
     last_heartbeat: Instant,
     requested_at: Option<Instant>,
@@ -339,6 +389,8 @@ impl Session {
                 max_frames: gateway.outbound_max_frames,
                 max_bytes: gateway.outbound_max_bytes,
                 actor: ctx.address().recipient(),
+                wants_room: AtomicBool::new(false),
+                room: ctx.address().recipient(),
             });
             let feed = Rc::new(RefCell::new(Feed::default()));
             let cursor_slot = Rc::new(RefCell::new(None));
@@ -363,10 +415,9 @@ impl Session {
                 feed,
                 cursor_slot,
                 backlog: VecDeque::new(),
-                subscribed: Rc::default(),
+                subscribed: Arc::default(),
                 replay: None,
                 fetching: false,
-                pump_scheduled: false,
                 connected: now,
                 last_heartbeat: now,
                 requested_at: None,
@@ -484,16 +535,23 @@ impl Session {
         let id = self.id;
         let max_replay = state.config.gateway.max_replay_events;
         let subscribed = self.subscribed.clone();
+        let subscriber = link.subscriber;
+        let subscribe = move |channel: &String| {
+            subscribed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(channel.clone());
+        };
         let work = async move {
             let store = &state.store;
             let reads = &state.metrics.gateway_connect_reads;
             reads.inc();
             let first = store.channels_of(&identity.fid).await?;
             for (channel, _) in &first {
-                subscribed.borrow_mut().push(channel.clone());
+                subscribe(channel);
                 state
                     .channels
-                    .subscribe(channel, id, link.subscriber.clone())
+                    .subscribe(channel, id, subscriber.clone())
                     .await;
             }
             // A live cursor (another socket of the session, or one that went less than a
@@ -516,9 +574,7 @@ impl Session {
             let first_connect = live.is_none() && stored.is_none() && resume.is_none();
             let start = match first_connect {
                 true => {
-                    store
-                        .set_session_cursors(&[(identity.session_id.clone(), head)])
-                        .await?;
+                    state.cursors.store(&identity.session_id, head).await?;
                     head
                 }
                 false => live.or(stored).unwrap_or(0).max(identity.created_seq),
@@ -529,10 +585,10 @@ impl Session {
             let channels = store.channels_of(&identity.fid).await?;
             for (channel, _) in &channels {
                 if !first.iter().any(|(c, _)| c == channel) {
-                    subscribed.borrow_mut().push(channel.clone());
+                    subscribe(channel);
                     state
                         .channels
-                        .subscribe(channel, id, link.subscriber.clone())
+                        .subscribe(channel, id, subscriber.clone())
                         .await;
                 }
             }
@@ -543,10 +599,15 @@ impl Session {
             let behind = head.saturating_sub(from);
             Ok::<_, crate::store::StoreError>((cursor, from, head, channels, behind))
         };
+        let work = off_worker(&self.state.startup, work);
         ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
             let (cursor, from, head, channels, behind) = match result {
-                Ok(found) => found,
-                Err(error) => {
+                Some(Ok(found)) => found,
+                None => {
+                    actor.close(close::RESUME, "the server is restarting; resume", ctx);
+                    return;
+                }
+                Some(Err(error)) => {
                     tracing::warn!(%error, "gateway start-up read failed");
                     actor.close(
                         close::RESUME,
@@ -728,8 +789,8 @@ impl Session {
     }
 
     /// Moves replayed events into the outbound queue while it has room, keeping half of it
-    /// for live events; tries again shortly while the socket drains, and reads the next page
-    /// when the backlog runs low.
+    /// for live events; goes on when the writer says the queue has drained ([`Room`]), and
+    /// reads the next page when the backlog runs low.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let Some(out) = self.out.clone() else { return };
         let spare = self.state.config.gateway.outbound_max_frames / 2;
@@ -737,14 +798,7 @@ impl Session {
             if self.closing {
                 return;
             }
-            if !out.has_room(next.json.len(), spare) {
-                if !self.pump_scheduled {
-                    self.pump_scheduled = true;
-                    ctx.run_later(PUMP_RETRY, |actor, ctx| {
-                        actor.pump_scheduled = false;
-                        actor.pump(ctx);
-                    });
-                }
+            if !out.room_or_ask(next.json.len(), spare) {
                 return;
             }
             if let Some(event) = self.backlog.pop_front() {
@@ -772,11 +826,15 @@ impl Session {
         // which also checks a foreign session's certificate).
         let token = token.to_owned();
         let state = self.state.clone();
+        let found = off_worker(&self.state.startup, async move {
+            state.identity.sessions.authenticate(&token).await
+        });
         ctx.wait(
-            async move { state.identity.sessions.authenticate(&token).await }
+            found
                 .into_actor(self)
                 .map(move |found, actor, ctx| match found {
-                    Ok(session) => {
+                    None => actor.close(close::RESUME, "the server is restarting; resume", ctx),
+                    Some(Ok(session)) => {
                         let identity = Identity {
                             fid: session.fid,
                             session_id: session.session_id,
@@ -784,12 +842,12 @@ impl Session {
                         };
                         actor.begin(identity, resume, ctx);
                     }
-                    Err(crate::identity::IdentityError::UnknownToken(_)) => actor.close(
+                    Some(Err(crate::identity::IdentityError::UnknownToken(_))) => actor.close(
                         close::BAD_TOKEN,
                         "the token belongs to no live session",
                         ctx,
                     ),
-                    Err(error) => {
+                    Some(Err(error)) => {
                         tracing::warn!(%error, "gateway token lookup failed");
                         actor.close(
                             close::RESUME,
@@ -1003,7 +1061,7 @@ impl Actor for Session {
         if let Some(auth) = &self.auth {
             self.state.channels.unregister(&auth.fid, self.id);
             let feed = self.feed.borrow();
-            let subscribed = self.subscribed.borrow();
+            let subscribed = self.subscribed.lock().unwrap_or_else(|e| e.into_inner());
             let mut channels: Vec<&String> =
                 feed.channels.keys().chain(subscribed.iter()).collect();
             channels.sort();
@@ -1041,6 +1099,14 @@ impl Handler<Delivered> for Session {
                 ctx,
             );
         }
+    }
+}
+
+impl Handler<Room> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Room, ctx: &mut Self::Context) {
+        self.pump(ctx);
     }
 }
 

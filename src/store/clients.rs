@@ -163,31 +163,39 @@ impl Store {
         Ok(cursor.map(|c| u64::try_from(c).unwrap_or(0)))
     }
 
-    /// Stores each session's cursor.
-    pub async fn set_session_cursors(&self, cursors: &[(String, u64)]) -> Result<(), StoreError> {
-        if cursors.is_empty() {
-            return Ok(());
-        }
+    /// The statements that store session cursors (`(session_id, seq)`, one row each, every
+    /// session at most once), in chunks that stay under both backends' limits on bound
+    /// parameters. Run by the cursor flusher through `EventLogHandle::write_beside`.
+    pub fn session_cursor_statements(
+        cursors: &[(String, u64)],
+        backend: sea_orm::DbBackend,
+    ) -> Vec<sea_orm::Statement> {
+        use sea_orm::QueryTrait;
+        /// Three parameters a row: 3,000 parameters a statement.
+        const ROWS_PER_STATEMENT: usize = 1_000;
         let now = crate::clock::now_ms();
-        let rows = cursors
-            .iter()
-            .map(|(session_id, seq)| session_cursors::ActiveModel {
-                session_id: Set(session_id.clone()),
-                cursor_seq: Set(as_i64(*seq)),
-                updated_ts: Set(now),
-            });
-        session_cursors::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(session_cursors::Column::SessionId)
-                    .update_columns([
-                        session_cursors::Column::CursorSeq,
-                        session_cursors::Column::UpdatedTs,
-                    ])
-                    .to_owned(),
-            )
-            .exec_without_returning(self.readers())
-            .await?;
-        Ok(())
+        cursors
+            .chunks(ROWS_PER_STATEMENT)
+            .map(|chunk| {
+                let rows = chunk
+                    .iter()
+                    .map(|(session_id, seq)| session_cursors::ActiveModel {
+                        session_id: Set(session_id.clone()),
+                        cursor_seq: Set(as_i64(*seq)),
+                        updated_ts: Set(now),
+                    });
+                session_cursors::Entity::insert_many(rows)
+                    .on_conflict(
+                        OnConflict::column(session_cursors::Column::SessionId)
+                            .update_columns([
+                                session_cursors::Column::CursorSeq,
+                                session_cursors::Column::UpdatedTs,
+                            ])
+                            .to_owned(),
+                    )
+                    .build(backend)
+            })
+            .collect()
     }
 
     /// Forgets the cursor of an ended session.

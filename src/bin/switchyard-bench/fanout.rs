@@ -151,6 +151,11 @@ pub struct FanoutArgs {
     /// Messages posted while every socket is away, in the reconnect storm.
     #[arg(long, default_value_t = 1000)]
     storm_messages: u64,
+    /// Handshakes in progress at once over all client threads when the sockets come back in
+    /// the reconnect storm (clients back from a network blip do not queue politely; the
+    /// server's admission is what paces them).
+    #[arg(long, default_value_t = 1024)]
+    reconnect_concurrency: usize,
     /// Source addresses of the clients: 127.0.0.2, 127.0.0.3, … (so that no one address
     /// runs out of ephemeral ports).
     #[arg(long, default_value_t = 40)]
@@ -185,6 +190,9 @@ pub struct ClientsArgs {
     /// Handshakes in progress at once per thread (a socket holds its slot until Ready).
     #[arg(long, default_value_t = 32)]
     connect_concurrency: usize,
+    /// Handshakes in progress at once per thread once the sockets come `back`.
+    #[arg(long, default_value_t = 512)]
+    reconnect_concurrency: usize,
     /// Bearer tokens, one per line, one per socket (socket k sends line k); without it every
     /// socket sends an empty token (the ceiling does not check).
     #[arg(long)]
@@ -534,6 +542,10 @@ impl ClientsProcess {
             .args([
                 "--connect-concurrency",
                 &args.connect_concurrency.div_ceil(threads).to_string(),
+            ])
+            .args([
+                "--reconnect-concurrency",
+                &args.reconnect_concurrency.div_ceil(threads).to_string(),
             ]);
         if let Some(tokens) = tokens {
             command.arg("--tokens").arg(tokens);
@@ -2179,6 +2191,7 @@ fn spawn_worker(
     let url = args.url.clone();
     let publishers = args.publishers;
     let concurrency = args.connect_concurrency.max(1);
+    let reconnect_concurrency = args.reconnect_concurrency.max(1);
     let sources = args.source_addresses.max(1);
     std::thread::Builder::new()
         .name(format!("fanout-client-{index}"))
@@ -2227,6 +2240,13 @@ fn spawn_worker(
                         }
                         Control::Away(away, targets, reply) => {
                             if !away {
+                                // The first return widens the handshake slots.
+                                let have = worker.permits.available_permits();
+                                if concurrency < reconnect_concurrency && have <= concurrency {
+                                    worker
+                                        .permits
+                                        .add_permits(reconnect_concurrency - concurrency);
+                                }
                                 state.targets = targets;
                                 state.caught = vec![false; sockets];
                                 state.caught_up = 0;
