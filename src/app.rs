@@ -405,7 +405,7 @@ impl Application {
         self.delivery.stop();
         self.log.drain().await;
         tracing::info!("event log drained");
-        self.cursors.flush(&self.log).await;
+        self.cursors.flush(&self.log, true).await;
         drop(self.log);
         self.store.close().await?;
         served.map_err(|source| StartError::Bind {

@@ -100,11 +100,12 @@ impl Cursors {
                 let Some(cursors) = flusher.upgrade() else {
                     break;
                 };
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = cursors.wake.notified() => {}
-                }
-                cursors.flush(&log).await;
+                // A store waiting writes the stores only; the tick writes every moved cursor.
+                let everything = tokio::select! {
+                    _ = tick.tick() => true,
+                    () = cursors.wake.notified() => false,
+                };
+                cursors.flush(&log, everything).await;
             }
         });
         cursors
@@ -162,17 +163,21 @@ impl Cursors {
         lock(&self.live).remove(session_id);
     }
 
-    /// Writes the stores waiting and the cursors that moved, in one transaction; forgets
-    /// the cursors without sockets once written.
-    pub async fn flush(&self, log: &EventLogHandle) {
+    /// Writes the stores waiting and, with `everything`, the cursors that moved, in one
+    /// transaction; forgets the cursors without sockets once written.
+    pub async fn flush(&self, log: &EventLogHandle, everything: bool) {
         let urgent = std::mem::take(&mut *lock(&self.urgent));
-        let moved: Vec<(String, u64, Arc<Cursor>)> = lock(&self.live)
-            .iter()
-            .filter_map(|(id, c)| {
-                let seq = c.get();
-                (seq != c.flushed.load(Ordering::Acquire)).then(|| (id.clone(), seq, c.clone()))
-            })
-            .collect();
+        let moved: Vec<(String, u64, Arc<Cursor>)> = match everything {
+            true => lock(&self.live)
+                .iter()
+                .filter_map(|(id, c)| {
+                    let seq = c.get();
+                    (seq != c.flushed.load(Ordering::Acquire))
+                        .then(|| (id.clone(), seq, c.clone()))
+                })
+                .collect(),
+            false => Vec::new(),
+        };
         if !moved.is_empty() || !urgent.is_empty() {
             // The stores first, then the live cursors: for a session in both, the live
             // cursor is the newer truth (a REST advance moves it too).
@@ -206,7 +211,7 @@ impl Cursors {
             for waiting in urgent {
                 let _ = waiting.stored.send(outcome.clone());
             }
-            if outcome.is_err() {
+            if outcome.is_err() || !everything {
                 return;
             }
         }

@@ -86,6 +86,169 @@ fn off_worker<T: Send + 'static>(
     }
 }
 
+/// Whom a socket starts for: a ticket's session, or a token still to check.
+enum Who {
+    Identity(Identity),
+    Token(String),
+}
+
+/// What a socket's start-up found.
+enum StartUp {
+    /// The token was refused or could not be checked: close with this code.
+    Unauthenticated(u16, &'static str),
+    /// Registered under `Identity` (the actor must unregister when it stops), then started
+    /// or refused.
+    Registered(Identity, Result<Started, Refusal>),
+}
+
+enum Refusal {
+    Close(u16, &'static str),
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(error: crate::store::StoreError) -> Self {
+        Refusal::Store(error)
+    }
+}
+
+/// Where a started socket stands: its cursor, the position its replay starts after, the
+/// head it runs to, and its channels as of that head.
+struct Started {
+    cursor: Lease,
+    from: u64,
+    head: u64,
+    channels: Vec<(String, Membership)>,
+}
+
+/// A socket's start-up, run on the start-up arbiter: checks the token, registers the socket
+/// under its user, subscribes it to its channels, and reads its cursor and the head. The
+/// socket registers first and reads its channels before and after taking the head: a
+/// membership change then either reaches it live (after the head) or is in what it read.
+async fn start_up(
+    state: web::Data<AppState>,
+    id: u64,
+    who: Who,
+    resume: Option<u64>,
+    subscriber: Arc<SocketQueue>,
+    close: Recipient<CloseSocket>,
+    subscribed: Arc<std::sync::Mutex<Vec<String>>>,
+) -> StartUp {
+    let identity = match who {
+        Who::Identity(identity) => identity,
+        Who::Token(token) => match state.identity.sessions.authenticate(&token).await {
+            Ok(session) => Identity {
+                fid: session.fid,
+                session_id: session.session_id,
+                created_seq: u64::try_from(session.created_seq).unwrap_or(0),
+            },
+            Err(crate::identity::IdentityError::UnknownToken(_)) => {
+                return StartUp::Unauthenticated(
+                    close::BAD_TOKEN,
+                    "the token belongs to no live session",
+                )
+            }
+            Err(error) => {
+                tracing::warn!(%error, "gateway token lookup failed");
+                return StartUp::Unauthenticated(
+                    close::RESUME,
+                    "the server could not check the token; retry",
+                );
+            }
+        },
+    };
+    let subscriber: Arc<dyn Subscriber> = subscriber;
+    let link = SessionLink {
+        session_id: identity.session_id.clone(),
+        subscriber: subscriber.clone(),
+        close,
+    };
+    let max_sockets = state.config.gateway.max_sockets_per_user;
+    if !state
+        .channels
+        .register(&identity.fid, id, link, max_sockets)
+    {
+        return StartUp::Unauthenticated(close::RATE_LIMITED, "too many sockets for this user");
+    }
+    let started = started(&state, id, &identity, resume, subscriber, subscribed).await;
+    StartUp::Registered(identity, started)
+}
+
+/// The part of [`start_up`] after the registration.
+async fn started(
+    state: &AppState,
+    id: u64,
+    identity: &Identity,
+    resume: Option<u64>,
+    subscriber: Arc<dyn Subscriber>,
+    subscribed: Arc<std::sync::Mutex<Vec<String>>>,
+) -> Result<Started, Refusal> {
+    // A stop, or the end of this session, may have closed every registered socket just
+    // before this one registered: both set their mark before reading the sockets.
+    if state.channels.stopping() {
+        return Err(Refusal::Close(close::RESUME, "the server is restarting; resume"));
+    }
+    if state.tickets.is_ended(&identity.session_id) {
+        return Err(Refusal::Close(close::NOT_AUTHENTICATED, "the session was ended"));
+    }
+    // Recorded before subscribing, so that a stop meanwhile unsubscribes it.
+    let record = |channel: &String| {
+        subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(channel.clone());
+    };
+    let store = &state.store;
+    let reads = &state.metrics.gateway_connect_reads;
+    reads.inc();
+    let first = store.channels_of(&identity.fid).await?;
+    for (channel, _) in &first {
+        record(channel);
+        state.channels.subscribe(channel, id, subscriber.clone()).await;
+    }
+    // A live cursor (another socket of the session, or one that went less than a flush ago)
+    // is newer than the stored one: then the database is not read.
+    let live = state.cursors.live(&identity.session_id);
+    let stored = match live {
+        Some(_) => None,
+        None => {
+            reads.inc();
+            store.session_cursor(&identity.session_id).await?
+        }
+    };
+    // The committed head from memory (set before its batch is published; this socket is
+    // registered, so everything after it reaches it live).
+    let head = state.log.committed_head();
+    // A session that has never connected (no cursor stored or live, no resume) starts at
+    // the head: its Ready carries its channels, and it is not replayed the log since its
+    // login. Its cursor is stored before Ready, so a restart cannot take it for a first
+    // connect again; REST catch-up then starts there too.
+    let start = match live.is_none() && stored.is_none() && resume.is_none() {
+        true => {
+            state.cursors.store(&identity.session_id, head).await?;
+            head
+        }
+        false => live.or(stored).unwrap_or(0).max(identity.created_seq),
+    };
+    let cursor = state.cursors.acquire(&identity.session_id, start);
+    // Membership as of `head`: changes after it arrive live, in order.
+    reads.inc();
+    let channels = store.channels_of(&identity.fid).await?;
+    for (channel, _) in &channels {
+        if !first.iter().any(|(c, _)| c == channel) {
+            record(channel);
+        state.channels.subscribe(channel, id, subscriber.clone()).await;
+        }
+    }
+    let from = resume.unwrap_or_else(|| cursor.cursor().get());
+    Ok(Started {
+        cursor,
+        from,
+        head,
+        channels,
+    })
+}
+
 /// Who the socket belongs to, once authenticated.
 pub struct Identity {
     pub fid: String,
@@ -494,137 +657,70 @@ impl Session {
         self.send_control(CHAT, op::CHAT_REFUSED, &d, None, ctx);
     }
 
-    fn begin(&mut self, identity: Identity, resume: Option<u64>, ctx: &mut Context<Self>) {
+    /// Starts the socket for `who`: the token check (Identify, Resume), registration, the
+    /// channels, the cursor and the head, all on the start-up arbiter ([`off_worker`]), with
+    /// the actor waiting (frames and messages meanwhile queue behind the start-up); then the
+    /// replay from memory or the log.
+    fn begin(&mut self, who: Who, resume: Option<u64>, ctx: &mut Context<Self>) {
         let Some(out) = self.out.clone() else { return };
-        {
-            let mut feed = self.feed.borrow_mut();
-            feed.fid = identity.fid.clone();
-            feed.held = Some(Vec::new());
-        }
-        let subscriber: Arc<dyn Subscriber> = out;
-        let link = SessionLink {
-            session_id: identity.session_id.clone(),
-            subscriber,
-            close: ctx.address().recipient(),
-        };
-        let max_sockets = self.state.config.gateway.max_sockets_per_user;
-        if !self
-            .state
-            .channels
-            .register(&identity.fid, self.id, link.clone(), max_sockets)
-        {
-            self.close(close::RATE_LIMITED, "too many sockets for this user", ctx);
-            return;
-        }
-        self.auth = Some(Authed {
-            fid: identity.fid.clone(),
-            session_id: identity.session_id.clone(),
-            cursor: None,
-        });
-        // A stop, or the end of this session, may have closed every registered socket just
-        // before this one registered: both set their mark before reading the sockets.
-        if self.state.channels.stopping() {
-            self.close(close::RESUME, "the server is restarting; resume", ctx);
-            return;
-        }
-        if self.state.tickets.is_ended(&identity.session_id) {
-            self.close(close::NOT_AUTHENTICATED, "the session was ended", ctx);
-            return;
-        }
-        let state = self.state.clone();
-        let id = self.id;
-        let max_replay = state.config.gateway.max_replay_events;
-        let subscribed = self.subscribed.clone();
-        let subscriber = link.subscriber;
-        let subscribe = move |channel: &String| {
-            subscribed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(channel.clone());
-        };
-        let work = async move {
-            let store = &state.store;
-            let reads = &state.metrics.gateway_connect_reads;
-            reads.inc();
-            let first = store.channels_of(&identity.fid).await?;
-            for (channel, _) in &first {
-                subscribe(channel);
-                state
-                    .channels
-                    .subscribe(channel, id, subscriber.clone())
-                    .await;
-            }
-            // A live cursor (another socket of the session, or one that went less than a
-            // flush ago) is newer than the stored one: then the database is not read.
-            let live = state.cursors.live(&identity.session_id);
-            let stored = match live {
-                Some(_) => None,
-                None => {
-                    reads.inc();
-                    store.session_cursor(&identity.session_id).await?
-                }
-            };
-            // The committed head from memory (set before its batch is published; this
-            // socket is registered, so everything after it reaches it live).
-            let head = state.log.committed_head();
-            // A session that has never connected (no cursor stored or live, no resume)
-            // starts at the head: its Ready carries its channels, and it is not replayed the
-            // log since its login. Its cursor is stored before Ready, so a restart cannot
-            // take it for a first connect again; REST catch-up then starts there too.
-            let first_connect = live.is_none() && stored.is_none() && resume.is_none();
-            let start = match first_connect {
-                true => {
-                    state.cursors.store(&identity.session_id, head).await?;
-                    head
-                }
-                false => live.or(stored).unwrap_or(0).max(identity.created_seq),
-            };
-            let cursor = state.cursors.acquire(&identity.session_id, start);
-            // Membership as of `head`: changes after it arrive live, in order.
-            reads.inc();
-            let channels = store.channels_of(&identity.fid).await?;
-            for (channel, _) in &channels {
-                if !first.iter().any(|(c, _)| c == channel) {
-                    subscribe(channel);
-                    state
-                        .channels
-                        .subscribe(channel, id, subscriber.clone())
-                        .await;
-                }
-            }
-            let from = resume.unwrap_or_else(|| cursor.cursor().get());
-            // The retention bound is on log positions, so deciding costs no read: a position
-            // more than `max_replay_events` entries behind the head is 4010; anything newer
-            // is replayed, page by page, whatever part of it this user may see.
-            let behind = head.saturating_sub(from);
-            Ok::<_, crate::store::StoreError>((cursor, from, head, channels, behind))
-        };
+        // Live events that arrive from the registration on wait behind the replay.
+        self.feed.borrow_mut().held = Some(Vec::new());
+        let work = start_up(
+            self.state.clone(),
+            self.id,
+            who,
+            resume,
+            out,
+            ctx.address().recipient(),
+            self.subscribed.clone(),
+        );
         let work = off_worker(&self.state.startup, work);
-        ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
-            let (cursor, from, head, channels, behind) = match result {
-                Some(Ok(found)) => found,
+        ctx.wait(work.into_actor(self).map(move |outcome, actor, ctx| {
+            let (identity, result) = match outcome {
                 None => {
-                    actor.close(close::RESUME, "the server is restarting; resume", ctx);
-                    return;
+                    return actor.close(close::RESUME, "the server is restarting; resume", ctx)
                 }
-                Some(Err(error)) => {
+                Some(StartUp::Unauthenticated(code, reason)) => {
+                    return actor.close(code, reason, ctx);
+                }
+                Some(StartUp::Registered(identity, result)) => (identity, result),
+            };
+            actor.feed.borrow_mut().fid = identity.fid.clone();
+            actor.auth = Some(Authed {
+                fid: identity.fid,
+                session_id: identity.session_id,
+                cursor: None,
+            });
+            let started = match result {
+                Ok(started) => started,
+                Err(Refusal::Close(code, reason)) => return actor.close(code, reason, ctx),
+                Err(Refusal::Store(error)) => {
                     tracing::warn!(%error, "gateway start-up read failed");
-                    actor.close(
+                    return actor.close(
                         close::RESUME,
                         "the server could not read the log; retry",
                         ctx,
                     );
-                    return;
                 }
             };
+            let Started {
+                cursor,
+                from,
+                head,
+                channels,
+            } = started;
             *actor.cursor_slot.borrow_mut() = Some(cursor.cursor().clone());
             actor.confirmed = cursor.cursor().get();
             actor.pending_confirm = actor.confirmed;
             if let Some(auth) = actor.auth.as_mut() {
                 auth.cursor = Some(cursor);
             }
-            // Within the window of recent events a replay costs no read: no bound there.
-            if behind > max_replay as u64 && !actor.state.recent.covers(from) {
+            // The retention bound is on log positions, so deciding costs no read: a position
+            // more than `max_replay_events` entries behind the head is 4010, unless the
+            // window of recent events still holds it (a replay from memory costs no read);
+            // anything newer is replayed, page by page, whatever part of it this user may see.
+            let max_replay = actor.state.config.gateway.max_replay_events as u64;
+            if head.saturating_sub(from) > max_replay && !actor.state.recent.covers(from) {
                 actor.close(
                     close::UNRESUMABLE,
                     "the position is older than the replay retention; catch up over REST",
@@ -824,39 +920,7 @@ impl Session {
         };
         // Nothing else is read until the token is checked (by the one session resolver,
         // which also checks a foreign session's certificate).
-        let token = token.to_owned();
-        let state = self.state.clone();
-        let found = off_worker(&self.state.startup, async move {
-            state.identity.sessions.authenticate(&token).await
-        });
-        ctx.wait(
-            found
-                .into_actor(self)
-                .map(move |found, actor, ctx| match found {
-                    None => actor.close(close::RESUME, "the server is restarting; resume", ctx),
-                    Some(Ok(session)) => {
-                        let identity = Identity {
-                            fid: session.fid,
-                            session_id: session.session_id,
-                            created_seq: u64::try_from(session.created_seq).unwrap_or(0),
-                        };
-                        actor.begin(identity, resume, ctx);
-                    }
-                    Some(Err(crate::identity::IdentityError::UnknownToken(_))) => actor.close(
-                        close::BAD_TOKEN,
-                        "the token belongs to no live session",
-                        ctx,
-                    ),
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "gateway token lookup failed");
-                        actor.close(
-                            close::RESUME,
-                            "the server could not check the token; retry",
-                            ctx,
-                        );
-                    }
-                }),
-        );
+        self.begin(Who::Token(token.to_owned()), resume, ctx);
     }
 
     /// Counts a client frame against `gateway.max_client_frames`; false once over it.
@@ -1052,7 +1116,7 @@ impl Actor for Session {
         let tick = (interval.min(grace) / 2).max(Duration::from_millis(50));
         ctx.run_interval(tick, |actor, ctx| actor.check_heartbeat(ctx));
         if let Some(Start::Ticket { identity, resume }) = self.start.take() {
-            self.begin(identity, resume, ctx);
+            self.begin(Who::Identity(identity), resume, ctx);
         }
     }
 

@@ -1934,6 +1934,9 @@ enum Ending {
     Lost(String),
     /// Dropped on purpose (the reconnect storm).
     Away,
+    /// The connection or the upgrade failed (a 503 of the admission among them): retried
+    /// after a pause, not counted as lost.
+    NotOpened(String),
 }
 
 /// What awc's WebSocket connection is (a `Framed` of a crate this one does not depend on):
@@ -2107,6 +2110,7 @@ impl Worker {
                 }
                 state.last_error = Some(error);
             }
+            Ending::NotOpened(error) => state.last_error = Some(error),
         }
         link.resume = link.ready && link.last_seq.is_some();
         false
@@ -2155,7 +2159,7 @@ impl Worker {
                                 state.handshakes.server_errors += 1;
                             }
                         }
-                        Ending::Lost(format!("connect: {error}"))
+                        Ending::NotOpened(format!("connect: {error}"))
                     }
                 }
             };
