@@ -288,10 +288,7 @@ impl Application {
                 config.server.password_hash_memory_kib,
                 config.server.password_hash_passes,
             )
-            .map_err(|problem| StartError::Config {
-                key: "server.password_hash_memory_kib",
-                problem,
-            })?,
+            .map_err(|(key, problem)| StartError::Config { key, problem })?,
             tickets,
             cursors: cursors.clone(),
             admission: crate::gateway::admission::Admission::new(
@@ -328,6 +325,12 @@ impl Application {
                 .default_service(web::to(crate::api::not_found))
         })
         .disable_signals()
+        // actix-http keeps a connection's write buffer at the largest size a burst gave it
+        // (up to 128 KiB); at the default flush size of 32 KiB every WebSocket that once
+        // took a replay kept about 32 KiB for good. 8 KiB bounds that (measured with
+        // `switchyard-bench fanout`, README) at the price of a flush per 8 KiB of a large
+        // response.
+        .h1_write_buffer_size(H1_WRITE_BUFFER)
         .shutdown_timeout(config.server.shutdown_timeout.as_secs());
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
@@ -423,6 +426,9 @@ pub struct Shutdown {
     server: ServerHandle,
     channels: Arc<Channels>,
 }
+
+/// The size at which an HTTP/1 connection's write buffer is flushed (see `Application::build`).
+const H1_WRITE_BUFFER: usize = 8 * 1024;
 
 /// How long closing sockets get to flush their close frames before the server stops.
 const SOCKET_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_millis(250);

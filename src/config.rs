@@ -473,11 +473,11 @@ impl Config {
                 "must start with http:// or https://",
             ));
         }
-        if let Err(problem) = crate::identity::accounts::Hashers::params(
+        if let Err((key, problem)) = crate::identity::accounts::Hashers::params(
             self.server.password_hash_memory_kib,
             self.server.password_hash_passes,
         ) {
-            return Err(invalid("server.password_hash_memory_kib", problem));
+            return Err(invalid(key, problem));
         }
         if self.database.backend().is_none() {
             return Err(invalid(

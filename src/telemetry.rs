@@ -68,7 +68,9 @@ pub struct Metrics {
     pub gateway_sockets: IntGauge,
     /// Gateway handshakes refused by admission (503).
     pub gateway_handshakes_refused: IntCounter,
+    /// Log pages read by replays older than the window of recent events.
     pub gateway_replay_reads: IntCounter,
+    /// Database reads by socket start-ups (memberships, stored cursors).
     pub gateway_connect_reads: IntCounter,
     /// Replays (connect or Resume) by where their events came from: memory or log.
     pub gateway_replays: IntCounterVec,

@@ -176,7 +176,6 @@ pub async fn events(
             .store(&session.session_id, cursor)
             .await
             .map_err(super::store_fault)?;
-        state.cursors.advance_live(&session.session_id, cursor);
     }
     if missed.is_empty() {
         return Ok(HttpResponse::NoContent().finish());

@@ -112,7 +112,8 @@ impl Cursors {
     }
 
     /// Stores `seq` as the cursor of `session_id` and returns once it is written: with the
-    /// flush this starts, shared with every other store waiting.
+    /// flush this starts, shared with every other store waiting. A live cursor of the
+    /// session moves forward to `seq` as well.
     pub async fn store(&self, session_id: &str, seq: u64) -> Result<(), StoreError> {
         let (stored, written) = oneshot::channel();
         lock(&self.urgent).push(Urgent {
@@ -151,54 +152,53 @@ impl Cursors {
         lock(&self.live).get(session_id).map(|c| c.get())
     }
 
-    /// Records a REST catch-up's advance in memory (the caller writes it to the store).
-    pub fn advance_live(&self, session_id: &str, seq: u64) {
-        if let Some(cursor) = lock(&self.live).get(session_id) {
-            cursor.advance(seq);
-        }
-    }
-
     /// Forgets a session's cursor (the session ended).
     pub fn forget(&self, session_id: &str) {
         lock(&self.live).remove(session_id);
     }
 
     /// Writes the stores waiting and, with `everything`, the cursors that moved, in one
-    /// transaction; forgets the cursors without sockets once written.
+    /// transaction; with `everything`, then forgets the cursors without sockets that are
+    /// written.
     pub async fn flush(&self, log: &EventLogHandle, everything: bool) {
-        let urgent = std::mem::take(&mut *lock(&self.urgent));
-        let moved: Vec<(String, u64, Arc<Cursor>)> = match everything {
+        let mut urgent = std::mem::take(&mut *lock(&self.urgent));
+        // A store whose caller went away (a REST call the client gave up on) is not written.
+        urgent.retain(|u| !u.stored.is_closed());
+        // One row per session, its newest position: PostgreSQL refuses a statement that
+        // updates a row twice. A store moves the session's live cursor too, so that what the
+        // tick writes next (and the forgetting below) cannot undo it.
+        let mut rows: std::collections::BTreeMap<String, u64> = Default::default();
+        {
+            let live = lock(&self.live);
+            for store in &urgent {
+                let seq = rows.entry(store.session_id.clone()).or_insert(store.seq);
+                *seq = (*seq).max(store.seq);
+                if let Some(cursor) = live.get(&store.session_id) {
+                    cursor.advance(store.seq);
+                }
+            }
+        }
+        let moved: Vec<(u64, Arc<Cursor>)> = match everything {
             true => lock(&self.live)
                 .iter()
                 .filter_map(|(id, c)| {
                     let seq = c.get();
-                    (seq != c.flushed.load(Ordering::Acquire))
-                        .then(|| (id.clone(), seq, c.clone()))
+                    (seq != c.flushed.load(Ordering::Acquire)).then(|| {
+                        rows.insert(id.clone(), seq);
+                        (seq, c.clone())
+                    })
                 })
                 .collect(),
             false => Vec::new(),
         };
-        if !moved.is_empty() || !urgent.is_empty() {
-            // The stores first, then the live cursors: for a session in both, the live
-            // cursor is the newer truth (a REST advance moves it too).
-            let stores: Vec<(String, u64)> = urgent
-                .iter()
-                .map(|u| (u.session_id.clone(), u.seq))
-                .collect();
-            let rows: Vec<(String, u64)> = moved
-                .iter()
-                .map(|(id, seq, _)| (id.clone(), *seq))
-                .collect();
+        if !rows.is_empty() {
+            let rows: Vec<(String, u64)> = rows.into_iter().collect();
             let written = log
-                .write_beside(|backend| {
-                    let mut statements = Store::session_cursor_statements(&stores, backend);
-                    statements.extend(Store::session_cursor_statements(&rows, backend));
-                    statements
-                })
+                .write_beside(|backend| Store::session_cursor_statements(&rows, backend))
                 .await;
             let outcome = match written {
                 Ok(()) => {
-                    for (_, seq, cursor) in &moved {
+                    for (seq, cursor) in &moved {
                         cursor.flushed.store(*seq, Ordering::Release);
                     }
                     Ok(())
@@ -211,12 +211,17 @@ impl Cursors {
             for waiting in urgent {
                 let _ = waiting.stored.send(outcome.clone());
             }
-            if outcome.is_err() || !everything {
+            if outcome.is_err() {
                 return;
             }
         }
-        lock(&self.live).retain(|_, c| {
-            c.sockets.load(Ordering::Acquire) > 0 || c.get() > c.flushed.load(Ordering::Acquire)
-        });
+        if everything {
+            // A cursor rewound below what was written (its socket died) is kept until the
+            // next tick writes it.
+            lock(&self.live).retain(|_, c| {
+                c.sockets.load(Ordering::Acquire) > 0
+                    || c.get() != c.flushed.load(Ordering::Acquire)
+            });
+        }
     }
 }

@@ -61,6 +61,11 @@ const FRAME_WINDOW: Duration = Duration::from_secs(10);
 const CONTROL_RESERVE: usize = 8;
 /// Events a replay reads at once.
 const REPLAY_PAGE: usize = 200;
+/// Replayed frames queued ahead of the writer at most (and never more than half the
+/// outbound bound, the rest is for live events): a socket's queue keeps the memory of the
+/// deepest it has been, so a replay that filled it to 512 frames left every resumed socket
+/// that much heavier for good.
+const REPLAY_AHEAD: usize = 64;
 /// Presence states a client may announce.
 const PRESENCE: [&str; 4] = ["online", "idle", "dnd", "offline"];
 
@@ -97,8 +102,44 @@ enum StartUp {
     /// The token was refused or could not be checked: close with this code.
     Unauthenticated(u16, &'static str),
     /// Registered under `Identity` (the actor must unregister when it stops), then started
-    /// or refused.
-    Registered(Identity, Result<Started, Refusal>),
+    /// or refused. The registration undoes itself if it is dropped before the actor takes
+    /// it over.
+    Registered(Identity, Registration, Result<Started, Refusal>),
+}
+
+/// A socket's registration under its user and its channel subscriptions, made by the
+/// start-up off the actor's thread: undone on drop unless the actor took it over (then its
+/// `stopped` undoes them). A start-up whose answer never reaches the actor (the System
+/// stopping, the actor gone) leaves nothing behind.
+struct Registration {
+    state: web::Data<AppState>,
+    fid: String,
+    id: u64,
+    subscribed: Arc<std::sync::Mutex<Vec<String>>>,
+    armed: bool,
+}
+
+impl Registration {
+    fn take_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.state.channels.unregister(&self.fid, self.id);
+        for channel in self
+            .subscribed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            self.state.channels.unsubscribe(channel, self.id);
+        }
+    }
 }
 
 enum Refusal {
@@ -170,8 +211,15 @@ async fn start_up(
     {
         return StartUp::Unauthenticated(close::RATE_LIMITED, "too many sockets for this user");
     }
+    let registration = Registration {
+        state: state.clone(),
+        fid: identity.fid.clone(),
+        id,
+        subscribed: subscribed.clone(),
+        armed: true,
+    };
     let started = started(&state, id, &identity, resume, subscriber, subscribed).await;
-    StartUp::Registered(identity, started)
+    StartUp::Registered(identity, registration, started)
 }
 
 /// The part of [`start_up`] after the registration.
@@ -186,10 +234,16 @@ async fn started(
     // A stop, or the end of this session, may have closed every registered socket just
     // before this one registered: both set their mark before reading the sockets.
     if state.channels.stopping() {
-        return Err(Refusal::Close(close::RESUME, "the server is restarting; resume"));
+        return Err(Refusal::Close(
+            close::RESUME,
+            "the server is restarting; resume",
+        ));
     }
     if state.tickets.is_ended(&identity.session_id) {
-        return Err(Refusal::Close(close::NOT_AUTHENTICATED, "the session was ended"));
+        return Err(Refusal::Close(
+            close::NOT_AUTHENTICATED,
+            "the session was ended",
+        ));
     }
     // Recorded before subscribing, so that a stop meanwhile unsubscribes it.
     let record = |channel: &String| {
@@ -204,7 +258,10 @@ async fn started(
     let first = store.channels_of(&identity.fid).await?;
     for (channel, _) in &first {
         record(channel);
-        state.channels.subscribe(channel, id, subscriber.clone()).await;
+        state
+            .channels
+            .subscribe(channel, id, subscriber.clone())
+            .await;
     }
     // A live cursor (another socket of the session, or one that went less than a flush ago)
     // is newer than the stored one: then the database is not read.
@@ -237,7 +294,10 @@ async fn started(
     for (channel, _) in &channels {
         if !first.iter().any(|(c, _)| c == channel) {
             record(channel);
-        state.channels.subscribe(channel, id, subscriber.clone()).await;
+            state
+                .channels
+                .subscribe(channel, id, subscriber.clone())
+                .await;
         }
     }
     let from = resume.unwrap_or_else(|| cursor.cursor().get());
@@ -318,7 +378,9 @@ pub struct SocketQueue {
     /// The socket's actor, told when a Channel actor dropped it.
     actor: Recipient<Delivered>,
     /// Set by a replay that found the queue full: the writer tells `room` once the queue is
-    /// down to a quarter, and the replay goes on (no polling).
+    /// down to half of what a replay queues ahead, and the replay goes on (no polling). Both
+    /// sides run on the socket's HTTP worker thread (the writer task and the Session actor),
+    /// which is what makes the store-then-check in `room_or_ask` race-free.
     wants_room: AtomicBool,
     room: Recipient<Room>,
 }
@@ -370,7 +432,7 @@ impl SocketQueue {
     fn taken(&self, item: &Outgoing) {
         let unit = FRAME_UNIT + item.weight() as u64;
         let left = self.queued.fetch_sub(unit, Ordering::AcqRel) - unit;
-        if (left / FRAME_UNIT) as usize <= self.max_frames / 4
+        if (left / FRAME_UNIT) as usize <= (self.max_frames / 2).min(REPLAY_AHEAD) / 2
             && self.wants_room.load(Ordering::Acquire)
             && self.wants_room.swap(false, Ordering::AcqRel)
         {
@@ -677,13 +739,15 @@ impl Session {
         let work = off_worker(&self.state.startup, work);
         ctx.wait(work.into_actor(self).map(move |outcome, actor, ctx| {
             let (identity, result) = match outcome {
-                None => {
-                    return actor.close(close::RESUME, "the server is restarting; resume", ctx)
-                }
+                None => return actor.close(close::RESUME, "the server is restarting; resume", ctx),
                 Some(StartUp::Unauthenticated(code, reason)) => {
                     return actor.close(code, reason, ctx);
                 }
-                Some(StartUp::Registered(identity, result)) => (identity, result),
+                Some(StartUp::Registered(identity, registration, result)) => {
+                    // From here on `stopped` undoes the registration.
+                    registration.take_over();
+                    (identity, result)
+                }
             };
             actor.feed.borrow_mut().fid = identity.fid.clone();
             actor.auth = Some(Authed {
@@ -695,10 +759,10 @@ impl Session {
                 Ok(started) => started,
                 Err(Refusal::Close(code, reason)) => return actor.close(code, reason, ctx),
                 Err(Refusal::Store(error)) => {
-                    tracing::warn!(%error, "gateway start-up read failed");
+                    tracing::warn!(%error, "gateway start-up failed");
                     return actor.close(
                         close::RESUME,
-                        "the server could not read the log; retry",
+                        "the server could not read or store the session's state; retry",
                         ctx,
                     );
                 }
@@ -889,7 +953,8 @@ impl Session {
     /// reads the next page when the backlog runs low.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let Some(out) = self.out.clone() else { return };
-        let spare = self.state.config.gateway.outbound_max_frames / 2;
+        let max = self.state.config.gateway.outbound_max_frames;
+        let spare = max - (max / 2).min(REPLAY_AHEAD);
         while let Some(next) = self.backlog.front() {
             if self.closing {
                 return;

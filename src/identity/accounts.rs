@@ -76,10 +76,17 @@ pub const OWASP_PASSES: u32 = 2;
 pub struct Hashers {
     permits: tokio::sync::Semaphore,
     params: argon2::Params,
+    /// A hash at the configured cost to verify against when the username does not exist,
+    /// so that a login for an unknown user takes as long as one with a wrong password.
+    dummy: String,
 }
 
 impl Hashers {
-    pub fn new(permits: usize, memory_kib: u32, passes: u32) -> Result<Hashers, String> {
+    pub fn new(
+        permits: usize,
+        memory_kib: u32,
+        passes: u32,
+    ) -> Result<Hashers, (&'static str, String)> {
         let params = Hashers::params(memory_kib, passes)?;
         if memory_kib < OWASP_MEMORY_KIB || passes < OWASP_PASSES {
             tracing::warn!(
@@ -88,22 +95,37 @@ impl Hashers {
                 "password hashes are cheaper than OWASP's floor (19456 KiB, 2 passes): for benchmarks and tests only"
             );
         }
+        let fault =
+            |e: argon2::password_hash::Error| ("server.password_hash_memory_kib", e.to_string());
+        let salt = SaltString::encode_b64(&rand::thread_rng().gen::<[u8; 16]>()).map_err(fault)?;
+        let dummy = argon2_with(params.clone())
+            .hash_password(b"no such account", &salt)
+            .map_err(fault)?
+            .to_string();
         Ok(Hashers {
             permits: tokio::sync::Semaphore::new(permits.max(1)),
             params,
+            dummy,
         })
     }
 
-    /// The argon2id parameters for a cost, or why it is out of range (memory 8 KiB..4 GiB,
-    /// passes 1..=16).
-    pub fn params(memory_kib: u32, passes: u32) -> Result<argon2::Params, String> {
+    /// The argon2id parameters for a cost, or which key is out of range and why (memory
+    /// 8 KiB..=1 GiB, each of the CPU-count hashes at once holds it; passes 1..=16).
+    pub fn params(memory_kib: u32, passes: u32) -> Result<argon2::Params, (&'static str, String)> {
         if !(1..=16).contains(&passes) {
-            return Err(format!("{passes} passes: must be 1..=16"));
+            return Err((
+                "server.password_hash_passes",
+                format!("{passes}: must be 1..=16"),
+            ));
         }
-        if !(8..=4 * 1024 * 1024).contains(&memory_kib) {
-            return Err(format!("{memory_kib} KiB: must be 8..=4194304"));
+        if !(8..=1024 * 1024).contains(&memory_kib) {
+            return Err((
+                "server.password_hash_memory_kib",
+                format!("{memory_kib} KiB: must be 8..=1048576"),
+            ));
         }
-        argon2::Params::new(memory_kib, passes, 1, None).map_err(|e| e.to_string())
+        argon2::Params::new(memory_kib, passes, 1, None)
+            .map_err(|e| ("server.password_hash_memory_kib", e.to_string()))
     }
 
     /// Waits up to two seconds for a turn; past that the server is overloaded.
@@ -122,7 +144,7 @@ impl Hashers {
             let salt: [u8; 16] = rand::thread_rng().gen();
             let salt =
                 SaltString::encode_b64(&salt).map_err(|e| AccountError::Hash(e.to_string()))?;
-            Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+            argon2_with(params)
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
                 .map_err(|e| AccountError::Hash(e.to_string()))
@@ -130,6 +152,10 @@ impl Hashers {
         .await
         .map_err(|e| AccountError::Hash(e.to_string()))?
     }
+}
+
+fn argon2_with(params: argon2::Params) -> Argon2<'static> {
+    Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
 }
 
 /// Checks `password` against a stored hash, with the cost the hash names.
@@ -146,11 +172,6 @@ async fn verify_password(hash: String, password: String) -> bool {
     .await
     .unwrap_or(false)
 }
-
-/// A hash to verify against when the username does not exist, so that a login for an unknown
-/// user takes as long as one with a wrong password.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c3dpdGNoeWFyZHN3aXRjaA$0R1YRuSEXc0JETLuF0jGw5W3x2mzy4nXk1dC0+Q5fIo";
 
 /// Creates a session for `fid`: a random id and token, the token's hash in the log.
 async fn open_session(
@@ -247,7 +268,7 @@ pub async fn login(
     };
     let hash = account
         .as_ref()
-        .map_or_else(|| DUMMY_HASH.to_owned(), |a| a.password_hash.clone());
+        .map_or_else(|| hashers.dummy.clone(), |a| a.password_hash.clone());
     let permit = hashers.permit().await?;
     let valid = verify_password(hash, password.to_owned()).await;
     drop(permit);
@@ -351,16 +372,24 @@ mod tests {
         assert!(hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
         assert!(verify_password(hash.clone(), "correct horse".into()).await);
         assert!(!verify_password(hash, "wrong horse".into()).await);
-        // The dummy hash parses, so unknown users cost a real verification.
-        assert!(PasswordHash::new(DUMMY_HASH).is_ok());
-        assert!(!verify_password(DUMMY_HASH.into(), "anything".into()).await);
+        // The dummy hash has the configured cost, so unknown users cost a real verification
+        // as long as a known one's.
+        assert!(hashers.dummy.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(!verify_password(hashers.dummy.clone(), "anything".into()).await);
         // A cheaper configured cost applies to new hashes; verification reads the cost from
         // the hash, so both kinds verify.
         let cheap = Hashers::new(1, 8, 1).expect("the least cost");
         let hash = cheap.hash("correct horse".into()).await.expect("hash");
         assert!(hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"), "{hash}");
         assert!(verify_password(hash, "correct horse".into()).await);
-        assert!(Hashers::params(7, 1).is_err() && Hashers::params(8, 0).is_err());
+        assert_eq!(
+            Hashers::params(7, 1).map_err(|e| e.0).err(),
+            Some("server.password_hash_memory_kib")
+        );
+        assert_eq!(
+            Hashers::params(8, 0).map_err(|e| e.0).err(),
+            Some("server.password_hash_passes")
+        );
     }
 
     #[test]

@@ -208,6 +208,120 @@ fn sigterm_stops_the_server_gracefully() {
     );
 }
 
+/// SIGTERM with a WebSocket open: the socket gets the resumable close (4000) within a
+/// second, and the process exits at once rather than after `server.shutdown_timeout`.
+#[actix_web::test]
+async fn sigterm_closes_open_sockets_with_4000_at_once_and_exits_promptly() {
+    use awc::ws::{Frame, Message};
+    use futures_util::{SinkExt, StreamExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), "[server]\nbind = \"127.0.0.1:0\"\n");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("db.sqlite").display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["--config", &config, "serve"])
+        .env("SWITCHYARD__DATABASE__URL", &url)
+        .env("SWITCHYARD__KEYS__PATH", dir.path().join("signing.key"))
+        .env("RUST_LOG", "info")
+        .env("SWITCHYARD__LOG__FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The port from the "listening" line; the rest of stderr is drained on a thread.
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let port = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not start");
+        if line.contains("switchyard is listening") {
+            let line: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+            break u16::try_from(line["port"].as_u64().expect("a port")).expect("a port number");
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = awc::Client::default();
+    let mut registered = client
+        .post(format!("{base}/api/v1/auth/register"))
+        .send_json(&serde_json::json!({"username": "alice", "password": "correct horse"}))
+        .await
+        .expect("register");
+    assert_eq!(registered.status(), 201);
+    let token = registered.json::<serde_json::Value>().await.expect("json")["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let (_, mut ws) = client
+        .ws(format!("ws://127.0.0.1:{port}/ws"))
+        .connect()
+        .await
+        .expect("upgrade");
+    let identify = serde_json::json!({"n": "core", "op": 2, "d": {"token": token}});
+    ws.send(Message::Text(identify.to_string().into()))
+        .await
+        .expect("identify");
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame in 10 s")
+            .expect("open")
+            .expect("a frame");
+        if let Frame::Text(text) = frame {
+            let frame: serde_json::Value = serde_json::from_slice(&text).expect("json");
+            if frame["n"] == "chat" && frame["op"] == 2 {
+                break;
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Frame::Close(reason)))) => break reason.map(|r| u16::from(r.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close frame: {:?}", other.map(|f| f.map(|f| f.is_ok()))),
+        }
+    };
+    assert_eq!(code, Some(4000));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    let exited = loop {
+        if let Some(exit) = child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM (shutdown_timeout is 30 s)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exited.success(), "exit {exited:?}");
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("closing gateway sockets with 4000")),
+        "{rest:?}"
+    );
+}
+
 #[test]
 fn keys_rotate_command() {
     let dir = tempfile::tempdir().expect("tempdir");
