@@ -1437,3 +1437,29 @@ async fn a_graceful_stop_closes_sockets_with_4000_and_they_resume_on_the_next_in
     }
     assert_eq!(got, posted, "no gap, no duplicate");
 }
+
+/// Stores of one session's cursor that meet in one flush (two first sockets and two REST
+/// catch-ups at once) are written as one row: PostgreSQL refuses a statement that updates a
+/// row twice, which would fail every store of the batch. All four succeed, and the session
+/// is no longer new afterwards.
+#[actix_web::test]
+async fn simultaneous_first_connects_and_catch_ups_of_one_session_all_succeed() {
+    let app = app().await;
+    let alice = register(&app, "alice").await;
+    let bob = register(&app, "bob").await;
+    let channel = channel_with(&app, &alice, &[&bob]).await;
+    post(&app, &alice, &channel, "before").await;
+    let rest = || call(&app, "GET", "/.p2/core/v1/events", Some(&bob.token), None);
+    let ((first, _), (second, _), (a, _), (b, _)) =
+        futures_util::join!(Ws::open(&app, &bob), Ws::open(&app, &bob), rest(), rest());
+    assert!(a / 100 == 2 && b / 100 == 2, "REST catch-ups: {a}, {b}");
+    drop((first, second));
+    // Stored: a later post is owed to the session, over REST.
+    let (_, seq) = post(&app, &alice, &channel, "after").await;
+    let (status, events) = rest().await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        events[events.as_array().expect("array").len() - 1]["seq"],
+        seq
+    );
+}
