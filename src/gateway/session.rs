@@ -918,6 +918,8 @@ impl Session {
         let (Some(replay), Some(auth)) = (self.replay.take(), self.auth.as_ref()) else {
             return;
         };
+        // A deep replay grew the backlog to thousands of slots; an idle socket keeps none.
+        self.backlog = VecDeque::new();
         let (n, op, d) = if replay.resume {
             (
                 CORE,
