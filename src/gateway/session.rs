@@ -59,6 +59,9 @@ const FRAME_WINDOW: Duration = Duration::from_secs(10);
 /// Frames of the outbound bound kept for control frames (heartbeat ACKs and requests, Ready,
 /// Resumed, refusals), so that a queue full of events never refuses them.
 const CONTROL_RESERVE: usize = 8;
+/// How long a start-up waits for the membership view to reach the head before it reads the
+/// projection instead.
+const VIEW_CATCH_UP: Duration = Duration::from_millis(500);
 /// Events a replay reads at once.
 const REPLAY_PAGE: usize = 200;
 /// Replayed frames queued ahead of the writer at most (and never more than half the
@@ -254,8 +257,13 @@ async fn started(
     };
     let store = &state.store;
     let reads = &state.metrics.gateway_connect_reads;
-    reads.inc();
-    let first = store.channels_of(&identity.fid).await?;
+    // The user's channels from the membership view the log keeps current (a database read
+    // only on the user's first lookup since the start).
+    let view = state.inbox.membership();
+    let (first, read) = view.channels_of(&identity.fid).await?;
+    if read {
+        reads.inc();
+    }
     for (channel, _) in &first {
         record(channel);
         state
@@ -288,9 +296,22 @@ async fn started(
         false => live.or(stored).unwrap_or(0).max(identity.created_seq),
     };
     let cursor = state.cursors.acquire(&identity.session_id, start);
-    // Membership as of `head`: changes after it arrive live, in order.
-    reads.inc();
-    let channels = store.channels_of(&identity.fid).await?;
+    // Membership as of `head` or later: changes after it arrive live, in order. The view is
+    // as of `head` once the log's subscriber has applied it; if that takes longer than a
+    // moment, the projection is read instead.
+    let channels = match view.caught_up(head, VIEW_CATCH_UP).await {
+        true => {
+            let (channels, read) = view.channels_of(&identity.fid).await?;
+            if read {
+                reads.inc();
+            }
+            channels
+        }
+        false => {
+            reads.inc();
+            store.channels_of(&identity.fid).await?
+        }
+    };
     for (channel, _) in &channels {
         if !first.iter().any(|(c, _)| c == channel) {
             record(channel);
