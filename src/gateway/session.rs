@@ -272,14 +272,15 @@ async fn started(
             .await;
     }
     // A live cursor (another socket of the session, or one that went less than a flush ago)
-    // is newer than the stored one: then the database is not read.
+    // is newer than the stored one, and a Resume says itself where the client stands: then
+    // the database is not read.
     let live = state.cursors.live(&identity.session_id);
-    let stored = match live {
-        Some(_) => None,
-        None => {
+    let stored = match (live, resume) {
+        (None, None) => {
             reads.inc();
             store.session_cursor(&identity.session_id).await?
         }
+        _ => None,
     };
     // The committed head from memory (set before its batch is published; this socket is
     // registered, so everything after it reaches it live).
@@ -293,7 +294,11 @@ async fn started(
             state.cursors.store(&identity.session_id, head).await?;
             head
         }
-        false => live.or(stored).unwrap_or(0).max(identity.created_seq),
+        false => live
+            .or(stored)
+            .or(resume)
+            .unwrap_or(0)
+            .max(identity.created_seq),
     };
     let cursor = state.cursors.acquire(&identity.session_id, start);
     // Membership as of `head` or later: changes after it arrive live, in order. The view is
