@@ -255,12 +255,24 @@ async fn started(
     let store = &state.store;
     let reads = &state.metrics.gateway_connect_reads;
     // The user's channels from the membership view the log keeps current (a database read
-    // only on the user's first lookup since the start).
+    // only on the user's first lookup since the start), if the view has applied everything
+    // committed before this socket registered: a join the router handled before then did
+    // not subscribe this socket, so it must be in this look. Otherwise the projection.
     let view = state.inbox.membership();
-    let (first, read) = view.channels_of(&identity.fid).await?;
-    if read {
-        reads.inc();
-    }
+    let registered_at = state.log.committed_head();
+    let first = match view.caught_up(registered_at) {
+        true => {
+            let (channels, read) = view.channels_of(&identity.fid).await?;
+            if read {
+                reads.inc();
+            }
+            channels
+        }
+        false => {
+            reads.inc();
+            store.channels_of(&identity.fid).await?
+        }
+    };
     for (channel, _) in &first {
         record(channel);
         state
@@ -291,9 +303,11 @@ async fn started(
             state.cursors.store(&identity.session_id, head).await?;
             head
         }
+        // A Resume past the head (a client's bug, a restored database) does not pin the
+        // cursor ahead of what was delivered.
         false => live
             .or(stored)
-            .or(resume)
+            .or(resume.map(|seq| seq.min(head)))
             .unwrap_or(0)
             .max(identity.created_seq),
     };

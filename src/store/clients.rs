@@ -80,6 +80,33 @@ impl Store {
             .collect())
     }
 
+    /// Every membership of `fid`, left ones too, with the `seq` that set each (for the
+    /// membership view, which must not let an older change land over a newer one).
+    pub async fn memberships_of(
+        &self,
+        fid: &str,
+    ) -> Result<Vec<(String, Membership, u64)>, StoreError> {
+        let rows = members::Entity::find()
+            .select_only()
+            .column(members::Column::ChannelRef)
+            .column(members::Column::State)
+            .column(members::Column::UpdatedSeq)
+            .filter(members::Column::Fid.eq(fid))
+            .into_tuple::<(String, String, i64)>()
+            .all(self.readers())
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(channel, state, seq)| {
+                Some((
+                    channel,
+                    Membership::parse(&state)?,
+                    u64::try_from(seq).ok()?,
+                ))
+            })
+            .collect())
+    }
+
     /// A message of `channel` (deleted ones too: their body is `None`).
     pub async fn message(
         &self,

@@ -46,7 +46,7 @@ struct Users {
     by_fid: HashMap<String, UserChannels>,
 }
 
-/// Channel → (membership, the `seq` that set it; 0 when read from the projection).
+/// Channel → (membership, the `seq` that set it).
 type ChannelStates = HashMap<String, (Membership, u64)>;
 
 enum UserChannels {
@@ -66,15 +66,17 @@ fn set_newer(states: &mut ChannelStates, seq: u64, channel: &str, state: Members
     }
 }
 
-/// A user's channels from the projection (`rows`, as of the read) and the changes applied
-/// while it was read, replayed in order over it.
+/// A user's memberships from the projection (`rows`, left ones too, each with the `seq` that
+/// set it, as of the read) and the changes applied while it was read: each lands unless the
+/// state holds a newer one, whatever the order they arrive in (the log's subscriber applies
+/// in order, an appender applies its own commit early or late).
 fn merge(
-    rows: &[(String, Membership)],
+    rows: &[(String, Membership, u64)],
     meanwhile: Vec<(u64, String, Membership)>,
 ) -> ChannelStates {
     let mut states: ChannelStates = rows
         .iter()
-        .map(|(channel, state)| (channel.clone(), (*state, 0)))
+        .map(|(channel, state, seq)| (channel.clone(), (*state, *seq)))
         .collect();
     for (seq, channel, state) in meanwhile {
         set_newer(&mut states, seq, &channel, state);
@@ -115,7 +117,11 @@ impl MembershipView {
                             updater.apply(entry.seq, &projection::membership_ops(entry));
                         }
                         if let Some(last) = batch.entries.last() {
-                            updater.applied.send_replace(last.seq);
+                            updater.applied.send_if_modified(|applied| {
+                                let newer = last.seq > *applied;
+                                *applied = (*applied).max(last.seq);
+                                newer
+                            });
                         }
                     }
                     Err(RecvError::Lagged(_)) => {
@@ -204,17 +210,23 @@ impl MembershipView {
                 }
             }
         };
-        let read = self.store.channels_of(fid).await;
+        let read = self.store.memberships_of(fid).await;
         let mut users = self.lock_users();
-        // Another lookup of this user is loading it, or the index started over meanwhile:
-        // the read is current, it just is not kept.
-        if epoch != Some(users.epoch) {
-            return Ok((read?, true));
-        }
-        let Some(UserChannels::Loading(meanwhile)) = users.by_fid.remove(fid) else {
-            return Ok((read?, true));
+        let loading = match (epoch == Some(users.epoch), read.is_ok()) {
+            (true, true) => users.by_fid.remove(fid),
+            // A failed read leaves no marker behind.
+            (true, false) => {
+                users.by_fid.remove(fid);
+                None
+            }
+            // Another lookup of this user is loading it, or the index started over
+            // meanwhile: the read is current, it just is not kept.
+            (false, _) => None,
         };
         let rows = read?;
+        let Some(UserChannels::Loading(meanwhile)) = loading else {
+            return Ok((current(&merge(&rows, Vec::new())), true));
+        };
         let states = merge(&rows, meanwhile);
         let channels = current(&states);
         users
@@ -246,9 +258,16 @@ mod tests {
     #[test]
     fn changes_applied_during_a_read_land_over_it_in_order() {
         use Membership::*;
-        let rows = vec![("a".to_owned(), Joined), ("b".to_owned(), Invited)];
-        // Committed before the read (already in `rows`) and after it; `c` joined and left.
+        let rows = vec![
+            ("a".to_owned(), Joined, 9),
+            ("b".to_owned(), Invited, 10),
+            ("x".to_owned(), Joined, 20),
+        ];
+        // Committed before the read (already in `rows`) and after it; `c` joined and left;
+        // an appender's own late apply of an older change to `x` (a leave at 8, before the
+        // re-join at 20 the read shows) does not undo the newer state.
         let meanwhile = vec![
+            (8, "x".to_owned(), Left),
             (10, "b".to_owned(), Invited),
             (11, "b".to_owned(), Joined),
             (12, "c".to_owned(), Joined),
@@ -259,7 +278,11 @@ mod tests {
         let mut states = merge(&rows, meanwhile);
         assert_eq!(
             current(&states),
-            vec![("b".to_owned(), Joined), ("d".to_owned(), Invited)]
+            vec![
+                ("b".to_owned(), Joined),
+                ("d".to_owned(), Invited),
+                ("x".to_owned(), Joined)
+            ]
         );
         // A late apply of an older change does not undo a newer one.
         set_newer(&mut states, 12, "c", Joined);
@@ -269,7 +292,8 @@ mod tests {
             vec![
                 ("a".to_owned(), Joined),
                 ("b".to_owned(), Joined),
-                ("d".to_owned(), Invited)
+                ("d".to_owned(), Invited),
+                ("x".to_owned(), Joined)
             ]
         );
     }
