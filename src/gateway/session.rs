@@ -222,6 +222,25 @@ async fn start_up(
     StartUp::Registered(identity, registration, started)
 }
 
+/// The channels `fid` is invited to or joined, as of `seq` or later: from the membership view
+/// when its log subscriber has applied `seq` (a database read only on the user's first
+/// lookup), else from the projection. Reads are counted.
+async fn channels_as_of(
+    state: &AppState,
+    fid: &str,
+    seq: u64,
+) -> Result<Vec<(String, Membership)>, crate::store::StoreError> {
+    let view = state.inbox.membership();
+    let (channels, read) = match view.caught_up(seq) {
+        true => view.channels_of(fid).await?,
+        false => (state.store.channels_of(fid).await?, true),
+    };
+    if read {
+        state.metrics.gateway_connect_reads.inc();
+    }
+    Ok(channels)
+}
+
 /// The part of [`start_up`] after the registration.
 async fn started(
     state: &AppState,
@@ -258,21 +277,7 @@ async fn started(
     // only on the user's first lookup since the start), if the view has applied everything
     // committed before this socket registered: a join the router handled before then did
     // not subscribe this socket, so it must be in this look. Otherwise the projection.
-    let view = state.inbox.membership();
-    let registered_at = state.log.committed_head();
-    let first = match view.caught_up(registered_at) {
-        true => {
-            let (channels, read) = view.channels_of(&identity.fid).await?;
-            if read {
-                reads.inc();
-            }
-            channels
-        }
-        false => {
-            reads.inc();
-            store.channels_of(&identity.fid).await?
-        }
-    };
+    let first = channels_as_of(state, &identity.fid, state.log.committed_head()).await?;
     for (channel, _) in &first {
         record(channel);
         state
@@ -316,19 +321,7 @@ async fn started(
     // as of `head` once the log's subscriber has applied it (it trails a commit by its
     // publication); until then the projection is read instead. Waiting for it instead cost
     // a connect storm a quarter of its pace.
-    let channels = match view.caught_up(head) {
-        true => {
-            let (channels, read) = view.channels_of(&identity.fid).await?;
-            if read {
-                reads.inc();
-            }
-            channels
-        }
-        false => {
-            reads.inc();
-            store.channels_of(&identity.fid).await?
-        }
-    };
+    let channels = channels_as_of(state, &identity.fid, head).await?;
     for (channel, _) in &channels {
         if !first.iter().any(|(c, _)| c == channel) {
             record(channel);

@@ -165,72 +165,20 @@ async fn log_verify_and_replay_commands() {
     );
 }
 
-#[test]
-fn sigterm_stops_the_server_gracefully() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), "[server]\nbind = \"127.0.0.1:0\"\n");
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db.sqlite").display()
-    );
+/// `switchyard serve` on a SQLite file in `dir`, port 0, JSON logs at info: the child, its
+/// stderr lines (drained on a thread) and the port from its "listening" line.
+fn serve(dir: &std::path::Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>, u16) {
+    let config = write_config(dir, "[server]\nbind = \"127.0.0.1:0\"\n");
+    let url = format!("sqlite://{}?mode=rwc", dir.join("db.sqlite").display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["--config", &config, "serve"])
         .env("SWITCHYARD__DATABASE__URL", &url)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut listening = false;
-    while Instant::now() < deadline {
-        match lines.next() {
-            Some(Ok(line)) if line.contains("switchyard is listening") => {
-                listening = true;
-                break;
-            }
-            Some(Ok(_)) => continue,
-            _ => break,
-        }
-    }
-    assert!(listening, "the server did not start");
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let exit = child.wait().expect("wait");
-    assert!(exit.success(), "exit {exit:?}: {rest:?}");
-    assert!(
-        rest.iter().any(|l| l.contains("event log drained")),
-        "{rest:?}"
-    );
-}
-
-/// SIGTERM with a WebSocket open: the socket gets the resumable close (4000) within a
-/// second, and the process exits at once rather than after `server.shutdown_timeout`.
-#[actix_web::test]
-async fn sigterm_closes_open_sockets_with_4000_at_once_and_exits_promptly() {
-    use awc::ws::{Frame, Message};
-    use futures_util::{SinkExt, StreamExt};
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path(), "[server]\nbind = \"127.0.0.1:0\"\n");
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("db.sqlite").display()
-    );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["--config", &config, "serve"])
-        .env("SWITCHYARD__DATABASE__URL", &url)
-        .env("SWITCHYARD__KEYS__PATH", dir.path().join("signing.key"))
+        .env("SWITCHYARD__KEYS__PATH", dir.join("signing.key"))
         .env("RUST_LOG", "info")
         .env("SWITCHYARD__LOG__FORMAT", "json")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    // The port from the "listening" line; the rest of stderr is drained on a thread.
     let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
     let stderr = child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
@@ -249,6 +197,40 @@ async fn sigterm_closes_open_sockets_with_4000_at_once_and_exits_promptly() {
             break u16::try_from(line["port"].as_u64().expect("a port")).expect("a port number");
         }
     };
+    (child, lines, port)
+}
+
+fn sigterm(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+#[test]
+fn sigterm_stops_the_server_gracefully() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, lines, _) = serve(dir.path());
+    sigterm(&child);
+    let exit = child.wait().expect("wait");
+    let rest: Vec<String> = lines.iter().collect();
+    assert!(exit.success(), "exit {exit:?}: {rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("event log drained")),
+        "{rest:?}"
+    );
+}
+
+/// SIGTERM with a WebSocket open: the socket gets the resumable close (4000) within a
+/// second, and the process exits at once rather than after `server.shutdown_timeout`.
+#[actix_web::test]
+async fn sigterm_closes_open_sockets_with_4000_at_once_and_exits_promptly() {
+    use awc::ws::{Frame, Message};
+    use futures_util::{SinkExt, StreamExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut child, lines, port) = serve(dir.path());
     let base = format!("http://127.0.0.1:{port}");
     let client = awc::Client::default();
     let mut registered = client
@@ -285,11 +267,7 @@ async fn sigterm_closes_open_sockets_with_4000_at_once_and_exits_promptly() {
     }
 
     let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    sigterm(&child);
     let code = loop {
         match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
             Ok(Some(Ok(Frame::Close(reason)))) => break reason.map(|r| u16::from(r.code)),
