@@ -25,6 +25,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub identity: IdentityConfig,
     pub transparency: TransparencyConfig,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -335,6 +336,41 @@ impl Default for TransparencyConfig {
     }
 }
 
+/// Several nodes on one PostgreSQL (DESIGN §7).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Run as one node of several sharing `database.url` (PostgreSQL only).
+    pub enabled: bool,
+    /// This node's name among the nodes; empty = the host name and a random suffix.
+    pub node_id: String,
+    /// How the other nodes reach this one (`http://10.0.0.2:8008`); empty = `http://` +
+    /// `server.bind` (right only when the nodes share a host).
+    pub advertise_url: String,
+    /// The shared secret of the nodes' `/internal/` routes (`Authorization: Bearer …`).
+    pub internal_token: String,
+    /// How long a leader's lease and a destination's delivery lease last unrenewed; both are
+    /// renewed every third of it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// A follower polls the log at least this often (a lost NOTIFY delays, never loses).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_id: String::new(),
+            advertise_url: String::new(),
+            internal_token: String::new(),
+            lease_ttl: Duration::from_secs(10),
+            poll_interval: Duration::from_millis(250),
+        }
+    }
+}
+
 /// Actor identity (DESIGN §4.2–§4.5).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -503,6 +539,55 @@ impl Config {
             return Err(invalid(
                 "keys.idcert_lifetime",
                 "must be between 1h and 10 years",
+            ));
+        }
+        let cluster = &self.cluster;
+        if cluster.enabled {
+            if self.database.backend() != Some(Backend::Postgres) {
+                return Err(invalid(
+                    "cluster.enabled",
+                    "several nodes need a shared PostgreSQL database (database.url = \"postgres://…\"); SQLite serves one node",
+                ));
+            }
+            if cluster.internal_token.len() < 16 {
+                return Err(invalid(
+                    "cluster.internal_token",
+                    "must be a shared secret of at least 16 characters when cluster.enabled = true",
+                ));
+            }
+            if !(cluster.advertise_url.is_empty()
+                || cluster.advertise_url.starts_with("http://")
+                || cluster.advertise_url.starts_with("https://"))
+            {
+                return Err(invalid(
+                    "cluster.advertise_url",
+                    "must start with http:// or https://",
+                ));
+            }
+            if !cluster.node_id.is_empty()
+                && (cluster.node_id.len() > 64
+                    || !cluster
+                        .node_id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+            {
+                return Err(invalid(
+                    "cluster.node_id",
+                    "at most 64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                ));
+            }
+        }
+        if cluster.lease_ttl < Duration::from_millis(300)
+            || cluster.lease_ttl > Duration::from_secs(300)
+        {
+            return Err(invalid("cluster.lease_ttl", "must be between 300ms and 5m"));
+        }
+        if cluster.poll_interval < Duration::from_millis(10)
+            || cluster.poll_interval > Duration::from_millis(250)
+        {
+            return Err(invalid(
+                "cluster.poll_interval",
+                "must be between 10ms and 250ms (DESIGN §7: at least every 250 ms)",
             ));
         }
         let transparency = &self.transparency;

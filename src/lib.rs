@@ -12,11 +12,13 @@
 //! - [`gateway`]: Channel actors, the local fan-out of committed events;
 //! - [`api`]: thin HTTP handlers; [`error`]: the one error type clients see;
 //! - [`app`]: wires one instance together; [`config`]: TOML + environment configuration;
-//! - [`telemetry`]: logs and the per-instance Prometheus registry.
+//! - [`telemetry`]: logs and the per-instance Prometheus registry;
+//! - [`cluster`]: several nodes on one PostgreSQL: election, fencing, following the log.
 
 pub mod api;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod core;
 pub mod error;

@@ -13,6 +13,7 @@ mod m20261123_000008_create_session_cursors;
 mod m20261207_000009_create_identity;
 mod m20261207_000010_create_transparency;
 mod m20261207_000011_drop_level0_partial_tiles;
+mod m20261208_000012_create_cluster;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000009_create_identity::Migration),
             Box::new(m20261207_000010_create_transparency::Migration),
             Box::new(m20261207_000011_drop_level0_partial_tiles::Migration),
+            Box::new(m20261208_000012_create_cluster::Migration),
         ]
     }
 }
