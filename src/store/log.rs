@@ -358,6 +358,7 @@ impl EventLog {
             published,
             writer,
             readers: store.readers.clone(),
+            role: Arc::new(tokio::sync::watch::channel(crate::cluster::Role::Single).0),
             _arbiter: Arc::new(ArbiterGuard(arbiter)),
         })
     }
@@ -946,10 +947,18 @@ pub struct EventLogHandle {
     /// For writes beside the log (checkpoints), see [`EventLogHandle::insert_checkpoint`].
     writer: Arc<LogWriter>,
     readers: sea_orm::DatabaseConnection,
+    /// What this node is now (`Single` unless it is a node of a cluster).
+    role: Arc<tokio::sync::watch::Sender<crate::cluster::Role>>,
     _arbiter: Arc<ArbiterGuard>,
 }
 
 impl EventLogHandle {
+    /// This node's role, current and changing: whatever only the writer may do (sign
+    /// checkpoints, push to witnesses) runs while `role.borrow().writes()`.
+    pub fn role(&self) -> crate::cluster::RoleWatch {
+        self.role.subscribe()
+    }
+
     /// Writes rows beside the log (checkpoints, cosignatures) in one transaction of their
     /// own. On a SQLite file it goes through the log writer's own connection, between two
     /// group commits: a second writer connection would contend for SQLite's one write lock and
