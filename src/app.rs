@@ -147,6 +147,22 @@ fn session_ended(
 impl Application {
     /// Opens the database, migrates it, starts the actors and binds `server.bind`.
     pub async fn build(config: Config) -> Result<Application, StartError> {
+        // Bound first: a port in use fails before anything is written, and a cluster node
+        // advertises the port it got.
+        let listener =
+            TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.server.bind.clone(),
+                source,
+            })?
+            .port();
+        // This node's identity among the nodes of a cluster (DESIGN §7); `None` on one node.
+        let node = crate::cluster::NodeIdentity::from_config(&config, port);
         let metrics = Arc::new(Metrics::new()?);
         let store = Store::connect(&config.database, config.storage.durability).await?;
         store.migrate().await?;
@@ -180,18 +196,6 @@ impl Application {
                 }
             }
         });
-        let listener =
-            TcpListener::bind(&config.server.bind).map_err(|source| StartError::Bind {
-                addr: config.server.bind.clone(),
-                source,
-            })?;
-        let port = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                addr: config.server.bind.clone(),
-                source,
-            })?
-            .port();
         let notary = Notary::new(
             &config.server.name,
             keys.clone(),

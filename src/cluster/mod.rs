@@ -52,3 +52,43 @@ impl Role {
 
 /// A node's view of its role, current and changing.
 pub type RoleWatch = tokio::sync::watch::Receiver<Role>;
+
+impl NodeIdentity {
+    /// This node's identity when `cluster.enabled`, else `None`. An empty `node_id` becomes
+    /// the host name and a random suffix; an empty `advertise_url` is `http://` + the bound
+    /// address (`port`, as the listener got it).
+    pub fn from_config(config: &crate::config::Config, port: u16) -> Option<NodeIdentity> {
+        let cluster = &config.cluster;
+        if !cluster.enabled {
+            return None;
+        }
+        let node_id = match cluster.node_id.is_empty() {
+            false => cluster.node_id.clone(),
+            true => {
+                let host = std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "node".into());
+                format!("{host}-{:08x}", rand::random::<u32>())
+            }
+        };
+        let advertise_url = match cluster.advertise_url.is_empty() {
+            false => cluster.advertise_url.trim_end_matches('/').to_owned(),
+            true => {
+                let ip = config
+                    .server
+                    .bind
+                    .rsplit_once(':')
+                    .map_or("127.0.0.1", |(ip, _)| ip);
+                let ip = if ip == "0.0.0.0" { "127.0.0.1" } else { ip };
+                format!("http://{ip}:{port}")
+            }
+        };
+        Some(NodeIdentity {
+            node_id,
+            advertise_url,
+            lease_ttl: cluster.lease_ttl,
+        })
+    }
+}
