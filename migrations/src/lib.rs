@@ -14,6 +14,7 @@ mod m20261207_000009_create_identity;
 mod m20261207_000010_create_transparency;
 mod m20261207_000011_drop_level0_partial_tiles;
 mod m20261208_000012_create_cluster;
+mod m20261208_000013_extend_cluster_tables;
 
 pub struct Migrator;
 
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_create_transparency::Migration),
             Box::new(m20261207_000011_drop_level0_partial_tiles::Migration),
             Box::new(m20261208_000012_create_cluster::Migration),
+            Box::new(m20261208_000013_extend_cluster_tables::Migration),
         ]
     }
 }
