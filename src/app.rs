@@ -67,6 +67,8 @@ pub struct AppState {
     pub transparency: Arc<Transparency>,
     /// Witnessing (DESIGN §2.5): the logs we cosign and the witnesses we push to.
     pub witness: Arc<Witness>,
+    /// This node of a cluster (DESIGN §7); `None` on one node.
+    pub cluster: Option<Arc<crate::cluster::Node>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +104,8 @@ pub struct Application {
     identity: Arc<Identity>,
     transparency: Arc<Transparency>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
+    cluster: Option<Arc<crate::cluster::Node>>,
 }
-
-/// How often the root ID-Cert's remaining lifetime is checked.
-const CERT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// What a session's end does beyond the log: its cursor goes, and its sockets close with
 /// 4003. A foreign session that cannot be verified now keeps its cursor, and its sockets close
@@ -119,12 +119,12 @@ fn session_ended(
     use crate::gateway::channel::CloseSocket;
     use crate::gateway::frames::close;
     use crate::identity::sessions::Closing;
-    Box::new(move |session, closing| {
+    Box::new(move |fid, session_id, closing| {
         let close = match closing {
             Closing::Ended => {
-                tickets.session_ended(&session.session_id);
-                cursors.forget(&session.session_id);
-                let (store, session_id) = (store.clone(), session.session_id.clone());
+                tickets.session_ended(session_id);
+                cursors.forget(session_id);
+                let (store, session_id) = (store.clone(), session_id.to_owned());
                 actix_web::rt::spawn(async move {
                     if let Err(error) = store.delete_session_cursor(&session_id).await {
                         tracing::warn!(%error, "cannot delete an ended session's cursor");
@@ -140,7 +140,7 @@ fn session_ended(
                 reason: "the session's certificate cannot be checked now; resume later",
             },
         };
-        channels.close_session(&session.fid, &session.session_id, close);
+        channels.close_session(fid, session_id, close);
     })
 }
 
@@ -165,37 +165,60 @@ impl Application {
         let node = crate::cluster::NodeIdentity::from_config(&config, port);
         let metrics = Arc::new(Metrics::new()?);
         let store = Store::connect(&config.database, config.storage.durability).await?;
-        store.migrate().await?;
+        match node {
+            Some(_) => store.migrate_exclusive().await?,
+            None => store.migrate().await?,
+        }
         let keys = Arc::new(open_key_ring(&config.keys.path, &config.server.name, &store).await?);
         let key_server = KeyServer::new(
             &config.server.name,
             keys.clone(),
             config.keys.response_lifetime,
         );
-        let log = EventLog::start(
+        let (log, cluster) = match &node {
+            None => (
+                EventLog::start(
+                    &store,
+                    config.storage.max_batch_events,
+                    config.storage.publish_buffer,
+                    metrics.clone(),
+                )
+                .await?,
+                None,
+            ),
+            // A node starts following; its loop takes the lead if nobody holds it, and its
+            // appends go to whoever leads meanwhile (DESIGN §7).
+            Some(identity) => {
+                let fence = Arc::new(crate::store::Fence::new());
+                let log = EventLog::start_node(
+                    &store,
+                    config.storage.max_batch_events,
+                    config.storage.publish_buffer,
+                    metrics.clone(),
+                    fence.clone(),
+                )
+                .await?;
+                let node = crate::cluster::Node::start(
+                    identity.clone(),
+                    config.cluster.internal_token.clone(),
+                    config.cluster.poll_interval,
+                    store.clone(),
+                    log.clone(),
+                    fence,
+                    metrics.clone(),
+                )?;
+                (log, Some(node))
+            }
+        };
+        // Issued and renewed by the writer; every node follows them in the log.
+        let (certs, renew_certs) = ServerCerts::start(
             &store,
-            config.storage.max_batch_events,
-            config.storage.publish_buffer,
-            metrics.clone(),
+            &config.server.name,
+            config.keys.idcert_lifetime,
+            keys.clone(),
+            &log,
         )
         .await?;
-        let certs = Arc::new(
-            ServerCerts::load(&store, &config.server.name, config.keys.idcert_lifetime).await?,
-        );
-        certs.ensure_current(&keys, &log).await?;
-        let renew_certs = actix_web::rt::spawn({
-            let (certs, keys, log) = (certs.clone(), keys.clone(), log.clone());
-            async move {
-                let mut tick = actix_web::rt::time::interval(CERT_CHECK_INTERVAL);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    if let Err(error) = certs.ensure_current(&keys, &log).await {
-                        tracing::error!(%error, "cannot renew the server root ID-Cert");
-                    }
-                }
-            }
-        });
         let notary = Notary::new(
             &config.server.name,
             keys.clone(),
@@ -220,6 +243,7 @@ impl Application {
             key_resolver.clone(),
             verifier.clone(),
             metrics.clone(),
+            node.as_ref(),
         )
         .await?;
         let resolver = Arc::new(Resolver::new(&config.federation));
@@ -231,6 +255,7 @@ impl Application {
             keys.clone(),
             resolver.clone(),
             metrics.clone(),
+            node.clone(),
         )
         .await?;
         let channels = Channels::start(
@@ -239,10 +264,19 @@ impl Application {
             config.gateway.typing_ttl,
         );
         let cursors = crate::gateway::cursors::Cursors::start(log.clone());
-        let tickets = crate::gateway::tickets::Tickets::new(
-            config.gateway.ticket_lifetime,
-            u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX),
-        );
+        let per_session = u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX);
+        // A cluster's tickets are redeemed on whichever node the upgrade reaches.
+        let tickets = match node {
+            None => crate::gateway::tickets::Tickets::new(
+                config.gateway.ticket_lifetime,
+                per_session,
+            ),
+            Some(_) => crate::gateway::tickets::Tickets::in_cluster(
+                config.gateway.ticket_lifetime,
+                per_session,
+                store.clone(),
+            ),
+        };
         let identity = Identity::start(
             &config,
             Arc::new(Clock::default()),
@@ -315,8 +349,10 @@ impl Application {
             identity: identity.clone(),
             transparency: transparency.clone(),
             witness,
+            cluster: cluster.clone(),
         });
         let federation = config.federation.clone();
+        let clustered = cluster.is_some();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -326,6 +362,11 @@ impl Application {
                     &federation,
                 )))
                 .configure(crate::api::configure)
+                .configure(|cfg| {
+                    if clustered {
+                        crate::api::internal::configure(cfg);
+                    }
+                })
                 .default_service(web::to(crate::api::not_found))
         })
         .disable_signals()
@@ -359,11 +400,17 @@ impl Application {
             identity,
             transparency,
             renew_certs,
+            cluster,
         })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// This node of a cluster (`None` on one node).
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Node>> {
+        self.cluster.as_ref()
     }
 
     pub fn event_log(&self) -> &EventLogHandle {
@@ -409,9 +456,13 @@ impl Application {
     pub async fn run_until_stopped(self) -> Result<(), StartError> {
         let served = self.server.await;
         self.renew_certs.abort();
-        self.delivery.stop();
+        self.delivery.stop().await;
         self.log.drain().await;
         tracing::info!("event log drained");
+        if let Some(node) = &self.cluster {
+            // Hands the lead over now rather than after a lease.
+            node.leave().await;
+        }
         self.cursors.flush(&self.log, true).await;
         drop(self.log);
         self.store.close().await?;

@@ -52,6 +52,9 @@ pub enum ErrorKind {
     /// A Merkle proof that does not verify, or a checkpoint inconsistent with one already
     /// accepted (422, C2SP tlog-witness).
     BadProof,
+    /// A cluster node asked to commit that does not lead (503; the forwarder asks the
+    /// database who leads and tries there).
+    NotLeader,
 }
 
 impl ErrorKind {
@@ -80,7 +83,9 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Overloaded | ErrorKind::Unavailable | ErrorKind::NotLeader => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,6 +120,7 @@ impl ErrorKind {
             ErrorKind::MessageSignature => "SY_BAD_SIGNATURE",
             ErrorKind::AlreadyExists => "SY_ALREADY_EXISTS",
             ErrorKind::BadProof => "SY_BAD_PROOF",
+            ErrorKind::NotLeader => "SY_NOT_LEADER",
         }
     }
 }

@@ -60,8 +60,17 @@ pub struct Metrics {
     pub delivery_lag: IntGaugeVec,
     /// Events delivered and dead-lettered, per destination.
     pub delivery_events: IntCounterVec,
+    /// Delivery leases this node holds (a cluster node; 0 on one node).
+    pub delivery_leases_held: IntGauge,
+    /// Delivery leases this node took, lost or released.
+    pub delivery_lease_changes: IntCounterVec,
     /// Inbox request time, headers to answer.
     pub inbox_request_seconds: Histogram,
+    /// Takes from the cluster's shared per-origin buckets (one database round trip each),
+    /// by result: granted, short, failed. 0 on one node.
+    pub inbox_bucket_refills: IntCounterVec,
+    /// Unused allowances given back to the shared buckets (one round trip each).
+    pub inbox_bucket_returns: IntCounter,
     /// Signatures per batch verification.
     pub verify_batch_size: Histogram,
     /// Open gateway WebSockets.
@@ -197,6 +206,19 @@ impl Metrics {
         )?;
         registry.register(Box::new(delivery_lag.clone()))?;
         registry.register(Box::new(delivery_events.clone()))?;
+        let delivery_leases_held = IntGauge::new(
+            "delivery_leases_held",
+            "Delivery leases this cluster node holds",
+        )?;
+        let delivery_lease_changes = IntCounterVec::new(
+            Opts::new(
+                "delivery_lease_changes_total",
+                "Delivery leases this node took (taken), lost while delivering (lost) or gave up for another node (released)",
+            ),
+            &["change"],
+        )?;
+        registry.register(Box::new(delivery_leases_held.clone()))?;
+        registry.register(Box::new(delivery_lease_changes.clone()))?;
         let inbox_request_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "inbox_request_seconds",
@@ -207,6 +229,19 @@ impl Metrics {
                 1.0, 2.5,
             ]),
         )?;
+        let inbox_bucket_refills = IntCounterVec::new(
+            Opts::new(
+                "inbox_bucket_refills_total",
+                "Takes of tokens from the cluster's shared per-origin buckets (database round trips), by result (granted, short, failed)",
+            ),
+            &["result"],
+        )?;
+        let inbox_bucket_returns = IntCounter::new(
+            "inbox_bucket_returns_total",
+            "Unused tokens given back to the cluster's shared per-origin buckets (database round trips)",
+        )?;
+        registry.register(Box::new(inbox_bucket_refills.clone()))?;
+        registry.register(Box::new(inbox_bucket_returns.clone()))?;
         let verify_batch_size = Histogram::with_opts(
             HistogramOpts::new(
                 "verify_batch_size",
@@ -313,7 +348,11 @@ impl Metrics {
             inbox_events,
             delivery_lag,
             delivery_events,
+            delivery_leases_held,
+            delivery_lease_changes,
             inbox_request_seconds,
+            inbox_bucket_refills,
+            inbox_bucket_returns,
             verify_batch_size,
             notary_fetches,
             gateway_sockets,
@@ -330,6 +369,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// The registry, for the metrics of a subsystem that owns its own (see
+    /// `cluster::ClusterMetrics`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buffer = Vec::with_capacity(8 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;

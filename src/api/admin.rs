@@ -14,6 +14,7 @@ use crate::error::{ApiError, ErrorKind};
 use crate::federation::inbox::origin::{Policy, PolicySource};
 use crate::federation::keys::rotation;
 use crate::identity::server_certs::IssuedCert;
+use crate::store::AppendOutcome;
 
 /// Checks the admin bearer token of `req`.
 pub fn require_admin(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
@@ -145,20 +146,28 @@ pub async fn put_origin(
             "blocked": body.blocked,
         }),
     };
-    state
+    let outcomes = state
         .log
         .append(vec![event])
         .await
         .map_err(ApiError::internal)?;
-    state.inbox.origins.set_policy(
-        origin,
-        Policy {
-            rate_per_minute: body.rate_per_minute,
-            burst: body.burst,
-            blocked: body.blocked,
-            source: PolicySource::Admin,
-        },
-    );
+    // Applied with the seq that set it: in a cluster every node also applies the committed
+    // event, and an older policy never replaces a newer one, whichever arrives first.
+    // (One outcome per event appended.)
+    if let Some(AppendOutcome::Appended { seq } | AppendOutcome::Duplicate { seq }) =
+        outcomes.first()
+    {
+        state.inbox.origins.apply_policy(
+            origin,
+            Policy {
+                rate_per_minute: body.rate_per_minute,
+                burst: body.burst,
+                blocked: body.blocked,
+                source: PolicySource::Admin,
+            },
+            *seq,
+        );
+    }
     tracing::info!(%origin, rate_per_minute = body.rate_per_minute, burst = body.burst, blocked = body.blocked, "origin policy changed");
     Ok(HttpResponse::Ok().json(state.inbox.origins.view(origin)))
 }
@@ -172,4 +181,58 @@ pub async fn list_destinations(
     require_admin(&req, &state)?;
     let views = state.delivery.views().await.map_err(ApiError::internal)?;
     Ok(HttpResponse::Ok().json(json!({ "destinations": views })))
+}
+
+/// `GET /admin/v1/cluster`: the nodes, the leader and its epoch, each node's applied seq and
+/// lag, and the destinations' delivery leases (DESIGN §7). On one node: `enabled: false`.
+pub async fn cluster(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    require_admin(&req, &state)?;
+    use crate::store::cluster as db;
+    let (head, _) = state.store.head().await.map_err(super::store_fault)?;
+    let role = *state.log.role().borrow();
+    let Some(node) = &state.cluster else {
+        return Ok(HttpResponse::Ok().json(json!({
+            "enabled": false,
+            "role": role.as_str(),
+            "head_seq": head,
+        })));
+    };
+    let leader = db::leader(&state.store).await.map_err(super::store_fault)?;
+    let (nodes, now) = db::nodes(&state.store).await.map_err(super::store_fault)?;
+    let live_within = 2 * node.identity.lease_ttl.as_millis() as i64;
+    let leases = crate::store::delivery_leases(&state.store)
+        .await
+        .map_err(super::store_fault)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "enabled": true,
+        "node_id": node.identity.node_id,
+        "role": role.as_str(),
+        "head_seq": head,
+        "epoch": leader.as_ref().map(|l| l.epoch),
+        "leader": leader.as_ref().filter(|l| l.lease_until_ms >= l.now_ms).map(|l| json!({
+            "node_id": l.node_id,
+            "advertise_url": l.advertise_url,
+            "epoch": l.epoch,
+            "lease_remaining_ms": l.lease_until_ms - l.now_ms,
+        })),
+        "nodes": nodes.iter().map(|n| json!({
+            "node_id": n.node_id,
+            "advertise_url": n.advertise_url,
+            "role": n.role,
+            "epoch": n.epoch,
+            "applied_seq": n.applied_seq,
+            "lag": (head as i64 - n.applied_seq).max(0),
+            "seen_ms_ago": now - n.seen_ms,
+            "live": n.role != "stopped" && now - n.seen_ms <= live_within,
+        })).collect::<Vec<_>>(),
+        "leases": leases.iter().map(|(destination, holder, until_ms)| json!({
+            "destination": destination,
+            "node_id": holder,
+            "valid": holder.is_some() && *until_ms > now,
+            "remaining_ms": (until_ms - now).max(0),
+        })).collect::<Vec<_>>(),
+    })))
 }

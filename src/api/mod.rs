@@ -17,6 +17,7 @@ mod channels;
 mod federation;
 mod gateway;
 mod identity;
+pub(crate) mod internal;
 mod log;
 mod notary;
 mod polyproto;
@@ -179,6 +180,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/api/v1/log/verify", web::post().to(log::verify))
     .route("/admin/v1/origins", web::get().to(admin::list_origins))
+    .route("/admin/v1/cluster", web::get().to(admin::cluster))
     .route(
         "/admin/v1/destinations",
         web::get().to(admin::list_destinations),
@@ -213,6 +215,11 @@ pub(crate) fn bearer<'a>(req: &'a HttpRequest, what: &str) -> Result<&'a str, Ap
 pub(crate) fn store_fault(error: crate::store::StoreError) -> ApiError {
     match error {
         crate::store::StoreError::Corrupt { .. } => ApiError::internal(error),
+        other if other.is_leadership() => ApiError::new(
+            ErrorKind::Unavailable,
+            "the cluster is electing its leader; retry",
+        )
+        .with_cause(other),
         other => ApiError::new(
             ErrorKind::Unavailable,
             "the database is not answering; retry",

@@ -9,6 +9,13 @@
 
 use std::time::Duration;
 
+pub mod forward;
+mod metrics;
+pub mod node;
+
+pub use self::metrics::ClusterMetrics;
+pub use self::node::{LeaderSeen, Node};
+
 /// PostgreSQL's clock in ms since the epoch: every lease is judged on the database's clock,
 /// never on a node's, so nodes whose clocks differ still agree on who holds what.
 pub const DB_NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";

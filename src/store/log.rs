@@ -98,6 +98,50 @@ pub enum AppendError {
     Stopped,
 }
 
+/// A cluster node's fence (DESIGN §7): the epoch this node leads in, or none while it
+/// follows. Set by the node's election loop (`cluster::node`); every transaction of the
+/// writer checks it against the database (`WriterConnection::begin_fenced`).
+#[derive(Default)]
+pub struct Fence {
+    /// The epoch, or -1 while this node does not lead.
+    epoch: std::sync::atomic::AtomicI64,
+    /// Woken when a commit finds the fence broken, so the election loop steps down at once.
+    pub lost_signal: tokio::sync::Notify,
+}
+
+impl Fence {
+    pub fn new() -> Fence {
+        Fence {
+            epoch: std::sync::atomic::AtomicI64::new(-1),
+            lost_signal: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn epoch(&self) -> Option<u64> {
+        u64::try_from(self.epoch.load(std::sync::atomic::Ordering::Acquire)).ok()
+    }
+
+    pub fn set(&self, epoch: Option<u64>) {
+        let value = epoch.map_or(-1, |e| e as i64);
+        self.epoch
+            .store(value, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A commit found another epoch in the database: stop committing now.
+    pub(crate) fn lost(&self) {
+        self.set(None);
+        self.lost_signal.notify_one();
+    }
+}
+
+/// Where a cluster follower sends its appends: the leader (`cluster::forward`).
+pub trait Forwarder: Send + Sync {
+    fn forward(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> futures_util::future::BoxFuture<'_, Result<Vec<AppendOutcome>, AppendError>>;
+}
+
 /// Where committed batches go: the broadcast to subscribers, and the committed head (set
 /// before each batch is published).
 #[derive(Clone)]
@@ -184,6 +228,15 @@ pub(crate) enum LogWriter {
 }
 
 impl LogWriter {
+    /// The writer's own connection on PostgreSQL (a cluster node takes the leader's lock on
+    /// it); `None` on a SQLite file.
+    pub(crate) fn connection(&self) -> Option<&WriterConnection> {
+        match self {
+            LogWriter::Sqlx(conn) => Some(conn),
+            LogWriter::Sqlite { .. } => None,
+        }
+    }
+
     async fn head(&self, merkle: MerkleTree) -> Result<Head, StoreError> {
         let on = merkle == MerkleTree::Maintained;
         let (seq, hash, tree) = match self {
@@ -216,7 +269,7 @@ impl LogWriter {
                 Ok(thread.transaction(recorder.into_statements()).await?)
             }
             LogWriter::Sqlx(conn) => {
-                conn.begin().await?;
+                conn.begin_fenced().await?;
                 match tree::write_tiles(conn, rows).await {
                     Ok(()) => Ok(conn.commit().await?),
                     Err(error) => {
@@ -261,8 +314,15 @@ impl LogWriter {
                 Ok(thread.transaction(recorder.into_statements()).await?)
             }
             LogWriter::Sqlx(conn) => {
-                conn.begin().await?;
-                match write_plan(conn, plan).await {
+                conn.begin_fenced().await?;
+                let written = async {
+                    write_plan(conn, plan).await?;
+                    if let (Some(first), Some(last)) = (plan.entries.first(), plan.entries.last()) {
+                        conn.notify_range(first.seq, last.seq).await?;
+                    }
+                    Ok::<_, StoreError>(())
+                };
+                match written.await {
                     Ok(()) => Ok(conn.commit().await?),
                     Err(error) => {
                         conn.rollback().await;
@@ -320,14 +380,59 @@ impl EventLog {
         metrics: Arc<Metrics>,
         merkle: MerkleTree,
     ) -> Result<EventLogHandle, StoreError> {
+        Self::start_fenced(
+            store,
+            max_batch_events,
+            publish_buffer,
+            metrics,
+            merkle,
+            None,
+        )
+        .await
+    }
+
+    /// The log of a cluster node (DESIGN §7): it starts as a follower (its writer commits
+    /// nothing until the node's election loop sets `fence` to an epoch it won), and its
+    /// appends are forwarded to the leader until then (see [`EventLogHandle::set_forwarder`]).
+    pub async fn start_node(
+        store: &super::Store,
+        max_batch_events: usize,
+        publish_buffer: usize,
+        metrics: Arc<Metrics>,
+        fence: Arc<Fence>,
+    ) -> Result<EventLogHandle, StoreError> {
+        let handle = Self::start_fenced(
+            store,
+            max_batch_events,
+            publish_buffer,
+            metrics,
+            MerkleTree::Maintained,
+            Some(fence),
+        )
+        .await?;
+        handle.role.send_replace(crate::cluster::Role::Follower);
+        Ok(handle)
+    }
+
+    async fn start_fenced(
+        store: &super::Store,
+        max_batch_events: usize,
+        publish_buffer: usize,
+        metrics: Arc<Metrics>,
+        merkle: MerkleTree,
+        fence: Option<Arc<Fence>>,
+    ) -> Result<EventLogHandle, StoreError> {
+        let clustered = fence.is_some();
         let writer = Arc::new(match &store.sqlite_file {
             Some((path, durability)) => LogWriter::Sqlite {
                 thread: SqliteThread::open(path, *durability)?,
                 readers: store.readers.clone(),
             },
-            None => LogWriter::Sqlx(WriterConnection::open(store.writer.clone()).await?),
+            None => LogWriter::Sqlx(WriterConnection::open(store.writer.clone(), fence).await?),
         });
-        if merkle == MerkleTree::Maintained {
+        // A cluster node catches the tree up when it becomes the leader, not before: only the
+        // leader writes.
+        if merkle == MerkleTree::Maintained && !clustered {
             tree::catch_up(store, &writer).await?;
         }
         let head = writer.head(merkle).await?;
@@ -359,6 +464,7 @@ impl EventLog {
             writer,
             readers: store.readers.clone(),
             role: Arc::new(tokio::sync::watch::channel(crate::cluster::Role::Single).0),
+            forwarder: Arc::new(std::sync::OnceLock::new()),
             _arbiter: Arc::new(ArbiterGuard(arbiter)),
         })
     }
@@ -502,6 +608,21 @@ impl Handler<Drain> for EventLog {
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) {
         self.drain_waiters.push(msg.reply);
         self.pump(ctx);
+    }
+}
+
+/// Forgets the head: the next batch re-reads it from the database (a cluster node that has
+/// just become the leader: the log grew under other leaders meanwhile).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(crate) struct Reset;
+
+impl Handler<Reset> for EventLog {
+    type Result = ();
+
+    fn handle(&mut self, _: Reset, _: &mut Self::Context) {
+        self.head = None;
+        self.lookup_first = false;
     }
 }
 
@@ -949,6 +1070,8 @@ pub struct EventLogHandle {
     readers: sea_orm::DatabaseConnection,
     /// What this node is now (`Single` unless it is a node of a cluster).
     role: Arc<tokio::sync::watch::Sender<crate::cluster::Role>>,
+    /// A cluster follower's route to the leader; unset on one node.
+    forwarder: Arc<std::sync::OnceLock<Arc<dyn Forwarder>>>,
     _arbiter: Arc<ArbiterGuard>,
 }
 
@@ -1000,8 +1123,56 @@ impl EventLogHandle {
         self.append_prepared(prepared).await
     }
 
-    /// Appends events the caller has already prepared (checked and canonicalised).
+    /// Where this node's appends go while it does not lead (set once, by the cluster node).
+    pub fn set_forwarder(&self, forwarder: Arc<dyn Forwarder>) {
+        let _ = self.forwarder.set(forwarder);
+    }
+
+    /// The cluster node's side of the handle: role changes, the head after a promotion, and
+    /// publishing what a follower reads (see `cluster::node`).
+    pub(crate) fn set_role(&self, role: crate::cluster::Role) {
+        self.role.send_replace(role);
+    }
+
+    pub(crate) fn writer(&self) -> &Arc<LogWriter> {
+        &self.writer
+    }
+
+    pub(crate) async fn reset_head(&self) {
+        let _ = self.addr.send(Reset).await;
+    }
+
+    /// Publishes entries a follower read from the database (committed by the leader), in
+    /// `seq` order, to this node's subscribers, exactly as its own commits would be.
+    pub(crate) fn publish_followed(&self, entries: Vec<LogEntry>) {
+        let Some(last) = entries.last().map(|e| e.seq) else {
+            return;
+        };
+        self.published
+            .committed
+            .store(last, std::sync::atomic::Ordering::Release);
+        let _ = self
+            .published
+            .batches
+            .send(Arc::new(CommittedBatch { entries }));
+    }
+
+    /// Appends events the caller has already prepared (checked and canonicalised). On a
+    /// cluster node that does not lead, they go to the leader.
     pub async fn append_prepared(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        if let Some(forwarder) = self.forwarder.get() {
+            if !self.role.borrow().writes() {
+                return forwarder.forward(events).await;
+            }
+        }
+        self.append_here(events).await
+    }
+
+    /// Appends through this node's own writer (the leader's side of a forwarded append).
+    pub async fn append_here(
         &self,
         events: Vec<PreparedEvent>,
     ) -> Result<Vec<AppendOutcome>, AppendError> {

@@ -13,13 +13,16 @@
 pub mod audit;
 pub mod bulk;
 mod clients;
+pub mod cluster;
+pub mod leases;
 pub mod log;
 pub mod projections;
 pub mod replay;
+pub mod shared;
 mod sqlite_thread;
 pub mod tree;
 pub mod verify;
-mod writer;
+pub(crate) mod writer;
 
 use std::time::Duration;
 
@@ -38,8 +41,10 @@ use entities::events;
 use migrations::{Migrator, MigratorTrait};
 
 pub use self::clients::{CLIENT_TYPES, INVITED_TYPES};
+pub use self::leases::delivery_leases;
 pub use self::log::{
-    AppendError, AppendOutcome, CommittedBatch, EventLog, EventLogHandle, MerkleTree,
+    AppendError, AppendOutcome, CommittedBatch, EventLog, EventLogHandle, Fence, Forwarder,
+    MerkleTree,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,26 @@ pub enum StoreError {
     Corrupt { seq: i64, problem: String },
     #[error("database error: {0}")]
     SqliteWrite(#[from] sqlite_thread::SqliteWriteError),
+    /// A cluster node that does not lead was asked to commit (DESIGN §7).
+    #[error("this node is not the cluster's leader")]
+    NotLeader,
+    /// The commit's fence failed: another node leads now (or this node's writer connection,
+    /// which held the leader's lock, was lost). Nothing was written.
+    #[error("deposed: the cluster's leader epoch is no longer {epoch}")]
+    Fenced { epoch: u64 },
+    /// No node of the cluster leads at the moment (an election is under way).
+    #[error("the cluster has no leader at the moment: {0}")]
+    NoLeader(String),
+}
+
+impl StoreError {
+    /// Whether this node must not commit (it follows, or was deposed).
+    pub fn is_leadership(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotLeader | StoreError::Fenced { .. } | StoreError::NoLeader(_)
+        )
+    }
 }
 
 /// The URL with any password replaced, for messages and logs.
@@ -169,6 +194,16 @@ impl Store {
         Migrator::up(&self.writer, None)
             .await
             .map_err(StoreError::Migrate)
+    }
+
+    /// The reader pool's PostgreSQL pool (a cluster node LISTENs on a connection of it).
+    pub(crate) fn pg_pool(&self) -> sea_orm::sqlx::PgPool {
+        self.readers.get_postgres_connection_pool().clone()
+    }
+
+    /// [`Store::migrate`] for a cluster node: nodes starting together take turns.
+    pub async fn migrate_exclusive(&self) -> Result<(), StoreError> {
+        cluster::migrate_exclusive(self).await
     }
 
     pub fn backend(&self) -> Backend {

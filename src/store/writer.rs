@@ -30,6 +30,9 @@ pub(crate) struct WriterConnection {
     pool: DatabaseConnection,
     backend: DbBackend,
     raw: Mutex<Option<Raw>>,
+    /// A cluster node's fence (DESIGN §7): every transaction checks the leader's epoch and
+    /// that it runs on the connection holding the leader's lock. `None` on one node.
+    pub(crate) fence: Option<std::sync::Arc<super::log::Fence>>,
 }
 
 fn exec_err(e: sqlx::Error) -> DbErr {
@@ -50,15 +53,72 @@ fn values(stmt: &mut Statement) -> SqlxValues {
 
 impl WriterConnection {
     /// Takes a connection of `pool` (a sea-orm pool with the writer's settings) for good.
-    pub(crate) async fn open(pool: DatabaseConnection) -> Result<WriterConnection, DbErr> {
+    pub(crate) async fn open(
+        pool: DatabaseConnection,
+        fence: Option<std::sync::Arc<super::log::Fence>>,
+    ) -> Result<WriterConnection, DbErr> {
         let backend = pool.get_database_backend();
         let raw = Self::take(&pool).await?;
         Ok(WriterConnection {
             pool,
             backend,
             raw: Mutex::new(Some(raw)),
+            fence,
         })
     }
+
+    /// `BEGIN`, then, on a cluster node, the fence: the transaction holds the leader row
+    /// `FOR SHARE` only if its epoch is still ours and this connection is the one that took
+    /// the leader's lock. A new leader's epoch bump waits for that share lock, so a commit of
+    /// the deposed leader either ends before the bump or fails here: the chain never forks.
+    pub(crate) async fn begin_fenced(&self) -> Result<(), super::StoreError> {
+        self.begin().await?;
+        let Some(fence) = &self.fence else {
+            return Ok(());
+        };
+        let Some(epoch) = fence.epoch() else {
+            self.rollback().await;
+            return Err(super::StoreError::NotLeader);
+        };
+        let held = self
+            .query_one(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT epoch FROM cluster_leader WHERE id = 1 AND epoch = $1 \
+                 AND backend_pid = pg_backend_pid() FOR SHARE",
+                [sea_orm::Value::BigInt(Some(epoch as i64))],
+            ))
+            .await;
+        match held {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                self.rollback().await;
+                fence.lost();
+                Err(super::StoreError::Fenced { epoch })
+            }
+            Err(error) => {
+                self.rollback().await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// On a cluster node, `NOTIFY` the followers of the committed range (delivered at
+    /// `COMMIT`, once per group commit; only the leader notifies, DESIGN §7).
+    pub(crate) async fn notify_range(&self, first: u64, last: u64) -> Result<(), DbErr> {
+        if self.fence.is_none() {
+            return Ok(());
+        }
+        self.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify('switchyard_log', $1)",
+            [sea_orm::Value::String(Some(Box::new(format!(
+                "{first}-{last}"
+            ))))],
+        ))
+        .await
+        .map(|_| ())
+    }
+
 
     async fn take(pool: &DatabaseConnection) -> Result<Raw, DbErr> {
         fn detach<DB: sqlx::Database>(c: PoolConnection<DB>) -> DB::Connection {

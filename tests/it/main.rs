@@ -6,6 +6,11 @@
 
 mod accounts;
 mod cli;
+mod cluster;
+mod cluster_process;
+mod cluster_shared;
+mod cluster_delivery;
+mod cluster_follow;
 mod federation;
 mod gateway;
 mod helpers;

@@ -1,0 +1,277 @@
+//! Forwarded appends (DESIGN §7): a follower sends its appends to the leader over
+//! `POST /internal/v1/append` and answers its own caller after the leader's commit — and
+//! after it has itself applied that commit, so the caller reads its own write on this node.
+//!
+//! Retrying is safe: appends are idempotent on `(origin, event_id)`, and every event id is
+//! chosen before the first try. So while there is no leader (an election is under way) or
+//! the one we knew is gone, the forwarder asks the database who leads and tries again, for up
+//! to [`ELECTION_WAIT`]; only then is the caller answered 503 with `Retry-After`.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::node::Node;
+use crate::core::event::{NewEvent, PreparedEvent};
+use crate::store::{AppendError, AppendOutcome, Forwarder, StoreError};
+
+/// How long an append waits for a leader before it is answered 503. Failover takes at most
+/// about this long when a leader's process dies (DESIGN §7: 5 s).
+const ELECTION_WAIT: Duration = Duration::from_secs(6);
+/// Between two tries while no leader answers.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// One forwarded request's limit (a group commit under load takes milliseconds).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a follower waits to have applied the commit it forwarded before answering.
+const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// One event on the wire between nodes: a [`NewEvent`]; the leader prepares it again (the
+/// same checks and canonical form as here).
+#[derive(Serialize, Deserialize)]
+pub struct WireEvent {
+    pub event_id: String,
+    pub origin: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub sender: Option<String>,
+    pub channel: Option<String>,
+    pub origin_ts: i64,
+    pub content: serde_json::Value,
+}
+
+impl From<WireEvent> for NewEvent {
+    fn from(w: WireEvent) -> NewEvent {
+        NewEvent {
+            event_id: w.event_id,
+            origin: w.origin,
+            event_type: w.event_type,
+            sender: w.sender,
+            channel: w.channel,
+            origin_ts: w.origin_ts,
+            content: w.content,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AppendRequest {
+    pub events: Vec<WireEvent>,
+}
+
+/// One event's outcome on the wire.
+#[derive(Serialize, Deserialize)]
+pub struct WireOutcome {
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct AppendAnswer {
+    pub outcomes: Vec<WireOutcome>,
+}
+
+impl From<AppendOutcome> for WireOutcome {
+    fn from(o: AppendOutcome) -> WireOutcome {
+        WireOutcome {
+            seq: o.seq(),
+            duplicate: matches!(o, AppendOutcome::Duplicate { .. }),
+        }
+    }
+}
+
+/// The follower's side: serialise, send to the leader, wait to have applied the commit.
+pub struct Forwarding {
+    node: Arc<Node>,
+    token: String,
+    /// The thread the HTTP client lives on (awc clients belong to one thread).
+    arbiter: actix::ArbiterHandle,
+}
+
+thread_local! {
+    static CLIENT: RefCell<Option<awc::Client>> = const { RefCell::new(None) };
+}
+
+/// What the leader answered, as far as the forwarder cares.
+enum Answer {
+    Committed(Vec<WireOutcome>),
+    /// Try again, perhaps elsewhere: no leader there, or nobody answered.
+    Retry(String),
+    /// The leader refused the request itself (a bad token, events it would not take).
+    Refused(String),
+}
+
+impl Forwarding {
+    pub(super) fn start(node: Arc<Node>) -> Forwarding {
+        let arbiter = actix::Arbiter::new();
+        let handle = arbiter.handle();
+        drop(arbiter);
+        Forwarding {
+            token: node.internal_token.clone(),
+            node,
+            arbiter: handle,
+        }
+    }
+
+    async fn send(&self, url: String, body: actix_web::web::Bytes) -> Answer {
+        let token = self.token.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // awc's futures are not Send: the closure crosses to the thread, the future stays there.
+        let sent = self.arbiter.spawn_fn(move || {
+            actix_rt::spawn(async move {
+                let client = CLIENT.with(|c| {
+                    c.borrow_mut()
+                        .get_or_insert_with(|| {
+                            awc::Client::builder()
+                                .timeout(REQUEST_TIMEOUT)
+                                .connector(awc::Connector::new().limit(1024))
+                                .finish()
+                        })
+                        .clone()
+                });
+                let result = client
+                    .post(format!("{url}/internal/v1/append"))
+                    .insert_header(("Authorization", format!("Bearer {token}")))
+                    .content_type("application/json")
+                    .send_body(body)
+                    .await;
+                let answer = match result {
+                    Err(error) => {
+                        Answer::Retry(format!("the leader at {url} did not answer: {error}"))
+                    }
+                    Ok(mut response) => {
+                        let status = response.status();
+                        let body = response.body().limit(16 << 20).await;
+                        match (status.as_u16(), body) {
+                            (200, Ok(body)) => {
+                                match serde_json::from_slice::<AppendAnswer>(&body) {
+                                    Ok(answer) => Answer::Committed(answer.outcomes),
+                                    Err(error) => Answer::Refused(format!(
+                                        "the leader's answer is unreadable: {error}"
+                                    )),
+                                }
+                            }
+                            (503, _) | (502, _) | (504, _) => {
+                                Answer::Retry(format!("the node at {url} answered {status}"))
+                            }
+                            (_, body) => Answer::Refused(format!(
+                                "the leader at {url} refused the append ({status}): {}",
+                                body.map(|b| String::from_utf8_lossy(&b).into_owned())
+                                    .unwrap_or_default()
+                            )),
+                        }
+                    }
+                };
+                let _ = reply.send(answer);
+            });
+        });
+        if !sent {
+            return Answer::Refused("the forwarding thread has stopped".into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Answer::Refused("the forwarding thread has stopped".into()))
+    }
+
+    async fn forward_events(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
+        let started = Instant::now();
+        let request = AppendRequest {
+            events: events
+                .iter()
+                .map(|e| WireEvent {
+                    event_id: e.event_id.clone(),
+                    origin: e.origin.clone(),
+                    event_type: e.event_type.as_str().to_owned(),
+                    sender: e.sender.clone(),
+                    channel: e.channel.clone(),
+                    origin_ts: e.origin_ts,
+                    content: e.content.clone(),
+                })
+                .collect(),
+        };
+        let body = actix_web::web::Bytes::from(serde_json::to_vec(&request).map_err(|e| {
+            AppendError::Storage(Arc::new(StoreError::NoLeader(format!(
+                "cannot encode the append: {e}"
+            ))))
+        })?);
+        let mut leader = self.node.leader().await;
+        let mut last_problem = String::from("no node leads");
+        loop {
+            if self.node.role().writes() {
+                // This node won an election meanwhile.
+                return self.node.log().append_here(events).await;
+            }
+            let answer = match &leader {
+                Some(seen) if seen.node_id != self.node.identity.node_id => {
+                    self.send(seen.advertise_url.clone(), body.clone()).await
+                }
+                _ => Answer::Retry(last_problem.clone()),
+            };
+            match answer {
+                Answer::Committed(outcomes) => {
+                    let metrics = &self.node.metrics;
+                    metrics.forwarded.with_label_values(&["ok"]).inc();
+                    metrics
+                        .forward_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    let outcomes: Vec<AppendOutcome> = outcomes
+                        .into_iter()
+                        .map(|o| match o.duplicate {
+                            true => AppendOutcome::Duplicate { seq: o.seq },
+                            false => AppendOutcome::Appended { seq: o.seq },
+                        })
+                        .collect();
+                    if let Some(last) = outcomes.iter().map(|o| o.seq()).max() {
+                        if !self.node.applied(last, APPLY_WAIT).await {
+                            tracing::debug!(
+                                seq = last,
+                                "answering a forwarded append before applying it here"
+                            );
+                        }
+                    }
+                    return Ok(outcomes);
+                }
+                Answer::Refused(problem) => {
+                    self.node
+                        .metrics
+                        .forwarded
+                        .with_label_values(&["refused"])
+                        .inc();
+                    tracing::error!(%problem, "the leader refused a forwarded append");
+                    return Err(AppendError::Storage(Arc::new(StoreError::NoLeader(
+                        problem,
+                    ))));
+                }
+                Answer::Retry(problem) => {
+                    if started.elapsed() >= ELECTION_WAIT {
+                        self.node
+                            .metrics
+                            .forwarded
+                            .with_label_values(&["unavailable"])
+                            .inc();
+                        return Err(AppendError::Storage(Arc::new(StoreError::NoLeader(
+                            problem,
+                        ))));
+                    }
+                    last_problem = problem;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    leader = self.node.refresh_leader().await;
+                }
+            }
+        }
+    }
+}
+
+impl Forwarder for Forwarding {
+    fn forward(
+        &self,
+        events: Vec<PreparedEvent>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, AppendError>> {
+        Box::pin(self.forward_events(events))
+    }
+}

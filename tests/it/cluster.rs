@@ -1,0 +1,303 @@
+//! Several nodes on one PostgreSQL (DESIGN §7), three real applications in one process over
+//! loopback: writes through every node, one gap-free verified chain, sockets fed on every
+//! node, resume on another node, the internal route's refusals, the cluster view. (Killing
+//! and pausing nodes needs processes: `cluster_process.rs`.)
+//!
+//! PostgreSQL only: without `SWITCHYARD_TEST_POSTGRES_URL` each test prints why and passes.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::gateway::{call, create_channel, post, register, act, Ws};
+use crate::helpers::{spawn_app_with, TestApp, TestDb};
+
+pub const INTERNAL_TOKEN: &str = "cluster-test-internal-token";
+pub const ADMIN_TOKEN: &str = "cluster-test-admin-token";
+
+/// `None` (after saying why) when no PostgreSQL is configured.
+pub fn postgres() -> Option<String> {
+    match std::env::var("SWITCHYARD_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipped: cluster tests need PostgreSQL (set SWITCHYARD_TEST_POSTGRES_URL; .ci/run does)");
+            None
+        }
+    }
+}
+
+pub struct Cluster {
+    pub nodes: Vec<TestApp>,
+    /// The database and the shared key file (every node signs with the same key); kept for
+    /// the cluster's life.
+    _db: TestDb,
+}
+
+impl Cluster {
+    /// `n` nodes on one fresh PostgreSQL database, started one after the other.
+    pub async fn start(n: usize) -> Option<Cluster> {
+        postgres()?;
+        let db = TestDb::new().await;
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(Self::node(&db, i).await);
+        }
+        Some(Cluster { nodes, _db: db })
+    }
+
+    pub async fn node(db: &TestDb, i: usize) -> TestApp {
+        let key = db.dir.path().join("signing.key");
+        let own = TestDb {
+            url: db.url.clone(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        };
+        spawn_app_with(own, |config| {
+            config.cluster.enabled = true;
+            config.cluster.node_id = format!("node{i}");
+            config.cluster.internal_token = INTERNAL_TOKEN.into();
+            config.cluster.lease_ttl = Duration::from_millis(1500);
+            config.keys.path = key;
+            config.server.admin_token = ADMIN_TOKEN.into();
+            config.server.name = "cluster.test".into();
+        })
+        .await
+    }
+
+    /// The index of the one node that leads, once exactly one does.
+    pub async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let leaders: Vec<usize> = self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.log.role().borrow().writes())
+                .map(|(i, _)| i)
+                .collect();
+            if leaders.len() == 1 {
+                return leaders[0];
+            }
+            assert!(Instant::now() < deadline, "no single leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until every node has applied `seq`.
+    pub async fn applied(&self, seq: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.nodes.iter().any(|n| n.log.committed_head() < seq) {
+            assert!(Instant::now() < deadline, "a node did not apply {seq}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The whole log read from the database: seq 1..=head with no gap, each entry linked to the
+/// one before; and the server's own verification (chain, tree, latest checkpoint).
+pub async fn assert_log_intact(node: &TestApp) -> u64 {
+    let head = node.store.head().await.expect("head").0;
+    let mut after = 0;
+    let mut prev = None;
+    while after < head {
+        let entries = node.store.read_after(after, 1000).await.expect("read");
+        for entry in &entries {
+            assert_eq!(entry.seq, after + 1, "a gap after {after}");
+            if let Some(prev) = prev {
+                assert_eq!(entry.prev_hash, prev, "the chain breaks at {}", entry.seq);
+            }
+            prev = Some(entry.entry_hash);
+            after = entry.seq;
+        }
+    }
+    let (status, report) = call(
+        node,
+        "POST",
+        "/api/v1/log/verify",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["valid"], true, "{report}");
+    head
+}
+
+#[actix_web::test]
+async fn writes_through_every_node_are_gap_free_and_the_chain_verifies() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let leader = cluster.leader().await;
+    let nodes = &cluster.nodes;
+    // Registered through one node, the session works on every node.
+    let alice = register(&nodes[(leader + 1) % 3], "alice").await;
+    let bob = register(&nodes[(leader + 2) % 3], "bob").await;
+    let channel = create_channel(&nodes[leader], &alice, "General").await;
+    act(&nodes[(leader + 1) % 3], &alice, &channel, "invite", Some(json!({"fid": bob.fid}))).await;
+    act(&nodes[(leader + 2) % 3], &bob, &channel, "join", None).await;
+    let mut seqs = Vec::new();
+    for round in 0..20 {
+        for (i, node) in nodes.iter().enumerate() {
+            let user = if round % 2 == 0 { &alice } else { &bob };
+            let (id, seq) = post(node, user, &channel, &format!("round {round} via node {i}")).await;
+            // Read-your-writes on the node that answered: it has applied its own commit.
+            assert!(node.log.committed_head() >= seq, "node {i} answered before applying {seq}");
+            let path = format!("/api/v1/channels/{channel}/messages?limit=5");
+            let (status, page) = call(node, "GET", &path, Some(&user.token), None).await;
+            assert_eq!(status, 200, "{page}");
+            assert!(page.to_string().contains(&id), "node {i} does not show {id} it committed");
+            seqs.push(seq);
+        }
+    }
+    let mut sorted = seqs.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), seqs.len(), "two posts got one seq");
+    let head = assert_log_intact(&nodes[0]).await;
+    cluster.applied(head).await;
+    // Every node publishes the same head, and every node's view of the log is the same.
+    for node in nodes {
+        let (_, answer) = call(node, "GET", "/api/v1/log/head", None, None).await;
+        assert_eq!(answer["entry_count"], head);
+    }
+    // The followers forwarded; the leader committed everything.
+    let (status, view) = call(&nodes[0], "GET", "/admin/v1/cluster", Some(ADMIN_TOKEN), None).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["enabled"], true);
+    assert_eq!(view["leader"]["node_id"], format!("node{leader}"));
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(3), "{view}");
+}
+
+#[actix_web::test]
+async fn a_socket_on_one_node_gets_what_another_commits_and_resumes_on_a_third() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let nodes = &cluster.nodes;
+    let alice = register(&nodes[0], "alice").await;
+    let bob = register(&nodes[1], "bob").await;
+    let channel = create_channel(&nodes[0], &alice, "General").await;
+    act(&nodes[0], &alice, &channel, "invite", Some(json!({"fid": bob.fid}))).await;
+    act(&nodes[2], &bob, &channel, "join", None).await;
+    // Bob listens on node 2; Alice posts on node 0.
+    let (mut ws, _) = Ws::open(&nodes[2], &bob).await;
+    let mut posted = Vec::new();
+    for i in 0..30 {
+        posted.push(post(&nodes[0], &alice, &channel, &format!("m{i}")).await.1);
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 15 {
+        let event = ws.event().await;
+        if event["type"] == "message.new" {
+            seen.push(event["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(seen, posted[..15], "node 2's socket: in order, no gap, no duplicate");
+    // The socket drops; Bob resumes on node 1 from the last seq he saw.
+    drop(ws);
+    let mut ws = Ws::resume(&nodes[1], &bob, seen[14]).await;
+    let mut rest = Vec::new();
+    while rest.len() < 15 {
+        let event = ws.event().await;
+        if event["type"] == "message.new" {
+            rest.push(event["seq"].as_u64().expect("seq"));
+        }
+    }
+    assert_eq!(rest, posted[15..], "the resume on node 1 continues exactly");
+    // REST catch-up on node 2 pages through the same entries.
+    let (status, page) = call(
+        &nodes[2],
+        "GET",
+        &format!("/.p2/core/v1/events?since={}&limit=1000", posted[0] - 1),
+        Some(&bob.token),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let caught: Vec<u64> = page
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["type"] == "message.new")
+        .map(|e| e["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(caught, posted, "REST catch-up on node 2");
+    ws.close().await;
+}
+
+#[actix_web::test]
+async fn the_internal_route_refuses_strangers_and_followers_say_not_leader() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let leader = cluster.leader().await;
+    let follower = &cluster.nodes[1 - leader];
+    let head = follower.store.head().await.expect("head").0;
+    let event = json!({"events": [{
+        "event_id": "x1", "origin": "cluster.test", "type": "message.new",
+        "sender": null, "channel": null, "origin_ts": 1, "content": {}
+    }]});
+    let client = awc::Client::default();
+    let send = |node: &TestApp, token: Option<&str>, body: Value| {
+        let mut request = client.post(format!("{}/internal/v1/append", node.address));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let mut res = request.send_json(&body).await.expect("request");
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (res.status().as_u16(), res.headers().get("retry-after").is_some(), body)
+        }
+    };
+    let (status, _, body) = send(follower, None, event.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_MISSING_TOKEN")));
+    let (status, _, body) = send(follower, Some("wrong"), event.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (403, Some("SY_FORBIDDEN")));
+    let (status, retry, body) = send(follower, Some(INTERNAL_TOKEN), event.clone()).await;
+    assert_eq!((status, body["errcode"].as_str()), (503, Some("SY_NOT_LEADER")));
+    assert!(retry, "503 carries Retry-After");
+    let leader = &cluster.nodes[leader];
+    let (status, _, body) = send(leader, Some(INTERNAL_TOKEN), json!({"events": 3})).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_BAD_JSON")));
+    let mut bad = event.clone();
+    bad["events"][0]["type"] = json!("no.such.type");
+    let (status, _, body) = send(leader, Some(INTERNAL_TOKEN), bad).await;
+    assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_INVALID_PARAM")), "{body}");
+    assert_eq!(leader.store.head().await.expect("head").0, head, "nothing was written");
+    // On one node the route does not exist.
+    let single = crate::helpers::spawn_app().await;
+    let (status, _, body) = send(&single, Some(INTERNAL_TOKEN), event).await;
+    assert_eq!((status, body["errcode"].as_str()), (404, Some("SY_NOT_FOUND")));
+}
+
+#[actix_web::test]
+async fn a_leader_that_stops_hands_over_and_appends_keep_working() {
+    let Some(cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let leader = cluster.leader().await;
+    let alice = register(&cluster.nodes[(leader + 1) % 3], "alice").await;
+    let survivor = &cluster.nodes[(leader + 1) % 3];
+    let channel = create_channel(survivor, &alice, "General").await;
+    post(survivor, &alice, &channel, "before").await;
+    let stopped = Instant::now();
+    cluster.nodes[leader].shutdown.clone().stop().await;
+    // Posting during the hand-over waits for the new leader rather than failing.
+    let (_, seq) = post(survivor, &alice, &channel, "during").await;
+    let took = stopped.elapsed();
+    assert!(took < Duration::from_secs(5), "the hand-over took {took:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let new_leader = loop {
+        let leaders: Vec<usize> = (0..3)
+            .filter(|i| *i != leader && cluster.nodes[*i].log.role().borrow().writes())
+            .collect();
+        if leaders.len() == 1 {
+            break leaders[0];
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(new_leader, leader);
+    let head = assert_log_intact(survivor).await;
+    assert!(head >= seq);
+}
