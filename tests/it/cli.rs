@@ -43,6 +43,14 @@ fn bad_config_values_exit_2_naming_the_key() {
         ),
         ("[server]\nname = \"has space\"\n", "server.name"),
         ("[federation\n", "TOML"),
+        // Several nodes need a shared PostgreSQL; the default database is SQLite.
+        ("[cluster]\nenabled = true\n", "cluster.enabled"),
+        (
+            "[database]\nurl = \"postgres://x@127.0.0.1/x\"\n[cluster]\nenabled = true\ninternal_token = \"short\"\n",
+            "cluster.internal_token",
+        ),
+        ("[cluster]\nlease_ttl = \"10ms\"\n", "cluster.lease_ttl"),
+        ("[cluster]\npoll_interval = \"2s\"\n", "cluster.poll_interval"),
     ];
     for (body, key) in cases {
         let config = write_config(dir.path(), body);
