@@ -55,6 +55,8 @@ pub enum ErrorKind {
     /// A cluster node asked to commit that does not lead (503; the forwarder asks the
     /// database who leads and tries there).
     NotLeader,
+    /// The request cannot be served in the server's present configuration (409).
+    Conflict,
 }
 
 impl ErrorKind {
@@ -70,7 +72,7 @@ impl ErrorKind {
             | ErrorKind::MessageSignature => StatusCode::BAD_REQUEST,
             ErrorKind::BadChallenge | ErrorKind::BadCert => StatusCode::UNAUTHORIZED,
             ErrorKind::SensitiveAction => StatusCode::FORBIDDEN,
-            ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::BadProof => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::MissingToken
             | ErrorKind::StaleRequest
@@ -121,6 +123,7 @@ impl ErrorKind {
             ErrorKind::AlreadyExists => "SY_ALREADY_EXISTS",
             ErrorKind::BadProof => "SY_BAD_PROOF",
             ErrorKind::NotLeader => "SY_NOT_LEADER",
+            ErrorKind::Conflict => "SY_CONFLICT",
         }
     }
 }

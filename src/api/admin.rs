@@ -55,6 +55,17 @@ pub async fn rotate_keys(
 pub async fn rotate_and_certify(
     state: &AppState,
 ) -> Result<(rotation::Rotated, IssuedCert), ApiError> {
+    if state.cluster.is_some() {
+        // Every node holds the key it loaded at start; a rotation through one node would
+        // leave the others signing with a retired key.
+        return Err(ApiError::new(
+            ErrorKind::Conflict,
+            "key rotation is not available while cluster.enabled = true: every node signs \
+             with the key file it loaded at start. Stop the nodes, start one with \
+             cluster.enabled = false and rotate there, copy its key file to every node, then \
+             start them again",
+        ));
+    }
     let rotated = rotation::rotate(
         &state.keys,
         &state.log,

@@ -263,6 +263,9 @@ async fn the_internal_route_refuses_strangers_and_followers_say_not_leader() {
     bad["events"][0]["type"] = json!("no.such.type");
     let (status, _, body) = send(leader, Some(INTERNAL_TOKEN), bad).await;
     assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_INVALID_PARAM")), "{body}");
+    // Key rotation through one node would leave the others with a retired key: refused.
+    let (status, body) = call(leader, "POST", "/admin/v1/keys/rotate", Some(ADMIN_TOKEN), None).await;
+    assert_eq!((status, body["errcode"].as_str()), (409, Some("SY_CONFLICT")), "{body}");
     assert_eq!(leader.store.head().await.expect("head").0, head, "nothing was written");
     // On one node the route does not exist.
     let single = crate::helpers::spawn_app().await;
