@@ -372,6 +372,7 @@ impl Node {
         self.log.reset_head().await;
         self.log.set_role(Role::Leader { epoch });
         self.metrics.leader.set(1);
+        self.metrics.lag_events.set(0);
         self.metrics.epoch.set(epoch as i64);
         self.metrics.elections_won.inc();
         *self.leader.write().await = Some(LeaderSeen {
@@ -425,7 +426,13 @@ impl Node {
                 return Ok(());
             };
             if first.seq != after + 1 {
-                // Not yet visible in order (cannot happen with one writer; never skip).
+                // Never skip: with one writer committing one transaction at a time this
+                // cannot happen, so say so loudly; the next read tries again.
+                tracing::error!(
+                    applied = after,
+                    next_found = first.seq,
+                    "the log has a hole after the applied seq; not following past it"
+                );
                 return Ok(());
             }
             {
