@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::gateway::{call, create_channel, post, register, act, Ws};
+use crate::gateway::{act, call, create_channel, post, register, Ws};
 use crate::helpers::{spawn_app_with, TestApp, TestDb};
 
 pub const INTERNAL_TOKEN: &str = "cluster-test-internal-token";
@@ -36,16 +36,28 @@ pub struct Cluster {
 impl Cluster {
     /// `n` nodes on one fresh PostgreSQL database, started one after the other.
     pub async fn start(n: usize) -> Option<Cluster> {
+        Self::start_with(n, |_| {}).await
+    }
+
+    /// [`Cluster::start`] with `adjust` applied to every node's configuration.
+    pub async fn start_with(
+        n: usize,
+        adjust: impl Fn(&mut switchyard::config::Config),
+    ) -> Option<Cluster> {
         postgres()?;
         let db = TestDb::new().await;
         let mut nodes = Vec::new();
         for i in 0..n {
-            nodes.push(Self::node(&db, i).await);
+            nodes.push(Self::node(&db, i, &adjust).await);
         }
         Some(Cluster { nodes, _db: db })
     }
 
-    pub async fn node(db: &TestDb, i: usize) -> TestApp {
+    pub async fn node(
+        db: &TestDb,
+        i: usize,
+        adjust: &impl Fn(&mut switchyard::config::Config),
+    ) -> TestApp {
         let key = db.dir.path().join("signing.key");
         let own = TestDb {
             url: db.url.clone(),
@@ -59,6 +71,7 @@ impl Cluster {
             config.keys.path = key;
             config.server.admin_token = ADMIN_TOKEN.into();
             config.server.name = "cluster.test".into();
+            adjust(config);
         })
         .await
     }
@@ -109,14 +122,7 @@ pub async fn assert_log_intact(node: &TestApp) -> u64 {
             after = entry.seq;
         }
     }
-    let (status, report) = call(
-        node,
-        "POST",
-        "/api/v1/log/verify",
-        Some(ADMIN_TOKEN),
-        None,
-    )
-    .await;
+    let (status, report) = call(node, "POST", "/api/v1/log/verify", Some(ADMIN_TOKEN), None).await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["valid"], true, "{report}");
     head
@@ -133,19 +139,33 @@ async fn writes_through_every_node_are_gap_free_and_the_chain_verifies() {
     let alice = register(&nodes[(leader + 1) % 3], "alice").await;
     let bob = register(&nodes[(leader + 2) % 3], "bob").await;
     let channel = create_channel(&nodes[leader], &alice, "General").await;
-    act(&nodes[(leader + 1) % 3], &alice, &channel, "invite", Some(json!({"fid": bob.fid}))).await;
+    act(
+        &nodes[(leader + 1) % 3],
+        &alice,
+        &channel,
+        "invite",
+        Some(json!({"fid": bob.fid})),
+    )
+    .await;
     act(&nodes[(leader + 2) % 3], &bob, &channel, "join", None).await;
     let mut seqs = Vec::new();
     for round in 0..20 {
         for (i, node) in nodes.iter().enumerate() {
             let user = if round % 2 == 0 { &alice } else { &bob };
-            let (id, seq) = post(node, user, &channel, &format!("round {round} via node {i}")).await;
+            let (id, seq) =
+                post(node, user, &channel, &format!("round {round} via node {i}")).await;
             // Read-your-writes on the node that answered: it has applied its own commit.
-            assert!(node.log.committed_head() >= seq, "node {i} answered before applying {seq}");
+            assert!(
+                node.log.committed_head() >= seq,
+                "node {i} answered before applying {seq}"
+            );
             let path = format!("/api/v1/channels/{channel}/messages?limit=5");
             let (status, page) = call(node, "GET", &path, Some(&user.token), None).await;
             assert_eq!(status, 200, "{page}");
-            assert!(page.to_string().contains(&id), "node {i} does not show {id} it committed");
+            assert!(
+                page.to_string().contains(&id),
+                "node {i} does not show {id} it committed"
+            );
             seqs.push(seq);
         }
     }
@@ -161,7 +181,14 @@ async fn writes_through_every_node_are_gap_free_and_the_chain_verifies() {
         assert_eq!(answer["entry_count"], head);
     }
     // The followers forwarded; the leader committed everything.
-    let (status, view) = call(&nodes[0], "GET", "/admin/v1/cluster", Some(ADMIN_TOKEN), None).await;
+    let (status, view) = call(
+        &nodes[0],
+        "GET",
+        "/admin/v1/cluster",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "{view}");
     assert_eq!(view["enabled"], true);
     assert_eq!(view["leader"]["node_id"], format!("node{leader}"));
@@ -177,7 +204,14 @@ async fn a_socket_on_one_node_gets_what_another_commits_and_resumes_on_a_third()
     let alice = register(&nodes[0], "alice").await;
     let bob = register(&nodes[1], "bob").await;
     let channel = create_channel(&nodes[0], &alice, "General").await;
-    act(&nodes[0], &alice, &channel, "invite", Some(json!({"fid": bob.fid}))).await;
+    act(
+        &nodes[0],
+        &alice,
+        &channel,
+        "invite",
+        Some(json!({"fid": bob.fid})),
+    )
+    .await;
     act(&nodes[2], &bob, &channel, "join", None).await;
     // Bob listens on node 2; Alice posts on node 0.
     let (mut ws, _) = Ws::open(&nodes[2], &bob).await;
@@ -192,7 +226,11 @@ async fn a_socket_on_one_node_gets_what_another_commits_and_resumes_on_a_third()
             seen.push(event["seq"].as_u64().expect("seq"));
         }
     }
-    assert_eq!(seen, posted[..15], "node 2's socket: in order, no gap, no duplicate");
+    assert_eq!(
+        seen,
+        posted[..15],
+        "node 2's socket: in order, no gap, no duplicate"
+    );
     // The socket drops; Bob resumes on node 1 from the last seq he saw.
     drop(ws);
     let mut ws = Ws::resume(&nodes[1], &bob, seen[14]).await;
@@ -246,31 +284,69 @@ async fn the_internal_route_refuses_strangers_and_followers_say_not_leader() {
         async move {
             let mut res = request.send_json(&body).await.expect("request");
             let body: Value = res.json().await.unwrap_or(Value::Null);
-            (res.status().as_u16(), res.headers().get("retry-after").is_some(), body)
+            (
+                res.status().as_u16(),
+                res.headers().get("retry-after").is_some(),
+                body,
+            )
         }
     };
     let (status, _, body) = send(follower, None, event.clone()).await;
-    assert_eq!((status, body["errcode"].as_str()), (401, Some("SY_MISSING_TOKEN")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_MISSING_TOKEN"))
+    );
     let (status, _, body) = send(follower, Some("wrong"), event.clone()).await;
-    assert_eq!((status, body["errcode"].as_str()), (403, Some("SY_FORBIDDEN")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("SY_FORBIDDEN"))
+    );
     let (status, retry, body) = send(follower, Some(INTERNAL_TOKEN), event.clone()).await;
-    assert_eq!((status, body["errcode"].as_str()), (503, Some("SY_NOT_LEADER")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (503, Some("SY_NOT_LEADER"))
+    );
     assert!(retry, "503 carries Retry-After");
     let leader = &cluster.nodes[leader];
     let (status, _, body) = send(leader, Some(INTERNAL_TOKEN), json!({"events": 3})).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_BAD_JSON")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("SY_BAD_JSON"))
+    );
     let mut bad = event.clone();
     bad["events"][0]["type"] = json!("no.such.type");
     let (status, _, body) = send(leader, Some(INTERNAL_TOKEN), bad).await;
-    assert_eq!((status, body["errcode"].as_str()), (400, Some("SY_INVALID_PARAM")), "{body}");
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("SY_INVALID_PARAM")),
+        "{body}"
+    );
     // Key rotation through one node would leave the others with a retired key: refused.
-    let (status, body) = call(leader, "POST", "/admin/v1/keys/rotate", Some(ADMIN_TOKEN), None).await;
-    assert_eq!((status, body["errcode"].as_str()), (409, Some("SY_CONFLICT")), "{body}");
-    assert_eq!(leader.store.head().await.expect("head").0, head, "nothing was written");
+    let (status, body) = call(
+        leader,
+        "POST",
+        "/admin/v1/keys/rotate",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (409, Some("SY_CONFLICT")),
+        "{body}"
+    );
+    assert_eq!(
+        leader.store.head().await.expect("head").0,
+        head,
+        "nothing was written"
+    );
     // On one node the route does not exist.
     let single = crate::helpers::spawn_app().await;
     let (status, _, body) = send(&single, Some(INTERNAL_TOKEN), event).await;
-    assert_eq!((status, body["errcode"].as_str()), (404, Some("SY_NOT_FOUND")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("SY_NOT_FOUND"))
+    );
 }
 
 #[actix_web::test]
@@ -303,4 +379,137 @@ async fn a_leader_that_stops_hands_over_and_appends_keep_working() {
     assert_ne!(new_leader, leader);
     let head = assert_log_intact(survivor).await;
     assert!(head >= seq);
+}
+
+/// A signed inbox request from `origin` (its `key`) to the cluster.
+async fn send_inbox(
+    node: &TestApp,
+    key: &switchyard::federation::signing::ServerKey,
+    origin: &str,
+    body: &Value,
+) -> (u16, Value) {
+    use switchyard::federation::signing::RequestSignature;
+    let body = serde_json::to_vec(body).expect("json");
+    let timestamp = (switchyard::clock::now_ms() / 1000).to_string();
+    let key_id = key.key_id();
+    let signature = key.sign_request(&RequestSignature {
+        method: "POST",
+        path: "/federation/inbox",
+        origin,
+        destination: "cluster.test",
+        timestamp: &timestamp,
+        key_id: &key_id,
+        body: &body,
+    });
+    let mut res = awc::Client::default()
+        .post(format!("{}/federation/inbox", node.address))
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("X-Switchyard-Origin", origin))
+        .insert_header(("X-Switchyard-Timestamp", timestamp.as_str()))
+        .insert_header(("X-Switchyard-Key", key_id.as_str()))
+        .insert_header(("X-Switchyard-Signature", signature.as_str()))
+        .send_body(body)
+        .await
+        .expect("request");
+    let answer = res.json::<Value>().await.unwrap_or(Value::Null);
+    (res.status().as_u16(), answer)
+}
+
+#[actix_web::test]
+async fn a_remote_servers_quota_holds_for_the_cluster_and_its_policy_reaches_every_node() {
+    if postgres().is_none() {
+        return;
+    }
+    // The remote server b.test, serving its key.
+    let b = spawn_app_with(TestDb::new().await, |c| c.server.name = "b.test".into()).await;
+    let b_key =
+        switchyard::federation::signing::ServerKey::load(&b.db.dir.path().join("signing.key"))
+            .expect("b's key");
+    let b_address = b.address.clone();
+    let Some(cluster) = Cluster::start_with(3, move |c| {
+        c.federation
+            .resolve
+            .insert("b.test".into(), b_address.clone());
+        c.federation.default_rate_per_minute = 60;
+        c.federation.default_burst = 30;
+    })
+    .await
+    else {
+        return;
+    };
+    let nodes = &cluster.nodes;
+    let leader = cluster.leader().await;
+    nodes[leader]
+        .log
+        .append(vec![
+            crate::helpers::event(
+                "cluster.test",
+                "c1",
+                "channel.new",
+                "alice@cluster.test",
+                json!({"name": "General"}),
+            ),
+            crate::helpers::event(
+                "cluster.test",
+                "i1",
+                "channel.invite",
+                "alice@cluster.test",
+                json!({"invitee": "bob@b.test"}),
+            ),
+        ])
+        .await
+        .expect("channel");
+    let join = |i: usize| {
+        json!({"events": [{"event_id": format!("j{i}"), "type": "channel.join",
+            "sender": "bob@b.test", "channel": "general@cluster.test",
+            "ts": 1_700_000_000_000i64, "content": {}}]})
+    };
+    // Two events at a time through every node in turn, as fast as they are answered: on one
+    // node the burst (30) and the rate (1/s) would allow about 30 + t; three nodes with a
+    // quota each would allow three times that.
+    let started = Instant::now();
+    let (mut accepted, mut limited) = (0u64, 0u64);
+    for i in 0..120 {
+        let (status, answer) = send_inbox(&nodes[i % 3], &b_key, "b.test", &join(i)).await;
+        match status {
+            200 => accepted += 1,
+            429 => {
+                assert_eq!(answer["errcode"], "SY_LIMIT_EXCEEDED", "{answer}");
+                limited += 1;
+            }
+            other => panic!("{other}: {answer}"),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let allowed = 30.0 + seconds;
+    eprintln!(
+        "accepted {accepted}, limited {limited} in {seconds:.2} s; the cluster allows {allowed:.1}"
+    );
+    assert!(
+        (accepted as f64) <= allowed * 1.1 + 1.0,
+        "the quota leaked across nodes: {accepted} accepted, {allowed:.1} allowed"
+    );
+    assert!(
+        accepted as f64 >= allowed * 0.9 - 1.0,
+        "the quota starved: {accepted} of {allowed:.1}"
+    );
+    // An operator raises the quota through one node; every node applies it.
+    let mut res = awc::Client::default()
+        .put(format!(
+            "{}/admin/v1/origins/b.test",
+            nodes[(leader + 1) % 3].address
+        ))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send_json(&json!({"rate_per_minute": 60000, "burst": 1000, "blocked": false}))
+        .await
+        .expect("put");
+    assert_eq!(res.status(), 200, "{:?}", res.body().await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (i, node) in nodes.iter().enumerate() {
+        let (status, answer) = send_inbox(node, &b_key, "b.test", &join(1000 + i)).await;
+        assert_eq!(
+            status, 200,
+            "node {i} did not apply the new policy: {answer}"
+        );
+    }
 }
