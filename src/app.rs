@@ -104,7 +104,7 @@ pub struct Application {
     identity: Arc<Identity>,
     transparency: Arc<Transparency>,
     renew_certs: actix_web::rt::task::JoinHandle<()>,
-    cluster: Option<Arc<crate::cluster::Node>>,
+    cluster: Option<crate::cluster::node::NodeGuard>,
 }
 
 /// What a session's end does beyond the log: its cursor goes, and its sockets close with
@@ -210,6 +210,7 @@ impl Application {
                 (log, Some(node))
             }
         };
+        let cluster_node = cluster.as_ref().map(|guard| guard.0.clone());
         // Issued and renewed by the writer; every node follows them in the log.
         let (certs, renew_certs) = ServerCerts::start(
             &store,
@@ -267,10 +268,9 @@ impl Application {
         let per_session = u32::try_from(config.gateway.max_sockets_per_user).unwrap_or(u32::MAX);
         // A cluster's tickets are redeemed on whichever node the upgrade reaches.
         let tickets = match node {
-            None => crate::gateway::tickets::Tickets::new(
-                config.gateway.ticket_lifetime,
-                per_session,
-            ),
+            None => {
+                crate::gateway::tickets::Tickets::new(config.gateway.ticket_lifetime, per_session)
+            }
             Some(_) => crate::gateway::tickets::Tickets::in_cluster(
                 config.gateway.ticket_lifetime,
                 per_session,
@@ -349,7 +349,7 @@ impl Application {
             identity: identity.clone(),
             transparency: transparency.clone(),
             witness,
-            cluster: cluster.clone(),
+            cluster: cluster_node,
         });
         let federation = config.federation.clone();
         let clustered = cluster.is_some();
@@ -410,7 +410,7 @@ impl Application {
 
     /// This node of a cluster (`None` on one node).
     pub fn cluster(&self) -> Option<&Arc<crate::cluster::Node>> {
-        self.cluster.as_ref()
+        self.cluster.as_ref().map(|guard| &guard.0)
     }
 
     pub fn event_log(&self) -> &EventLogHandle {
@@ -459,9 +459,9 @@ impl Application {
         self.delivery.stop().await;
         self.log.drain().await;
         tracing::info!("event log drained");
-        if let Some(node) = &self.cluster {
+        if let Some(guard) = &self.cluster {
             // Hands the lead over now rather than after a lease.
-            node.leave().await;
+            guard.0.leave().await;
         }
         self.cursors.flush(&self.log, true).await;
         drop(self.log);

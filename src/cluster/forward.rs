@@ -84,10 +84,18 @@ impl From<AppendOutcome> for WireOutcome {
 
 /// The follower's side: serialise, send to the leader, wait to have applied the commit.
 pub struct Forwarding {
-    node: Arc<Node>,
+    /// Weak: the node holds the log, which holds this.
+    node: std::sync::Weak<Node>,
     token: String,
-    /// The thread the HTTP client lives on (awc clients belong to one thread).
-    arbiter: actix::ArbiterHandle,
+    /// The thread the HTTP client lives on (awc clients belong to one thread); stopped when
+    /// the log that holds this forwarder goes.
+    arbiter: actix::Arbiter,
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.arbiter.stop();
+    }
 }
 
 thread_local! {
@@ -104,14 +112,15 @@ enum Answer {
 }
 
 impl Forwarding {
-    pub(super) fn start(node: Arc<Node>) -> Forwarding {
-        let arbiter = actix::Arbiter::new();
-        let handle = arbiter.handle();
-        drop(arbiter);
+    pub(super) fn start(node: std::sync::Weak<Node>) -> Forwarding {
+        let token = node
+            .upgrade()
+            .map(|n| n.internal_token.clone())
+            .unwrap_or_default();
         Forwarding {
-            token: node.internal_token.clone(),
+            token,
             node,
-            arbiter: handle,
+            arbiter: actix::Arbiter::new(),
         }
     }
 
@@ -179,6 +188,17 @@ impl Forwarding {
         &self,
         events: Vec<PreparedEvent>,
     ) -> Result<Vec<AppendOutcome>, AppendError> {
+        let Some(node) = self.node.upgrade() else {
+            return Err(AppendError::Stopped);
+        };
+        self.forward_through(&node, events).await
+    }
+
+    async fn forward_through(
+        &self,
+        node: &Node,
+        events: Vec<PreparedEvent>,
+    ) -> Result<Vec<AppendOutcome>, AppendError> {
         let started = Instant::now();
         let request = AppendRequest {
             events: events
@@ -199,22 +219,22 @@ impl Forwarding {
                 "cannot encode the append: {e}"
             ))))
         })?);
-        let mut leader = self.node.leader().await;
+        let mut leader = node.leader().await;
         let mut last_problem = String::from("no node leads");
         loop {
-            if self.node.role().writes() {
+            if node.role().writes() {
                 // This node won an election meanwhile.
-                return self.node.log().append_here(events).await;
+                return node.log().append_here(events).await;
             }
             let answer = match &leader {
-                Some(seen) if seen.node_id != self.node.identity.node_id => {
+                Some(seen) if seen.node_id != node.identity.node_id => {
                     self.send(seen.advertise_url.clone(), body.clone()).await
                 }
                 _ => Answer::Retry(last_problem.clone()),
             };
             match answer {
                 Answer::Committed(outcomes) => {
-                    let metrics = &self.node.metrics;
+                    let metrics = &node.metrics;
                     metrics.forwarded.with_label_values(&["ok"]).inc();
                     metrics
                         .forward_seconds
@@ -227,7 +247,7 @@ impl Forwarding {
                         })
                         .collect();
                     if let Some(last) = outcomes.iter().map(|o| o.seq()).max() {
-                        if !self.node.applied(last, APPLY_WAIT).await {
+                        if !node.applied(last, APPLY_WAIT).await {
                             tracing::debug!(
                                 seq = last,
                                 "answering a forwarded append before applying it here"
@@ -237,11 +257,7 @@ impl Forwarding {
                     return Ok(outcomes);
                 }
                 Answer::Refused(problem) => {
-                    self.node
-                        .metrics
-                        .forwarded
-                        .with_label_values(&["refused"])
-                        .inc();
+                    node.metrics.forwarded.with_label_values(&["refused"]).inc();
                     tracing::error!(%problem, "the leader refused a forwarded append");
                     return Err(AppendError::Storage(Arc::new(StoreError::NoLeader(
                         problem,
@@ -249,8 +265,7 @@ impl Forwarding {
                 }
                 Answer::Retry(problem) => {
                     if started.elapsed() >= ELECTION_WAIT {
-                        self.node
-                            .metrics
+                        node.metrics
                             .forwarded
                             .with_label_values(&["unavailable"])
                             .inc();
@@ -260,7 +275,7 @@ impl Forwarding {
                     }
                     last_problem = problem;
                     tokio::time::sleep(RETRY_PAUSE).await;
-                    leader = self.node.refresh_leader().await;
+                    leader = node.refresh_leader().await;
                 }
             }
         }

@@ -75,6 +75,8 @@ pub struct Node {
     last_hash: std::sync::Mutex<Option<(u64, ChainHash)>>,
     /// Set by a graceful stop: the loop stands for nothing any more.
     stopping: std::sync::atomic::AtomicBool,
+    /// Tells the listener to end.
+    halt: Notify,
 }
 
 impl Node {
@@ -88,7 +90,7 @@ impl Node {
         log: EventLogHandle,
         fence: Arc<Fence>,
         app_metrics: Arc<Metrics>,
-    ) -> Result<Arc<Node>, prometheus::Error> {
+    ) -> Result<NodeGuard, prometheus::Error> {
         let metrics = ClusterMetrics::register(app_metrics.registry())?;
         let head = log.committed_head();
         metrics.applied_seq.set(head as i64);
@@ -107,15 +109,28 @@ impl Node {
             leader: RwLock::new(None),
             last_hash: std::sync::Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            halt: Notify::new(),
         });
-        log.set_forwarder(Arc::new(super::forward::Forwarding::start(node.clone())));
+        log.set_forwarder(Arc::new(super::forward::Forwarding::start(Arc::downgrade(
+            &node,
+        ))));
         let arbiter = actix::Arbiter::new();
-        arbiter.spawn(node.clone().listen());
-        arbiter.spawn(node.clone().run());
-        // The thread lives as long as the process (dropping an Arbiter keeps it).
-        drop(arbiter);
+        arbiter.spawn({
+            let node = node.clone();
+            async move {
+                let listener = actix_rt::spawn(node.clone().listen());
+                node.run().await;
+                // Stopped: the listener ends inside the runtime (its connection goes back to
+                // the pool through a task), then the thread ends, and with it the hold of
+                // both on the node (its pools and its clone of the log).
+                node.halt.notify_one();
+                let _ = listener.await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                actix::Arbiter::current().stop();
+            }
+        });
         tracing::info!(node_id = %node.identity.node_id, advertise_url = %node.identity.advertise_url, "cluster node started as a follower");
-        Ok(node)
+        Ok(NodeGuard(node))
     }
 
     pub fn log(&self) -> &EventLogHandle {
@@ -176,6 +191,9 @@ impl Node {
         use sea_orm::sqlx::postgres::PgListener;
         let pool = self.store.pg_pool();
         loop {
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             let mut listener = match PgListener::connect_with(&pool).await {
                 Ok(listener) => listener,
                 Err(error) => {
@@ -190,7 +208,11 @@ impl Node {
                 continue;
             }
             loop {
-                match listener.recv().await {
+                let received = tokio::select! {
+                    received = listener.recv() => received,
+                    _ = self.halt.notified() => return,
+                };
+                match received {
                     Ok(note) => {
                         if let Some(last) = note
                             .payload()
@@ -211,8 +233,16 @@ impl Node {
         }
     }
 
+    /// Stops the loop and the listener (the application is gone: its last owner dropped the
+    /// node's guard). A leader's lock goes with its connection.
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.kick.notify_one();
+        self.fence.lost_signal.notify_one();
+    }
+
     /// The loop: follow and stand for election, or lead and renew.
-    async fn run(self: Arc<Node>) {
+    async fn run(self: &Arc<Node>) {
         let lease_ttl = self.identity.lease_ttl;
         let renew_every = lease_ttl / 3;
         let mut next_stand = Instant::now();
@@ -470,13 +500,22 @@ impl Node {
     /// A graceful stop: the lead is released at once (another node takes it within about a
     /// second instead of a lease), and the node is marked stopped.
     pub async fn leave(&self) {
-        self.stopping.store(true, Ordering::Release);
-        self.kick.notify_one();
+        self.stop();
         if self.role().writes() {
             self.step_down("this node is stopping").await;
         }
         if let Err(error) = db::leave(&self.store, &self.identity.node_id).await {
             tracing::warn!(%error, "cannot mark this node stopped");
         }
+    }
+}
+
+/// Owns a node's loop: dropping it (the application is gone) stops the loop, so the node's
+/// database connections close with the application that used them.
+pub struct NodeGuard(pub Arc<Node>);
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
