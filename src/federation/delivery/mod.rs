@@ -23,6 +23,30 @@
 //! the messages after it. A destination catching up after a long outage is still routed with
 //! the members of now, not of each event's time. 401 is retried rather than dead-lettered:
 //! it concerns the request's authentication (our key unreachable, clocks apart), not an event.
+//!
+//! ## Several nodes (DESIGN §7)
+//!
+//! Every node's router sees every committed batch, so every node knows every destination; a
+//! lease decides which one delivers it. The leases are rows of `delivery_leases`, judged on
+//! PostgreSQL's clock (`store::leases`); a node runs Destination actors only for the leases it
+//! holds, and each actor's cursor and dead-letter writes are refused once its lease is not
+//! valid (one statement: write where a valid lease exists).
+//!
+//! ```text
+//!  router: a destination new to this node ─▶ cursor stored if it has none ─▶ known ─▶ nudge
+//!  lease task, every lease_ttl / 3 (and when nudged):
+//!    1. a free lease row for each known destination without one (ON CONFLICT DO NOTHING)
+//!    2. renew the held ones while still valid ─ any not renewed is lost: its actor stops
+//!    3. fair share = ceil(destinations / live nodes)
+//!       held < share: claim free or expired leases (FOR UPDATE SKIP LOCKED) ─ each taken
+//!                     lease starts its actor from the stored cursor, catching up from the log
+//!       held > share: release the excess (free at once) for a newer node to take
+//!  Delivery::stop releases every held lease, so another node takes over without waiting.
+//! ```
+//! A dead node renews nothing: its leases lapse after `lease_ttl` and the survivors, whose
+//! share grows as the dead node stops counting as live, claim them at their next tick. At
+//! least once holds across a takeover: the new holder starts from the stored cursor, which
+//! only ever names events the writing holder had delivered, so it may resend some, never skip.
 
 pub mod routing;
 
@@ -39,6 +63,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::Notify;
 
 use crate::clock::now_ms;
+use crate::cluster::NodeIdentity;
 use crate::config::FederationConfig;
 use crate::core::event::LogEntry;
 use crate::core::projection;
@@ -92,6 +117,24 @@ pub struct Wake;
 #[rtype(result = "()")]
 pub struct Stop;
 
+/// This node's hold on one destination's lease (cluster nodes only): what the actor's writes
+/// are fenced by, and how the lease task tells a running worker the lease is gone.
+#[derive(Debug)]
+struct Lease {
+    node_id: String,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    fn lose(&self) {
+        self.lost.store(true, Ordering::Release);
+    }
+}
+
 /// The actor of one remote server we deliver to.
 pub struct Destination {
     name: String,
@@ -113,6 +156,8 @@ struct Worker {
     federation: FederationConfig,
     progress: Arc<Progress>,
     wake: Arc<Notify>,
+    /// On a cluster node, the lease this worker delivers under; `None` on one node.
+    lease: Option<Arc<Lease>>,
 }
 
 impl Actor for Destination {
@@ -121,7 +166,10 @@ impl Actor for Destination {
     fn started(&mut self, ctx: &mut Self::Context) {
         tracing::info!(destination = %self.name, "delivery started");
         if let Some(worker) = self.worker.take() {
-            ctx.spawn(actix::fut::wrap_future(worker.run()));
+            // The worker returns only when its lease is lost (never on one node).
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(worker.run()).map(|(), _, ctx| ctx.stop()),
+            );
         }
     }
 }
@@ -164,6 +212,9 @@ impl Worker {
         let client = OutboundClient::new(self.resolver.clone(), &self.federation);
         let mut backoff = self.federation.delivery_backoff_base;
         loop {
+            if self.lease_lost() {
+                return;
+            }
             let cursor = self.progress.cursor.load(Ordering::Acquire);
             let entries = match self.store.read_after(cursor, READ_CHUNK).await {
                 Ok(entries) => entries,
@@ -191,15 +242,28 @@ impl Worker {
             for batch in mine.chunks(BATCH) {
                 self.progress.set_state(DeliveryState::Sending, None);
                 self.deliver(&client, batch, &mut backoff).await;
-                self.advance(batch[batch.len() - 1].seq).await;
+                if !self.advance(batch[batch.len() - 1].seq).await {
+                    return;
+                }
             }
-            self.advance(last_seq).await;
+            if !self.advance(last_seq).await {
+                return;
+            }
         }
+    }
+
+    /// Whether this worker's lease is gone (never on one node): it must stop sending.
+    fn lease_lost(&self) -> bool {
+        self.lease.as_ref().is_some_and(|lease| lease.is_lost())
     }
 
     /// Delivers `batch` until every event is accepted, a duplicate or dead-lettered.
     async fn deliver(&self, client: &OutboundClient, batch: &[&LogEntry], backoff: &mut Duration) {
         loop {
+            if self.lease_lost() {
+                // Another node delivers this destination now, from the stored cursor.
+                return;
+            }
             match self.send(client, batch).await {
                 Sent::Answered(results) => {
                     *backoff = self.federation.delivery_backoff_base;
@@ -339,26 +403,85 @@ impl Worker {
     }
 
     async fn dead_letter(&self, entry: &LogEntry, errcode: &str, error: &str) {
+        let recorded = match &self.lease {
+            None => {
+                self.store
+                    .add_dead_letter(&self.name, entry.seq, &entry.event_id, errcode, error)
+                    .await
+            }
+            Some(lease) => match self
+                .store
+                .add_dead_letter_leased(
+                    &self.name,
+                    entry.seq,
+                    &entry.event_id,
+                    errcode,
+                    error,
+                    &lease.node_id,
+                )
+                .await
+            {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    // The new holder sends this event again and records its own verdict.
+                    self.refused(lease, "dead letter");
+                    return;
+                }
+                Err(e) => Err(e),
+            },
+        };
         tracing::warn!(destination = %self.name, seq = entry.seq, %errcode, %error, "event dead-lettered");
         self.progress.dead_lettered.fetch_add(1, Ordering::Relaxed);
         self.progress.dead_lettered_metric.inc();
-        if let Err(e) = self
-            .store
-            .add_dead_letter(&self.name, entry.seq, &entry.event_id, errcode, error)
-            .await
-        {
+        if let Err(e) = recorded {
             tracing::error!(destination = %self.name, error = %e, "cannot record a dead letter");
         }
     }
 
-    async fn advance(&self, seq: u64) {
+    /// Moves the cursor to `seq`. Answers `false` when the write was refused because this
+    /// node's lease is gone (a cluster node): the worker must stop.
+    async fn advance(&self, seq: u64) -> bool {
+        if self.lease_lost() {
+            // `deliver` gave up on the batch when the lease went: the cursor must not pass it.
+            return false;
+        }
         if self.progress.cursor.load(Ordering::Acquire) >= seq {
-            return;
+            return true;
         }
         self.progress.cursor.store(seq, Ordering::Release);
-        if let Err(error) = self.store.set_delivery_cursor(&self.name, seq).await {
+        let written = match &self.lease {
+            None => self.store.set_delivery_cursor(&self.name, seq).await,
+            Some(lease) => {
+                match self
+                    .store
+                    .set_delivery_cursor_leased(&self.name, seq, &lease.node_id)
+                    .await
+                {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        self.refused(lease, "cursor");
+                        return false;
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        if let Err(error) = written {
             tracing::error!(destination = %self.name, %error, "cannot persist the delivery cursor");
         }
+        true
+    }
+
+    /// A write refused for want of a valid lease: the lease is gone (expired, or taken by
+    /// another node), and this worker stops; the lease task reports the loss.
+    fn refused(&self, lease: &Lease, what: &str) {
+        tracing::info!(
+            destination = %self.name,
+            node = %lease.node_id,
+            what,
+            "delivery write refused: this node's lease is no longer valid; stopping"
+        );
+        lease.lose();
     }
 }
 
@@ -379,6 +502,21 @@ pub struct DestinationView {
 struct Running {
     addr: Addr<Destination>,
     progress: Arc<Progress>,
+    /// The lease it runs under (cluster nodes only).
+    lease: Option<Arc<Lease>>,
+}
+
+/// What a cluster node keeps for its delivery leases.
+struct Leasing {
+    node: NodeIdentity,
+    /// Every destination this node has heard of (cursors, members, routed entries).
+    known: Mutex<std::collections::HashSet<String>>,
+    /// Known destinations whose lease row this node has not added yet.
+    unregistered: Mutex<Vec<String>>,
+    /// Wakes the lease task before its next tick (a destination new to this node).
+    nudge: Notify,
+    /// The lease task, awaited by a graceful stop before it releases the leases.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// Every destination, and the router that feeds them.
@@ -393,11 +531,15 @@ pub struct Delivery {
     running: Mutex<HashMap<String, Running>>,
     stopped: std::sync::atomic::AtomicBool,
     metrics: Arc<crate::telemetry::Metrics>,
+    /// On a cluster node, its leases; `None` on one node, which delivers everything.
+    leasing: Option<Leasing>,
 }
 
 impl Delivery {
     /// Loads who is where and the cursors, starts a destination for each server that has
-    /// members or a cursor, and the router on the log's committed batches.
+    /// members or a cursor, and the router on the log's committed batches. A cluster node
+    /// (`node`) starts none itself: its lease task starts those whose lease it takes.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         us: &str,
         federation: &FederationConfig,
@@ -406,6 +548,7 @@ impl Delivery {
         keys: Arc<KeyRing>,
         resolver: Arc<Resolver>,
         metrics: Arc<crate::telemetry::Metrics>,
+        node: Option<NodeIdentity>,
     ) -> Result<Arc<Delivery>, StoreError> {
         let committed = log.subscribe();
         let members = MemberServers::new(store.members_of_channels_at(us).await?, us);
@@ -423,27 +566,72 @@ impl Delivery {
             running: Mutex::new(HashMap::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             metrics,
+            leasing: node.map(|node| Leasing {
+                node,
+                known: Mutex::new(Default::default()),
+                unregistered: Mutex::new(Vec::new()),
+                nudge: Notify::new(),
+                task: Mutex::new(None),
+            }),
         });
-        for row in cursors {
-            delivery.ensure(&row.destination, u64::try_from(row.cursor_seq).unwrap_or(0));
-        }
         let servers = delivery
             .members
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .all_servers();
-        for server in servers {
-            // A server with members and no cursor: a crash came between its first routed
-            // event and the cursor write; it gets everything of its channels again.
-            delivery.ensure(&server, 0);
+        match &delivery.leasing {
+            None => {
+                for row in cursors {
+                    delivery.ensure(&row.destination, u64::try_from(row.cursor_seq).unwrap_or(0));
+                }
+                for server in servers {
+                    // A server with members and no cursor: a crash came between its first
+                    // routed event and the cursor write; it gets everything of its channels
+                    // again.
+                    delivery.ensure(&server, 0);
+                }
+            }
+            Some(leasing) => {
+                // Known, not started: whoever takes a lease starts from its stored cursor (a
+                // server with members and no cursor from 0, as on one node).
+                let mut known = leasing.known.lock().unwrap_or_else(|e| e.into_inner());
+                let mut unregistered = leasing
+                    .unregistered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for name in cursors
+                    .into_iter()
+                    .map(|row| row.destination)
+                    .chain(servers)
+                {
+                    if known.insert(name.clone()) {
+                        unregistered.push(name);
+                    }
+                }
+            }
         }
         actix_web::rt::spawn(delivery.clone().route(committed));
+        if let Some(leasing) = &delivery.leasing {
+            let task = actix_web::rt::spawn(delivery.clone().hold_leases());
+            *leasing.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        }
         Ok(delivery)
     }
 
     /// The destination `name`, started with `cursor` if it is not running. Answers whether
     /// it was started now.
     fn ensure(&self, name: &str, cursor: u64) -> (Addr<Destination>, bool) {
+        self.start_destination(name, cursor, None)
+    }
+
+    /// [`Delivery::ensure`], with the lease the destination is delivered under on a cluster
+    /// node.
+    fn start_destination(
+        &self,
+        name: &str,
+        cursor: u64,
+        lease: Option<Arc<Lease>>,
+    ) -> (Addr<Destination>, bool) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         if self.stopped.load(Ordering::Acquire) {
             // Shutting down: an actor that stops at once.
@@ -488,6 +676,7 @@ impl Delivery {
                 federation: self.federation.clone(),
                 progress: progress.clone(),
                 wake,
+                lease: lease.clone(),
             }),
         }
         .start();
@@ -496,6 +685,7 @@ impl Delivery {
             Running {
                 addr: addr.clone(),
                 progress,
+                lease,
             },
         );
         (addr, true)
@@ -525,7 +715,12 @@ impl Delivery {
                         *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
                         for server in servers {
                             // New to us in the skipped window: from the reload on.
-                            self.ensure(&server, head);
+                            match &self.leasing {
+                                None => {
+                                    self.ensure(&server, head);
+                                }
+                                Some(leasing) => self.note(leasing, &server, head).await,
+                            }
                         }
                         self.routed.fetch_max(head, Ordering::AcqRel);
                     }
@@ -542,6 +737,15 @@ impl Delivery {
                 };
                 self.track_membership(entry);
                 for server in routed {
+                    if let Some(leasing) = &self.leasing {
+                        // Started by whichever node holds its lease; woken below if it is us.
+                        self.note(leasing, &server, entry.seq.saturating_sub(1))
+                            .await;
+                        if !woken.contains(&server) {
+                            woken.push(server);
+                        }
+                        continue;
+                    }
                     let (_, started) = self.ensure(&server, entry.seq.saturating_sub(1));
                     if started {
                         if let Err(error) = self
@@ -591,8 +795,10 @@ impl Delivery {
             .apply(&ours, &self.us);
     }
 
-    /// Stops every destination and the router (shutdown).
-    pub fn stop(&self) {
+    /// Stops every destination and the router (shutdown). A cluster node then releases the
+    /// leases it held, so other nodes take them over at their next tick instead of waiting
+    /// for them to expire.
+    pub async fn stop(&self) {
         self.stopped.store(true, Ordering::Release);
         for r in self
             .running
@@ -602,6 +808,289 @@ impl Delivery {
         {
             let _ = r.addr.try_send(Stop);
         }
+        let Some(leasing) = &self.leasing else {
+            return;
+        };
+        // The lease task ends after its current tick: a claim in flight is released below.
+        leasing.nudge.notify_one();
+        let task = leasing
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        let held: Vec<String> = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            for r in running.values() {
+                if let Some(lease) = &r.lease {
+                    lease.lose();
+                }
+            }
+            running.drain().map(|(name, _)| name).collect()
+        };
+        match self
+            .store
+            .release_delivery_leases(&leasing.node.node_id, None)
+            .await
+        {
+            Ok(released) => tracing::info!(
+                node = %leasing.node.node_id,
+                released,
+                destinations = ?held,
+                "delivery leases released"
+            ),
+            Err(error) => tracing::warn!(
+                node = %leasing.node.node_id,
+                %error,
+                "cannot release the delivery leases; other nodes take them when they expire"
+            ),
+        }
+        self.metrics.delivery_leases_held.set(0);
+    }
+
+    /// Stops delivering as a crash would: the actors and the lease task end, nothing is
+    /// released or written, and the held leases expire after `lease_ttl` for other nodes
+    /// to take (what the takeover tests simulate a dead node with).
+    pub fn halt(&self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(leasing) = &self.leasing {
+            if let Some(task) = leasing
+                .task
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                task.abort();
+            }
+        }
+        for (_, r) in self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            if let Some(lease) = &r.lease {
+                lease.lose();
+            }
+            r.addr.do_send(Stop);
+        }
+    }
+
+    /// The delivery leases this node holds: the destinations it delivers (0 on one node,
+    /// which needs no leases).
+    pub fn leases_held(&self) -> usize {
+        match self.leasing {
+            None => 0,
+            Some(_) => self.running.lock().unwrap_or_else(|e| e.into_inner()).len(),
+        }
+    }
+
+    /// The destinations this node delivers now, sorted.
+    fn held(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A destination the router meets on a cluster node: new to this node, its cursor is
+    /// stored first if it has none (the `seq` before its first routed entry, the same on every
+    /// node), then its lease row is due, so whoever takes the lease finds where to start.
+    async fn note(&self, leasing: &Leasing, server: &str, cursor: u64) {
+        if leasing
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(server)
+        {
+            return;
+        }
+        if let Err(error) = self.store.init_delivery_cursor(server, cursor).await {
+            // Its lease holder starts from 0 then: more resent, nothing lost.
+            tracing::error!(destination = %server, %error, "cannot store a new delivery cursor");
+        }
+        leasing
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.to_owned());
+        leasing
+            .unregistered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(server.to_owned());
+        leasing.nudge.notify_one();
+    }
+
+    /// The lease task of a cluster node: a tick every `lease_ttl / 3`, and one when the
+    /// router meets a new destination, until the node stops.
+    async fn hold_leases(self: Arc<Self>) {
+        let Some(leasing) = &self.leasing else {
+            return;
+        };
+        let mut ticks = tokio::time::interval(leasing.node.lease_ttl / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the last renewal was sent: every lease held then is valid until at least this
+        // plus `lease_ttl` on the database's clock (it set `until_ms` after it was sent).
+        let mut renewed_at = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                _ = leasing.nudge.notified() => {}
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                break;
+            }
+            self.lease_tick(leasing, &mut renewed_at).await;
+            self.metrics
+                .delivery_leases_held
+                .set(i64::try_from(self.leases_held()).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// One round of the lease task: register, renew, then claim up to the fair share or
+    /// release what is above it.
+    async fn lease_tick(&self, leasing: &Leasing, renewed_at: &mut tokio::time::Instant) {
+        let node = leasing.node.node_id.as_str();
+        let ttl = leasing.node.lease_ttl;
+        let new = std::mem::take(
+            &mut *leasing
+                .unregistered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if let Err(error) = self.store.register_delivery_leases(&new).await {
+            tracing::warn!(node, %error, "cannot add delivery lease rows; will retry");
+            leasing
+                .unregistered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(new);
+        }
+        let held = self.held();
+        let sent = tokio::time::Instant::now();
+        match self.store.renew_delivery_leases(node, ttl, &held).await {
+            Ok(kept) => {
+                *renewed_at = sent;
+                let kept: std::collections::HashSet<String> = kept.into_iter().collect();
+                for name in held.iter().filter(|name| !kept.contains(*name)) {
+                    self.drop_lease(leasing, name, "lost");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(node, %error, "cannot renew the delivery leases; will retry");
+                if tokio::time::Instant::now() >= *renewed_at + ttl {
+                    // They may have expired on the database's clock: another node may be
+                    // delivering them already (this node's writes would be refused anyway).
+                    for name in &held {
+                        self.drop_lease(leasing, name, "lost");
+                    }
+                }
+                return;
+            }
+        }
+        // Live means seen within one lease_ttl (nodes refresh every third of it): a dead
+        // node stops counting by the time its leases lapse, so the survivors' shares grow in
+        // time to take them over within 2 × lease_ttl. (Counting it for 2 × lease_ttl would
+        // leave its leases unclaimed that long, every survivor being at its share.)
+        let census = match self.store.delivery_lease_census(node, ttl).await {
+            Ok(census) => census,
+            Err(error) => {
+                tracing::warn!(node, %error, "cannot count the nodes and destinations; will retry");
+                return;
+            }
+        };
+        let share = census.fair_share();
+        let held = self.leases_held();
+        if held < share {
+            match self
+                .store
+                .claim_delivery_leases(node, ttl, share - held)
+                .await
+            {
+                Ok(taken) => self.take_leases(leasing, taken).await,
+                Err(error) => {
+                    tracing::warn!(node, %error, "cannot claim delivery leases; will retry")
+                }
+            }
+        } else if held > share {
+            // Above the share only when it shrank (a node joined): what is freed here goes to
+            // the nodes under theirs. With ceil shares every lease fits under them, so nothing
+            // flaps once the nodes agree on the census.
+            let excess = self.held().split_off(share);
+            for name in &excess {
+                self.drop_lease(leasing, name, "released");
+            }
+            if let Err(error) = self
+                .store
+                .release_delivery_leases(node, Some(&excess))
+                .await
+            {
+                tracing::warn!(node, %error, "cannot release delivery leases; they expire instead");
+            }
+        }
+    }
+
+    /// Starts delivering the destinations whose leases this node just took, each from its
+    /// stored cursor as it is now (the previous holder can no longer move it).
+    async fn take_leases(&self, leasing: &Leasing, taken: Vec<String>) {
+        let node = leasing.node.node_id.as_str();
+        let cursors = match self.store.delivery_cursors_of(&taken).await {
+            Ok(cursors) => cursors,
+            Err(error) => {
+                tracing::warn!(node, %error, "cannot read the cursors of leased destinations; releasing them");
+                if let Err(error) = self.store.release_delivery_leases(node, Some(&taken)).await {
+                    tracing::warn!(node, %error, "cannot release delivery leases; they expire instead");
+                }
+                return;
+            }
+        };
+        for name in taken {
+            // No cursor: a destination with members whose first cursor write never came (as
+            // on one node, it gets everything of its channels).
+            let cursor = cursors.get(&name).copied().unwrap_or(0);
+            let lease = Arc::new(Lease {
+                node_id: node.to_owned(),
+                lost: std::sync::atomic::AtomicBool::new(false),
+            });
+            let (_, started) = self.start_destination(&name, cursor, Some(lease));
+            if started {
+                tracing::info!(destination = %name, node, cursor, "delivery lease taken");
+                self.metrics
+                    .delivery_lease_changes
+                    .with_label_values(&["taken"])
+                    .inc();
+            }
+        }
+    }
+
+    /// Stops delivering `name`: its lease was lost or is being released.
+    fn drop_lease(&self, leasing: &Leasing, name: &str, change: &'static str) {
+        let removed = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let Some(r) = removed else {
+            return;
+        };
+        if let Some(lease) = &r.lease {
+            lease.lose();
+        }
+        // `do_send`: a mailbox full of Wakes must not keep this Stop out.
+        r.addr.do_send(Stop);
+        tracing::info!(destination = %name, node = %leasing.node.node_id, change, "delivery lease {change}");
+        self.metrics
+            .delivery_lease_changes
+            .with_label_values(&[change])
+            .inc();
     }
 
     fn wake_all(&self) {
