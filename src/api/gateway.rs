@@ -33,6 +33,14 @@ pub async fn ws_ticket(
             &session.session_id,
             u64::try_from(session.created_seq).unwrap_or(0),
         )
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "the ticket could not be stored; retry shortly",
+            )
+            .with_cause(error)
+        })?
         .ok_or_else(|| {
             ApiError::new(
                 ErrorKind::LimitExceeded,
@@ -83,16 +91,28 @@ pub async fn ws(
     let stream = stream.max_frame_size(MAX_CLIENT_FRAME);
     let start = match query.as_ref().map(|q| (q.ticket.as_deref(), q.resume)) {
         Some((None, None)) => Some(Start::AwaitIdentify),
-        // The grant holds all the handshake needs: no database read. A ticket of a session
-        // that ended meanwhile is refused by the ticket store.
-        Some((Some(ticket), resume)) => state.tickets.redeem(ticket).map(|grant| Start::Ticket {
-            identity: Identity {
-                fid: grant.fid,
-                session_id: grant.session_id,
-                created_seq: grant.created_seq,
-            },
-            resume,
-        }),
+        // The grant holds all the handshake needs: no other database read. A ticket of a
+        // session that ended meanwhile is refused by the ticket store. A cluster's ticket
+        // table that cannot be reached is a 503 instead of the upgrade.
+        Some((Some(ticket), resume)) => match state.tickets.redeem(ticket).await {
+            Ok(grant) => grant.map(|grant| Start::Ticket {
+                identity: Identity {
+                    fid: grant.fid,
+                    session_id: grant.session_id,
+                    created_seq: grant.created_seq,
+                },
+                resume,
+            }),
+            Err(error) => {
+                return Err(ApiError::new(
+                    ErrorKind::Unavailable,
+                    "the ticket cannot be checked now; retry shortly",
+                )
+                .with_cause(error)
+                .retry_after(1)
+                .into())
+            }
+        },
         _ => None,
     };
     match start {

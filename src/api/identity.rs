@@ -50,6 +50,11 @@ impl From<IdentityError> for ApiError {
                 return ApiError::new(ErrorKind::Unavailable, error.to_string())
                     .retry_after(seconds);
             }
+            IdentityError::Overloaded { retry_after, .. } => {
+                let seconds = *retry_after;
+                return ApiError::new(ErrorKind::Overloaded, error.to_string())
+                    .retry_after(seconds);
+            }
             IdentityError::Append(_) => {
                 return ApiError::new(
                     ErrorKind::Unavailable,
@@ -321,7 +326,11 @@ pub async fn challenge(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let challenge = state.identity.challenges.issue(super::peer_ip(&req))?;
+    let challenge = state
+        .identity
+        .challenges
+        .issue(super::peer_ip(&req))
+        .await?;
     Ok(HttpResponse::Ok().json(json!({
         "challenge": challenge.challenge,
         "expires": challenge.expires,

@@ -76,6 +76,10 @@ pub enum IdentityError {
     /// 503 `SY_UNAVAILABLE` with `Retry-After`: a home server we need cannot be reached.
     #[error("{message}")]
     HomeUnavailable { message: String, retry_after: u64 },
+    /// 503 `SY_OVERLOADED` with `Retry-After`: this server holds as many of something as it
+    /// allows (a cluster's outstanding challenges).
+    #[error("{message}")]
+    Overloaded { message: String, retry_after: u64 },
     /// 503: the log could not commit.
     #[error("the event log could not commit; retry")]
     Append(#[source] AppendError),
@@ -146,7 +150,15 @@ impl Identity {
                 actor_certs.clone(),
                 on_end,
             ),
-            challenges: challenges::Challenges::new(&config.identity, clock.clone()),
+            // A cluster's challenges are redeemed on whichever node the answer reaches.
+            challenges: match config.cluster.enabled {
+                false => challenges::Challenges::new(&config.identity, clock.clone()),
+                true => challenges::Challenges::in_cluster(
+                    &config.identity,
+                    clock.clone(),
+                    store.clone(),
+                ),
+            },
             services: services::Services::new(server_name, store.clone(), log.clone()),
             sensitive: accounts::SensitiveActions::default(),
             actor_certs,

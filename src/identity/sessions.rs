@@ -254,7 +254,7 @@ impl Sessions {
         challenges: &Challenges,
         answer: &ChallengeAnswer,
     ) -> Result<ForeignSession, IdentityError> {
-        challenges.redeem(&answer.challenge)?;
+        challenges.redeem(&answer.challenge).await?;
         let fid = answer.fid.as_str();
         let (_, home) = ids::parse_fid(fid).ok_or_else(|| {
             IdentityError::InvalidParam(format!("{fid:?} is not a federation id (local@server)"))

@@ -14,6 +14,7 @@
 //!  signature (verifier threads, batched) ─ 401 SY_BAD_SIGNATURE (after one key refetch)
 //!     │
 //!  Origin actor: quota, one token per event ─ 429 SY_LIMIT_EXCEEDED + Retry-After
+//!     │          (a cluster's shared bucket unreachable ─ 503 SY_UNAVAILABLE + Retry-After)
 //!     │          ids already committed → "duplicate"
 //!  body JSON, 1..100 events ─ 400 SY_BAD_JSON
 //!     │
@@ -27,6 +28,7 @@
 
 pub mod membership;
 pub mod origin;
+pub mod shared_quota;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -54,6 +56,7 @@ use crate::telemetry::Metrics;
 
 use self::membership::MembershipView;
 use self::origin::{Admit, Committed, Counters, Limited, Origins, Policy, PolicySource};
+use self::shared_quota::SharedBuckets;
 use crate::federation::verifier::{SignatureVerifier, VerifyError};
 use crate::identity::foreign::ForeignEntry;
 use crate::identity::sessions::Sessions;
@@ -65,6 +68,9 @@ pub const INBOX_PATH: &str = "/federation/inbox";
 pub const MAX_EVENTS: usize = 100;
 /// An origin without a policy and without requests for this long is forgotten.
 const ORIGIN_IDLE_MS: u64 = 24 * 3600 * 1000;
+/// A cluster's shared bucket untouched for this long is deleted (it has refilled for any
+/// burst up to 10,080 × its rate per minute; a missing bucket starts full).
+const BUCKET_IDLE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// The four signature headers of a federation request, as sent.
 #[derive(Debug, Clone)]
@@ -176,7 +182,33 @@ pub enum InboxStartError {
     Store(#[from] StoreError),
 }
 
+/// The operator's policies as the `origin_policies` projection holds them, each with the
+/// `seq` that set it.
+async fn admin_policies(store: &Store) -> Result<Vec<(String, Policy, u64)>, StoreError> {
+    Ok(store
+        .origin_policies()
+        .await?
+        .into_iter()
+        .map(|row| {
+            (
+                row.origin,
+                Policy {
+                    rate_per_minute: u32::try_from(row.rate_per_minute).unwrap_or(u32::MAX),
+                    burst: u32::try_from(row.burst).unwrap_or(u32::MAX),
+                    blocked: row.blocked,
+                    source: PolicySource::Admin,
+                },
+                u64::try_from(row.updated_seq).unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
 impl Inbox {
+    /// The inbox of one node. With `node` (a cluster, DESIGN §7) the per-origin quotas take
+    /// from buckets in PostgreSQL shared by every node, and the origin policies follow the
+    /// log, so that one set through any node's admin API applies on all of them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         server_name: &str,
         config: &FederationConfig,
@@ -185,23 +217,16 @@ impl Inbox {
         resolver: Arc<KeyResolver>,
         verifier: SignatureVerifier,
         metrics: Arc<Metrics>,
+        node: Option<&crate::cluster::NodeIdentity>,
     ) -> Result<Arc<Inbox>, InboxStartError> {
-        let admin = store
-            .origin_policies()
-            .await?
-            .into_iter()
-            .map(|row| {
-                (
-                    row.origin,
-                    Policy {
-                        rate_per_minute: u32::try_from(row.rate_per_minute).unwrap_or(u32::MAX),
-                        burst: u32::try_from(row.burst).unwrap_or(u32::MAX),
-                        blocked: row.blocked,
-                        source: PolicySource::Admin,
-                    },
-                )
-            })
-            .collect();
+        // Subscribed before the projection is read: a policy committed in between arrives
+        // twice, and the second application is a no-op (policies carry their seq).
+        let policies = node.map(|_| log.subscribe());
+        let admin = admin_policies(store).await?;
+        let mut origins = Origins::new(config, admin);
+        if node.is_some() {
+            origins = origins.in_cluster(SharedBuckets::new(store.clone(), &metrics));
+        }
         let per_second =
             NonZeroU32::new(config.preverify_rate_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(config.preverify_burst).unwrap_or(NonZeroU32::MIN);
@@ -211,7 +236,7 @@ impl Inbox {
             max_inflight: config.max_inflight_requests,
             inflight: AtomicUsize::new(0),
             preverify: RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst)),
-            origins: Origins::new(config, admin),
+            origins,
             resolver,
             verifier,
             membership: MembershipView::start(store.clone(), &log),
@@ -219,8 +244,10 @@ impl Inbox {
             log,
             metrics,
         });
-        // The pre-verify buckets of quiet (origin, address) pairs are forgotten every minute.
+        // The pre-verify buckets of quiet (origin, address) pairs are forgotten every minute
+        // (and, in a cluster, the shared buckets of origins long quiet).
         let weak = Arc::downgrade(&inbox);
+        let policies_followed = policies.is_some();
         actix_web::rt::spawn(async move {
             let mut tick = actix_web::rt::time::interval(std::time::Duration::from_secs(60));
             loop {
@@ -237,9 +264,55 @@ impl Inbox {
                             .remove_label_values(&[origin.as_str(), result]);
                     }
                 }
+                if policies_followed {
+                    if let Err(error) = inbox.store.forget_idle_origin_buckets(BUCKET_IDLE).await {
+                        tracing::warn!(%error, "cannot delete idle shared quota buckets");
+                    }
+                }
             }
         });
+        if let Some(committed) = policies {
+            Self::follow_policies(Arc::downgrade(&inbox), committed);
+        }
         Ok(inbox)
+    }
+
+    /// A cluster node applies every committed `origin.policy` event, whichever node's admin
+    /// API recorded it. A subscriber that lagged reads the projection again (every policy
+    /// with the seq that set it, so nothing newer is undone).
+    fn follow_policies(
+        inbox: std::sync::Weak<Inbox>,
+        mut committed: tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
+    ) {
+        use tokio::sync::broadcast::error::RecvError;
+        actix_web::rt::spawn(async move {
+            loop {
+                let received = committed.recv().await;
+                let Some(inbox) = inbox.upgrade() else { break };
+                match received {
+                    Ok(batch) => {
+                        inbox.origins.apply_committed(&batch.entries);
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::debug!(
+                            missed,
+                            "origin policies: the log ran ahead; re-reading them"
+                        );
+                        match admin_policies(&inbox.store).await {
+                            Ok(policies) => {
+                                for (name, policy, seq) in policies {
+                                    inbox.origins.apply_policy(&name, policy, seq);
+                                }
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "cannot re-read the origin policies after a lag")
+                            }
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
     }
 
     pub fn server_name(&self) -> &str {
@@ -623,6 +696,11 @@ impl Inbox {
                 ),
             )
             .retry_after(60),
+            Limited::Unavailable => ApiError::new(
+                ErrorKind::Unavailable,
+                format!("the quota of {origin} cannot be checked now; nothing was recorded, retry shortly"),
+            )
+            .retry_after(1),
         })
     }
 
