@@ -16,6 +16,14 @@
 //! `timestamp` reads. Nothing here holds a database connection while it signs: the only
 //! database step of an issuance is its append.
 //!
+//! Every node of a cluster answers from its own index, so the index follows the log
+//! ([`ActorCerts::apply`], fed by `identity::follow`): a certificate issued or invalidated
+//! through another node is answered here as soon as this node reads its event. The node that
+//! issued it applies its own event too; an entry already in the index is kept, so the two
+//! paths agree whichever comes first. Issuance through two nodes at once can break what one
+//! node's session lock guarantees (one valid certificate per session, none for an ended
+//! session); `apply` reports such certificates and the writer invalidates them in the log.
+//!
 //! Cache windows: each answered entry carries `cache_not_valid_before` = now,
 //! `cache_not_valid_after` = now + `identity.cert_cache_ttl` (never past `not_after`) and the
 //! server key's signature over [`cache_message`]. A window is signed once per certificate per
@@ -30,7 +38,7 @@ use serde_json::json;
 use super::checker::cache_message;
 use super::csr::{self, CsrError, CsrRefused};
 use super::idcert::{actor_dn, actor_tbs, fingerprint, random_actor_serial, sign_certificate};
-use crate::core::event::NewEvent;
+use crate::core::event::{LogEntry, NewEvent};
 use crate::federation::signing::ServerKey;
 use crate::identity::server_certs::IssuedCert;
 use crate::store::{AppendError, AppendOutcome, EventLogHandle, Store, StoreError};
@@ -168,6 +176,22 @@ struct Index {
 }
 
 impl Index {
+    fn find(&self, serial: i64) -> Option<&Arc<IssuedActorCert>> {
+        self.by_fid.values().flatten().find(|c| c.serial == serial)
+    }
+
+    /// Inserts `cert` unless the index holds its serial already (what the index holds is at
+    /// least as new: an invalidation read from the log meanwhile stays).
+    fn insert_new(&mut self, cert: Arc<IssuedActorCert>) {
+        let known = self
+            .by_fid
+            .get(&cert.fid)
+            .is_some_and(|certs| certs.iter().any(|c| c.serial == cert.serial));
+        if !known {
+            self.insert(cert);
+        }
+    }
+
     fn insert(&mut self, cert: Arc<IssuedActorCert>) {
         if cert.invalidated_at.is_none() {
             self.by_session
@@ -419,12 +443,10 @@ impl ActorCerts {
                 invalidated_at: None,
                 window: Mutex::new(None),
             });
-            let mut index = self.write();
             if let Some(old) = &previous {
-                index.insert(Arc::new(old.invalidated(now)));
+                self.invalidated(old.serial, now);
             }
-            index.insert(cert.clone());
-            drop(index);
+            self.write().insert_new(cert.clone());
             tracing::info!(%fid, serial, renewed = previous.is_some(), "issued an actor ID-Cert");
             return Ok(cert);
         }
@@ -457,15 +479,100 @@ impl ActorCerts {
     /// Records in memory that `serial` was invalidated at `at` (after its event committed).
     pub fn invalidated(&self, serial: i64, at: i64) {
         let mut index = self.write();
-        let found = index
-            .by_fid
-            .values()
-            .flatten()
-            .find(|c| c.serial == serial)
-            .cloned();
+        let found = index.find(serial).cloned();
         // The first invalidation is the one the log keeps.
         if let Some(cert) = found.filter(|c| c.invalidated_at.is_none()) {
             index.insert(Arc::new(cert.invalidated(at)));
         }
     }
+
+    /// Applies a committed entry of the log to the index: an `actor.idcert_issued` adds the
+    /// certificate (unless it has expired, or the index holds it already), an
+    /// `actor.idcert_invalidated` marks it. Answers the certificates that now break what one
+    /// node's session lock guarantees, with the reason to invalidate them: the new one, when
+    /// its session had `ended` before it (an issuance through one node racing the end through
+    /// another); a valid one of the same session that the new one replaced without
+    /// invalidating it (two issuances through two nodes at once). One node never makes
+    /// either, so on one node this answers nothing.
+    pub fn apply(
+        &self,
+        entry: &LogEntry,
+        now: i64,
+        ended: impl Fn(&str) -> bool,
+    ) -> Vec<(i64, &'static str)> {
+        let mut repairs = Vec::new();
+        match entry.event_type.as_str() {
+            "actor.idcert_issued" => {
+                let Some(cert) = issued_from_entry(entry).filter(|c| c.not_after >= now) else {
+                    return repairs;
+                };
+                let mut index = self.write();
+                if let Some(replaced) = index
+                    .by_session
+                    .get(&cert.session_id)
+                    .filter(|c| c.serial != cert.serial && c.valid_at(now))
+                {
+                    repairs.push((replaced.serial, "renewed"));
+                }
+                if ended(&cert.session_id) {
+                    repairs.push((cert.serial, "session_ended"));
+                }
+                index.insert_new(Arc::new(cert));
+            }
+            "actor.idcert_invalidated" => {
+                #[derive(serde::Deserialize)]
+                struct Invalidated {
+                    serial: String,
+                    invalidated_at: i64,
+                }
+                let content = serde_json::from_str::<Invalidated>(entry.content.get());
+                if let Ok(content) = content {
+                    if let Ok(serial) = content.serial.parse() {
+                        self.invalidated(serial, content.invalidated_at);
+                    }
+                }
+            }
+            _ => {}
+        }
+        repairs
+    }
+
+    /// The invalidation of certificate `serial` at `now` for `reason`, if the index holds it
+    /// not invalidated yet (what the writer appends to repair a race between nodes; its event
+    /// id is the certificate's, so the log keeps one whoever appends it).
+    pub fn invalidation_of(&self, serial: i64, now: i64, reason: &str) -> Option<NewEvent> {
+        let cert = self
+            .read()
+            .find(serial)
+            .filter(|c| c.invalidated_at.is_none())
+            .cloned()?;
+        Some(self.invalidation(&cert, now, reason))
+    }
+}
+
+/// The certificate an `actor.idcert_issued` entry records.
+fn issued_from_entry(entry: &LogEntry) -> Option<IssuedActorCert> {
+    #[derive(serde::Deserialize)]
+    struct Issued {
+        serial: String,
+        fid: String,
+        session_id: String,
+        fingerprint: String,
+        not_before: i64,
+        not_after: i64,
+        pem: String,
+    }
+    let content: Issued = serde_json::from_str(entry.content.get()).ok()?;
+    Some(IssuedActorCert {
+        serial: content.serial.parse().ok()?,
+        key: super::checker::subject_key(&content.pem)?,
+        fid: content.fid,
+        session_id: content.session_id,
+        fingerprint: content.fingerprint,
+        not_before: content.not_before,
+        not_after: content.not_after,
+        pem: content.pem.into(),
+        invalidated_at: None,
+        window: Mutex::new(None),
+    })
 }

@@ -24,6 +24,11 @@
 //! and nothing ends. Failures are remembered (10 s, doubling to 10 min), per home or per
 //! answer, so that no request makes this server fetch in a loop; a refresh replaces cached
 //! entries only once it has new ones.
+//!
+//! What is cached here comes from other servers, not from our log, so each node of a cluster
+//! keeps its own without going stale through another node's change. The one exception is the
+//! set of certificates already recorded in the log, which follows the log
+//! ([`ForeignCerts::apply`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +40,7 @@ use super::checker::{
     check_actor, check_cache_window, check_root, ActorCert, CacheWindow, RootCert,
 };
 use crate::clock::Clock;
-use crate::core::event::{is_decimal_serial, NewEvent};
+use crate::core::event::{is_decimal_serial, LogEntry, NewEvent};
 use crate::core::ids;
 use crate::federation::client::{FencedFetcher, FetchError};
 
@@ -671,6 +676,21 @@ impl ForeignCerts {
     pub fn recorded(&self, entry: &ForeignEntry) {
         self.recorded
             .insert((entry.cert.fid.clone(), entry.cert.serial.clone()), ());
+    }
+
+    /// Notes a committed `actor.foreign_idcert_seen`, whichever node recorded it, so that
+    /// this node does not append it again (the log would answer a duplicate; this spares it).
+    pub fn apply(&self, entry: &LogEntry) {
+        #[derive(serde::Deserialize)]
+        struct Seen {
+            fid: String,
+            serial: String,
+        }
+        if entry.event_type == "actor.foreign_idcert_seen" {
+            if let Ok(seen) = serde_json::from_str::<Seen>(entry.content.get()) {
+                self.recorded.insert((seen.fid, seen.serial), ());
+            }
+        }
     }
 }
 

@@ -12,13 +12,16 @@
 //! - [`sessions`]: bearer tokens to sessions, local and foreign, and how a session ends;
 //! - [`signed`]: message signatures, on the client API and in the inbox;
 //! - [`services`]: an actor's discoverable services;
-//! - [`accounts`]: registration, login, password checks (and the sensitive-action check).
+//! - [`accounts`]: registration, login, password checks (and the sensitive-action check);
+//! - `follow`: what each node keeps in memory (tokens, ended sessions, our actor
+//!   certificates), kept current from the log whichever node made the change.
 
 pub mod accounts;
 pub mod actor_certs;
 pub mod challenges;
 pub mod checker;
 pub mod csr;
+mod follow;
 pub mod foreign;
 pub mod idcert;
 pub mod server_certs;
@@ -109,9 +112,10 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// Loads our actor certificates and starts the periodic work: the foreign-session check
-    /// every `identity.foreign_check_interval`, and a tidy-up of rate limiters and expired
-    /// certificates every minute. The tasks stop when the instance goes.
+    /// Loads our actor certificates and starts the follower of the log (see `follow`) and
+    /// the periodic work: the foreign-session check every `identity.foreign_check_interval`
+    /// (it ends sessions only while this node writes the log), and a tidy-up of rate
+    /// limiters and expired certificates every minute. The tasks stop when the instance goes.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: &crate::config::Config,
@@ -124,6 +128,8 @@ impl Identity {
     ) -> Result<std::sync::Arc<Identity>, StoreError> {
         use std::sync::Arc;
         let server_name = &config.server.name;
+        // Before anything is loaded: what commits meanwhile is applied over it.
+        let subscription = follow::Subscription::new(log);
         let actor_certs = Arc::new(
             actor_certs::ActorCerts::load(
                 store,
@@ -164,7 +170,14 @@ impl Identity {
             actor_certs,
             clock,
         });
+        actix_web::rt::spawn(follow::follow(
+            Arc::downgrade(&identity),
+            store.clone(),
+            log.clone(),
+            subscription,
+        ));
         let weak = Arc::downgrade(&identity);
+        let role = log.role();
         let every = config.identity.foreign_check_interval;
         let checking = Arc::new(std::sync::atomic::AtomicBool::new(false));
         actix_web::rt::spawn(async move {
@@ -178,8 +191,9 @@ impl Identity {
                         // check, never the tidy-up.
                         if !checking.swap(true, std::sync::atomic::Ordering::AcqRel) {
                             let checking = checking.clone();
+                            let writes = role.borrow().writes();
                             actix_web::rt::spawn(async move {
-                                identity.sessions.check_foreign_sessions().await;
+                                identity.sessions.check_foreign_sessions(writes).await;
                                 checking.store(false, std::sync::atomic::Ordering::Release);
                             });
                         }

@@ -9,6 +9,12 @@
 //!
 //! Lookup at time `t`: the key that was current at `t` (from the retired-key intervals of the
 //! [`KeyRing`]), then the newest of its certificates whose validity covers `t`.
+//!
+//! Several nodes on one database share one history: only the node that writes the log issues
+//! at start and from the hourly check (and at once when it becomes the writer, in case its
+//! predecessor left the renewal undone), and every node learns each `server.idcert_issued`
+//! from the log ([`ServerCerts::start`]), so the certificates a node answers and issues under
+//! are the cluster's, and a new writer does not issue again what its predecessor issued.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
@@ -16,13 +22,15 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::clock::now_ms;
-use crate::core::event::NewEvent;
+use crate::core::event::{LogEntry, NewEvent};
 use crate::federation::signing::KeyRing;
 use crate::identity::idcert::{issue_server_root, random_serial, IdCertError};
-use crate::store::{AppendError, EventLogHandle, Store, StoreError};
+use crate::store::{AppendError, CommittedBatch, EventLogHandle, Store, StoreError};
 
 /// Certificates start this long before their issue time, for clients whose clock is behind.
 const BACKDATE_MS: i64 = 60_000;
+/// How often the current certificate's remaining lifetime is checked.
+const CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerCertError {
@@ -93,8 +101,72 @@ impl ServerCerts {
         })
     }
 
+    /// Loads the certificates, issues one for the current key if it needs one and this node
+    /// writes the log, and starts the task that follows the log's `server.idcert_issued` and
+    /// checks the remaining lifetime hourly (while this node writes) and whenever this node
+    /// becomes the writer. Abort the task to stop it.
+    pub async fn start(
+        store: &Store,
+        server_name: &str,
+        lifetime: Duration,
+        ring: Arc<KeyRing>,
+        log: &EventLogHandle,
+    ) -> Result<(Arc<ServerCerts>, tokio::task::JoinHandle<()>), ServerCertError> {
+        // Before the load: what commits meanwhile is applied over it.
+        let committed = log.subscribe();
+        let certs = Arc::new(ServerCerts::load(store, server_name, lifetime).await?);
+        let mut role = log.role();
+        if role.borrow_and_update().writes() {
+            certs.ensure_current(&ring, log).await?;
+        }
+        let task = actix_web::rt::spawn(keep_current(
+            certs.clone(),
+            ring,
+            store.clone(),
+            log.clone(),
+            committed,
+            role,
+        ));
+        Ok((certs, task))
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<IssuedCert>> {
         self.certs.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `cert` unless it is known (the issuer and the log's follower both add it).
+    fn add(&self, cert: IssuedCert) {
+        let mut certs = self.certs.write().unwrap_or_else(|e| e.into_inner());
+        if !certs.iter().any(|c| c.serial == cert.serial) {
+            certs.push(cert);
+        }
+    }
+
+    /// Applies a committed `server.idcert_issued`, whichever node issued it.
+    pub fn apply(&self, entry: &LogEntry) {
+        #[derive(serde::Deserialize)]
+        struct Issued {
+            key_id: String,
+            serial: String,
+            not_before: i64,
+            not_after: i64,
+            pem: String,
+        }
+        if entry.event_type != "server.idcert_issued" {
+            return;
+        }
+        match serde_json::from_str::<Issued>(entry.content.get()) {
+            Ok(issued) => self.add(IssuedCert {
+                serial: issued.serial,
+                key_id: issued.key_id,
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                pem: issued.pem.into(),
+            }),
+            Err(error) => {
+                tracing::error!(seq = entry.seq, %error, "an unreadable server.idcert_issued")
+            }
+        }
     }
 
     /// The certificate that was valid at `at_ms` for the key current then.
@@ -155,11 +227,55 @@ impl ServerCerts {
             }),
         }])
         .await?;
-        self.certs
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(cert.clone());
+        self.add(cert.clone());
         tracing::info!(serial = %cert.serial, key_id = %cert.key_id, not_after = cert.not_after, "issued the server root ID-Cert");
         Ok(cert)
+    }
+}
+
+/// Follows the log's `server.idcert_issued` into `certs`, and keeps the current key's
+/// certificate renewed while this node writes: hourly, and as soon as it becomes the writer.
+async fn keep_current(
+    certs: Arc<ServerCerts>,
+    ring: Arc<KeyRing>,
+    store: Store,
+    log: EventLogHandle,
+    mut committed: tokio::sync::broadcast::Receiver<Arc<CommittedBatch>>,
+    mut role: crate::cluster::RoleWatch,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut tick = actix_web::rt::time::interval(CHECK_INTERVAL);
+    tick.tick().await;
+    // A role that can no longer change (the log is going) is not waited on.
+    let mut role_open = true;
+    loop {
+        let renew = tokio::select! {
+            _ = tick.tick() => role.borrow().writes(),
+            changed = role.changed(), if role_open => match changed {
+                Ok(()) => role.borrow_and_update().writes(),
+                Err(_) => {
+                    role_open = false;
+                    false
+                }
+            },
+            batch = committed.recv() => {
+                match batch {
+                    Ok(batch) => batch.entries.iter().for_each(|e| certs.apply(e)),
+                    Err(RecvError::Lagged(_)) => match store.server_idcerts().await {
+                        Ok(rows) => rows.into_iter().for_each(|r| certs.add(r.into())),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot re-read the server root ID-Certs")
+                        }
+                    },
+                    Err(RecvError::Closed) => return,
+                }
+                false
+            }
+        };
+        if renew {
+            if let Err(error) = certs.ensure_current(&ring, &log).await {
+                tracing::error!(%error, "cannot renew the server root ID-Cert");
+            }
+        }
     }
 }

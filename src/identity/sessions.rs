@@ -19,7 +19,14 @@
 //! of our sessions) and remembers the session id its certificate names, which is the one it
 //! is answered and deletes by. Everything a session's end must do beyond the log (its
 //! sockets, its cursor) is the `on_end` hook the application gives.
+//!
+//! Every node of a cluster keeps its own token cache and set of ended sessions, so both
+//! follow the log ([`Sessions::apply`], fed by `identity::follow`): a session ended through
+//! another node stops authenticating here, and its sockets here close with 4003, as soon as
+//! this node reads the `session.deleted`. The node that ended it reads its own event too; the
+//! set of ended sessions decides which of the two paths runs the hook, so it runs once.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use rand::Rng;
@@ -31,7 +38,7 @@ use super::challenges::Challenges;
 use super::foreign::{ForeignCerts, ForeignEntry, ForeignError};
 use super::IdentityError;
 use crate::clock::Clock;
-use crate::core::event::{is_decimal_serial, NewEvent};
+use crate::core::event::{is_decimal_serial, LogEntry, NewEvent};
 use crate::core::ids;
 use crate::federation::signing::PendingCheck;
 use crate::federation::verifier::{SignatureVerifier, VerifyError};
@@ -50,8 +57,9 @@ pub enum Closing {
 }
 
 /// What a session's end (or a foreign session that cannot be verified) must do outside the
-/// log: close its sockets, drop its cursor.
-pub type OnEnd = Box<dyn Fn(&Session, Closing) + Send + Sync>;
+/// log: close its sockets, drop its cursor. Called with the session's fid and id: a session
+/// ended through another node is known here only by its `session.deleted` event.
+pub type OnEnd = Box<dyn Fn(&str, &str, Closing) + Send + Sync>;
 
 /// A sign-in answer: `{"challenge", "fid", "serial", "signature"}`.
 #[derive(Debug, Clone, serde::Deserialize)]
@@ -100,6 +108,13 @@ pub struct Sessions {
     actor_certs: Arc<ActorCerts>,
     /// Live sessions by the hash of their token, in front of the `sessions` projection.
     by_token: moka::sync::Cache<String, Session>,
+    /// The token hash of each session in `by_token`: a change read from the log names the
+    /// session, not its token.
+    token_of: moka::sync::Cache<String, String>,
+    /// Counts the session changes applied (ends, certificate updates), so that a lookup that
+    /// read the projection while one was applied does not cache what it read (see
+    /// [`Sessions::by_token`]).
+    changes: std::sync::atomic::AtomicU64,
     /// Sessions ended within the cache's lifetime, which no cached entry may revive.
     ended: moka::sync::Cache<String, ()>,
     on_end: OnEnd,
@@ -135,6 +150,11 @@ impl Sessions {
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(300))
                 .build(),
+            token_of: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(std::time::Duration::from_secs(300))
+                .build(),
+            changes: std::sync::atomic::AtomicU64::new(0),
             ended: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(std::time::Duration::from_secs(600))
@@ -176,13 +196,22 @@ impl Sessions {
         let session = match self.by_token.get(&hash) {
             Some(session) => session,
             None => {
+                let changes = self.changes.load(SeqCst);
                 let session = self
                     .store
                     .session_by_token_hash(&hash)
                     .await?
                     .ok_or_else(unknown)?;
                 if !self.ended.contains_key(&session.session_id) {
-                    self.by_token.insert(hash, session.clone());
+                    self.token_of
+                        .insert(session.session_id.clone(), hash.clone());
+                    self.by_token.insert(hash.clone(), session.clone());
+                    // A change applied since the read may have missed this entry (it was not
+                    // in the cache yet): drop it, the next lookup reads the projection again.
+                    // Either the change sees the entry or this check sees the change.
+                    if self.changes.load(SeqCst) != changes {
+                        self.by_token.invalidate(&hash);
+                    }
                 }
                 session
             }
@@ -219,13 +248,63 @@ impl Sessions {
             events.push(event.clone());
         }
         self.log.append(events).await?;
-        self.ended.insert(session.session_id.clone(), ());
         self.by_token.invalidate(&session.token_hash);
         if let Some((serial, _)) = invalidated {
             self.actor_certs.invalidated(serial, now);
         }
-        (self.on_end)(session, Closing::Ended);
+        self.ended(&session.fid, &session.session_id);
         Ok(())
+    }
+
+    /// Records that a session ended (its event is committed): its token stops working here,
+    /// and the first of the two paths that learn it (the ending call, the log) runs the hook.
+    fn ended(&self, fid: &str, session_id: &str) {
+        self.changes.fetch_add(1, SeqCst);
+        let first = self
+            .ended
+            .entry(session_id.to_owned())
+            .or_insert(())
+            .is_fresh();
+        if let Some(hash) = self.token_of.remove(session_id) {
+            self.by_token.invalidate(&hash);
+        }
+        if first {
+            (self.on_end)(fid, session_id, Closing::Ended);
+        }
+    }
+
+    /// Applies a committed entry of the log to the token cache and the ended sessions: a
+    /// `session.deleted` ends the session here (whichever node ended it), a
+    /// `session.idcert_updated` drops its cached row (the next lookup reads the new
+    /// certificate's serial). Idempotent: the node that made the change applies it too.
+    pub fn apply(&self, entry: &LogEntry) {
+        match entry.event_type.as_str() {
+            "session.deleted" => {
+                // The sender is the session's actor (whose sockets close); every end this
+                // server appends names it.
+                if let Some(session_id) = session_id_of(entry) {
+                    self.ended(entry.sender.as_deref().unwrap_or_default(), &session_id);
+                }
+            }
+            "session.idcert_updated" => {
+                let Some(session_id) = session_id_of(entry) else {
+                    return;
+                };
+                self.changes.fetch_add(1, SeqCst);
+                if let Some(hash) = self.token_of.remove(&session_id) {
+                    self.by_token.invalidate(&hash);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Forgets every cached token (the log's subscriber lost batches; the ends among them are
+    /// re-read and applied, the rest of the cache is read again on demand).
+    pub fn forget_cached(&self) {
+        self.changes.fetch_add(1, SeqCst);
+        self.by_token.invalidate_all();
+        self.token_of.invalidate_all();
     }
 
     /// Ends the caller's session `session_id` (`DELETE /.p2/core/v1/session`). A foreign
@@ -382,6 +461,7 @@ impl Sessions {
         self.log.append(events).await?;
         self.foreign.recorded(&entry);
         // The next lookup reads the session as committed (an insert here could outlive an end).
+        self.changes.fetch_add(1, SeqCst);
         self.by_token.invalidate(&session.token_hash);
         Ok(())
     }
@@ -411,8 +491,11 @@ impl Sessions {
     }
 
     /// Checks every foreign session's certificate; ends those no longer trusted. Run every
-    /// `identity.foreign_check_interval`, so an idle socket is closed too.
-    pub async fn check_foreign_sessions(&self) {
+    /// `identity.foreign_check_interval`, so an idle socket is closed too. Only the node that
+    /// writes the log (`writes`) ends sessions here: every node would otherwise append the
+    /// same ends, and the others learn them from the log. Every node still closes its own
+    /// sockets of a session whose home cannot be asked (nothing is appended for that).
+    pub async fn check_foreign_sessions(&self, writes: bool) {
         let sessions = match self.store.foreign_sessions().await {
             Ok(sessions) => sessions,
             Err(error) => {
@@ -425,13 +508,14 @@ impl Sessions {
         use futures_util::StreamExt as _;
         futures_util::stream::iter(sessions)
             .for_each_concurrent(16, |session| async move {
-                self.check_foreign_session(&session, now).await;
+                self.check_foreign_session(&session, now, writes).await;
             })
             .await;
     }
 
-    /// One foreign session's certificate, checked at `now`.
-    async fn check_foreign_session(&self, session: &Session, now: i64) {
+    /// One foreign session's certificate, checked at `now`; ended when untrusted if this
+    /// node `writes`.
+    async fn check_foreign_session(&self, session: &Session, now: i64, writes: bool) {
         let Some(serial) = session.idcert_serial.as_deref() else {
             return;
         };
@@ -444,6 +528,7 @@ impl Sessions {
             .await
         {
             Ok(_) => {}
+            Err(ForeignError::Untrusted(_)) if !writes => {}
             Err(ForeignError::Untrusted(reason)) => {
                 tracing::info!(fid = %session.fid, %reason, "a foreign session's certificate is no longer trusted; ending it");
                 if let Err(error) = self.end(session, EndReason::CertificateUntrusted).await {
@@ -453,7 +538,7 @@ impl Sessions {
             // Past its window, and its home cannot say: its sockets stop receiving (a
             // resumable close; reconnecting waits for the home, 503), the session stays.
             Err(ForeignError::Unreachable { .. }) => {
-                (self.on_end)(session, Closing::Unverified);
+                (self.on_end)(&session.fid, &session.session_id, Closing::Unverified);
             }
         }
     }
@@ -486,6 +571,17 @@ impl Sessions {
     pub fn seen_event(&self, entry: &ForeignEntry) -> Option<NewEvent> {
         self.foreign.seen_event(&self.server_name, entry)
     }
+}
+
+/// The `session_id` of a session event's content.
+pub(super) fn session_id_of(entry: &LogEntry) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Content {
+        session_id: String,
+    }
+    serde_json::from_str::<Content>(entry.content.get())
+        .ok()
+        .map(|c| c.session_id)
 }
 
 /// What a sign-in answers for a certificate that cannot be used: 401 `SY_BAD_CERT` when it is

@@ -17,6 +17,15 @@
 //!
 //! Everything here reads the tree through [`reader::TreeReader`] (stored tiles, cached), so
 //! roots, proofs and tiles cost a few reads at any size.
+//!
+//! Several nodes on one database (DESIGN §7): only the node that writes the log signs
+//! (`EventLogHandle::role`), and every other node serves what it signed, read from
+//! `log_checkpoints` every `checkpoint_interval` ([`Transparency::refresh`]: the newest row
+//! and its cosignatures). A node that becomes the writer first adopts the newest stored
+//! checkpoint and signs only past it, so the checkpoints continue one chain whoever signs
+//! them; a node of a cluster inserts a checkpoint only if none as large is stored (a deposed
+//! writer still signing cannot publish a smaller tree after its successor's) and then serves
+//! the newest stored one. One node (`Role::Single`) signs and serves as it always did.
 
 pub mod reader;
 pub mod witness;
@@ -30,6 +39,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::clock::now_ms;
+use crate::cluster::{Role, RoleWatch};
 use crate::config::TransparencyConfig;
 use crate::core::merkle::Hash;
 use crate::core::note::{self, ED25519_TYPE};
@@ -102,6 +112,8 @@ pub struct Transparency {
     latest: RwLock<Option<Arc<Published>>>,
     /// The newest checkpoint's size, for waiters (the witness pusher).
     signed: watch::Sender<u64>,
+    /// Whether this node writes the log (and so signs), and whether it is a cluster's node.
+    role: RoleWatch,
     metrics: Arc<Metrics>,
 }
 
@@ -121,6 +133,7 @@ impl Transparency {
             check_against_log(store, latest).await?;
         }
         let (signed, _) = watch::channel(latest.as_ref().map_or(0, |p| p.size));
+        let role = log.role();
         let transparency = Arc::new(Transparency {
             server_name: server_name.to_owned(),
             origin: format!("{server_name}/log"),
@@ -131,6 +144,7 @@ impl Transparency {
             config: config.clone(),
             latest: RwLock::new(latest.map(Arc::new)),
             signed,
+            role: role.clone(),
             metrics,
         });
         actix_web::rt::spawn(sign_when_grown(
@@ -138,6 +152,7 @@ impl Transparency {
             store.clone(),
             config.checkpoint_interval,
             committed,
+            role,
         ));
         Ok(transparency)
     }
@@ -177,6 +192,43 @@ impl Transparency {
     /// Follows the size of the latest checkpoint.
     pub fn watch_signed(&self) -> watch::Receiver<u64> {
         self.signed.subscribe()
+    }
+
+    /// This node's role: it signs and pushes to witnesses while `role.borrow().writes()`.
+    pub fn role(&self) -> RoleWatch {
+        self.role.clone()
+    }
+
+    /// Serves the newest checkpoint stored (with its cosignatures) if it is newer than the one
+    /// served, or the same with other cosignatures: how a node that does not sign serves what
+    /// the writer signed, and where a node that becomes the writer continues from. Two
+    /// indexed reads. Answers whether what is served changed.
+    pub async fn refresh(&self) -> Result<bool, StoreError> {
+        match load_latest(&self.store).await? {
+            Some(stored) => Ok(self.adopt(stored)),
+            None => Ok(false),
+        }
+    }
+
+    /// Serves `stored` unless what is served is newer or the same.
+    fn adopt(&self, stored: Published) -> bool {
+        let mut latest = self.latest.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(current) = latest.as_ref() {
+            let same = current.size == stored.size && current.cosignatures == stored.cosignatures;
+            if current.size > stored.size || same {
+                return false;
+            }
+        }
+        let size = stored.size;
+        *latest = Some(Arc::new(stored));
+        drop(latest);
+        self.metrics.log_checkpoint_size.set(size as i64);
+        self.signed.send_if_modified(|signed| {
+            let grew = size > *signed;
+            *signed = (*signed).max(size);
+            grew
+        });
+        true
     }
 
     /// The size of the latest checkpoint (0 before the first).
@@ -233,6 +285,18 @@ impl Transparency {
             note::signature_line(&self.origin, key_id, &signature.to_bytes())
         );
         let signed_at = now_ms();
+        if *self.role.borrow() != Role::Single {
+            // Another node may have signed as far or further (this node was deposed
+            // meanwhile): insert only past every stored checkpoint, then serve the newest.
+            let insert = insert_if_newest(size, &root, &text, &key.key_id(), signed_at);
+            self.log
+                .write_beside(|backend| vec![backend.build(&insert)])
+                .await?;
+            self.refresh().await?;
+            return self
+                .latest()
+                .ok_or_else(|| TransparencyError::NotFound("no checkpoint is stored".into()));
+        }
         let row = log_checkpoints::ActiveModel {
             size: Set(size as i64),
             root_hash: Set(hex::encode(root)),
@@ -485,15 +549,67 @@ pub async fn load_latest(store: &Store) -> Result<Option<Published>, StoreError>
     }
 }
 
-/// The signer: a new checkpoint whenever the log has grown, at most once per interval. Holds
-/// the instance weakly (the instance holds the log it follows); ends with the log.
+/// `INSERT` of a checkpoint row that inserts nothing when a checkpoint of `size` or larger is
+/// stored already.
+fn insert_if_newest(
+    size: u64,
+    root: &Hash,
+    note: &str,
+    key_id: &str,
+    signed_at: i64,
+) -> sea_orm::sea_query::InsertStatement {
+    use sea_orm::sea_query::{Expr, Query};
+    use sea_orm::ColumnTrait as _;
+    let size = i64::try_from(size).unwrap_or(i64::MAX);
+    let larger = Query::select()
+        .expr(Expr::val(1))
+        .from(log_checkpoints::Entity)
+        .and_where(log_checkpoints::Column::Size.gte(size))
+        .to_owned();
+    let values = Query::select()
+        .exprs([
+            Expr::val(size),
+            Expr::val(hex::encode(root)),
+            Expr::val(note),
+            Expr::val(key_id),
+            Expr::val(signed_at),
+        ])
+        .and_where(Expr::exists(larger).not())
+        .to_owned();
+    let mut insert = Query::insert();
+    insert.into_table(log_checkpoints::Entity).columns([
+        log_checkpoints::Column::Size,
+        log_checkpoints::Column::RootHash,
+        log_checkpoints::Column::Note,
+        log_checkpoints::Column::KeyId,
+        log_checkpoints::Column::CreatedAt,
+    ]);
+    // Five columns, five values: the only way this fails.
+    let _ = insert.select_from(values);
+    insert
+}
+
+/// What woke the signer while it waited.
+enum Woken {
+    /// The log grew past the latest checkpoint.
+    Grew,
+    /// This node stopped writing the log.
+    Demoted,
+    /// The instance or the log is gone.
+    Gone,
+}
+
+/// The signer: a new checkpoint whenever the log has grown, at most once per interval, while
+/// this node writes the log; while it does not, it serves the newest stored checkpoint
+/// ([`follow_checkpoints`]). Holds the instance weakly (the instance holds the log it
+/// follows); ends with the log.
 async fn sign_when_grown(
     transparency: std::sync::Weak<Transparency>,
     store: Store,
     interval: Duration,
     mut committed: tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
+    mut role: RoleWatch,
 ) {
-    let published = || transparency.upgrade().map(|t| t.published_size());
     let mut head = match store.head().await {
         Ok((seq, _)) => seq,
         Err(error) => {
@@ -502,27 +618,52 @@ async fn sign_when_grown(
         }
     };
     let mut last_signed: Option<tokio::time::Instant> = None;
+    // A role that can no longer change (its sender is gone with the log) is not waited on.
+    let mut role_open = true;
     loop {
-        // Wait for the log to grow past the latest checkpoint.
-        loop {
-            match published() {
-                None => return,
-                Some(size) if head > size => break,
-                Some(_) => {}
+        if !role.borrow_and_update().writes() {
+            if !follow_checkpoints(
+                &transparency,
+                interval,
+                &mut committed,
+                &mut role,
+                &mut role_open,
+            )
+            .await
+            {
+                return;
             }
-            match committed.recv().await {
-                Ok(batch) => {
-                    if let Some(last) = batch.entries.last() {
-                        head = head.max(last.seq);
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    if let Ok((seq, _)) = store.head().await {
-                        head = head.max(seq);
-                    }
-                }
-                Err(RecvError::Closed) => return,
+            // Continue from what the previous writer signed, past the head it reached.
+            let Some(signer) = transparency.upgrade() else {
+                return;
+            };
+            if let Err(error) = signer.refresh().await {
+                tracing::error!(%error, "the new writer cannot read the latest checkpoint");
             }
+            if let Ok((seq, _)) = store.head().await {
+                head = head.max(seq);
+            }
+            last_signed = None;
+            tracing::info!(
+                size = signer.published_size(),
+                head,
+                "this node writes the log: signing checkpoints from the latest stored one"
+            );
+            continue;
+        }
+        match wait_for_growth(
+            &transparency,
+            &store,
+            &mut head,
+            &mut committed,
+            &mut role,
+            &mut role_open,
+        )
+        .await
+        {
+            Woken::Grew => {}
+            Woken::Demoted => continue,
+            Woken::Gone => return,
         }
         if let Some(last) = last_signed {
             tokio::time::sleep_until(last + interval).await;
@@ -543,6 +684,9 @@ async fn sign_when_grown(
                 Err(_) => break,
             }
         }
+        if !role.borrow().writes() {
+            continue;
+        }
         last_signed = Some(tokio::time::Instant::now());
         let Some(signer) = transparency.upgrade() else {
             return;
@@ -552,6 +696,84 @@ async fn sign_when_grown(
             signer.metrics.log_checkpoint_failures.inc();
             drop(signer);
             tokio::time::sleep(Duration::from_secs(1).max(interval)).await;
+        }
+    }
+}
+
+/// Waits for the log to grow past the latest checkpoint (`head` follows the committed
+/// batches), or for this node to stop writing.
+async fn wait_for_growth(
+    transparency: &std::sync::Weak<Transparency>,
+    store: &Store,
+    head: &mut u64,
+    committed: &mut tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
+    role: &mut RoleWatch,
+    role_open: &mut bool,
+) -> Woken {
+    loop {
+        match transparency.upgrade().map(|t| t.published_size()) {
+            None => return Woken::Gone,
+            Some(size) if *head > size => return Woken::Grew,
+            Some(_) => {}
+        }
+        tokio::select! {
+            received = committed.recv() => match received {
+                Ok(batch) => {
+                    if let Some(last) = batch.entries.last() {
+                        *head = (*head).max(last.seq);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    if let Ok((seq, _)) = store.head().await {
+                        *head = (*head).max(seq);
+                    }
+                }
+                Err(RecvError::Closed) => return Woken::Gone,
+            },
+            changed = role.changed(), if *role_open => match changed {
+                Ok(()) if !role.borrow_and_update().writes() => return Woken::Demoted,
+                Ok(()) => {}
+                Err(_) => *role_open = false,
+            },
+        }
+    }
+}
+
+/// While this node does not write the log: serves the newest stored checkpoint, read every
+/// `interval` (the writer signs at most that often), and keeps the subscription drained.
+/// Answers `true` when this node writes, `false` when the instance or the log is gone.
+async fn follow_checkpoints(
+    transparency: &std::sync::Weak<Transparency>,
+    interval: Duration,
+    committed: &mut tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
+    role: &mut RoleWatch,
+    role_open: &mut bool,
+) -> bool {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let Some(transparency) = transparency.upgrade() else {
+                    return false;
+                };
+                if let Err(error) = transparency.refresh().await {
+                    tracing::warn!(%error, "cannot read the latest checkpoint");
+                }
+            }
+            received = committed.recv() => {
+                if let Err(RecvError::Closed) = received {
+                    return false;
+                }
+            }
+            changed = role.changed(), if *role_open => match changed {
+                Ok(()) if role.borrow_and_update().writes() => return true,
+                Ok(()) => {}
+                Err(_) => {
+                    *role_open = false;
+                    return role.borrow().writes();
+                }
+            },
         }
     }
 }

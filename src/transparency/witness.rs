@@ -25,6 +25,12 @@
 //!  200: our cosignature/v1 line (name = our server name, key ID type 0x04, time, signature)
 //! ```
 //!
+//! Several nodes on one database (DESIGN §7): only the node that writes the log pushes
+//! (`Transparency::role`); the others follow what the writer's witnesses cosigned through
+//! `log_cosignatures` and push from there once they write. The witness side needs no leader:
+//! any node answers an add-checkpoint, and the conditional update below keeps one cosigned
+//! size per log across nodes.
+//!
 //! Rules enforced here, and only here:
 //! - **Whose logs.** We witness a log when its origin line is `<server>/log` with `<server>` in
 //!   `transparency.witness_for`. Its verifier key is derived from that server's signing keys as
@@ -221,6 +227,30 @@ impl Witness {
             ));
         }
         Ok(witness)
+    }
+
+    /// Takes the size witness `index` last cosigned from `log_cosignatures` when it is past
+    /// the status's: on a cluster, the node that pushed it may have been another.
+    async fn reload_status(&self, index: usize) {
+        let witness = &self.witnesses[index];
+        let stored = log_cosignatures::Entity::find()
+            .filter(log_cosignatures::Column::Witness.eq(witness.server.as_str()))
+            .order_by_desc(log_cosignatures::Column::Size)
+            .one(self.transparency.store().readers())
+            .await;
+        match stored {
+            Ok(Some(row)) => {
+                let mut status = lock(&witness.status);
+                if row.size as u64 > status.cosigned_size {
+                    status.cosigned_size = row.size as u64;
+                    status.cosigned_at = Some(row.cosigned_at);
+                }
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(witness = %witness.server, %error, "cannot read what the witness cosigned")
+            }
+        }
     }
 
     /// Each of our witnesses with what it has done for us, in configuration order.
@@ -676,8 +706,11 @@ impl Witness {
     }
 }
 
-/// The pusher of witness `index`: waits for a checkpoint past what the witness cosigned,
-/// pushes it at most once per `interval`; a failure waits for the next interval.
+/// The pusher of witness `index`: while this node writes the log, waits for a checkpoint past
+/// what the witness cosigned and pushes it at most once per `interval`; a failure waits for
+/// the next interval. While it does not, it pushes nothing (the writer does) and takes the
+/// witness's cosigned size from the database as checkpoints come, so that its status, and
+/// its first push should it become the writer, start from what the writer achieved.
 async fn push_when_grown(
     witness: Weak<Witness>,
     index: usize,
@@ -687,24 +720,52 @@ async fn push_when_grown(
 ) {
     // awc clients are per thread: this task's own, on the arbiter it runs on.
     let client = OutboundClient::new(resolver, &federation);
-    let Some(mut signed) = witness.upgrade().map(|w| w.transparency.watch_signed()) else {
+    let Some((mut signed, mut role)) = witness
+        .upgrade()
+        .map(|w| (w.transparency.watch_signed(), w.transparency.role()))
+    else {
         return;
     };
+    // A role that can no longer change (the log is going) is not waited on.
+    let mut role_open = true;
+    let mut writes = role.borrow_and_update().writes();
     let mut last_push: Option<tokio::time::Instant> = None;
     loop {
         loop {
             let size = *signed.borrow_and_update();
             let Some(w) = witness.upgrade() else { return };
-            if size > lock(&w.witnesses[index].status).cosigned_size {
+            if writes && size > lock(&w.witnesses[index].status).cosigned_size {
                 break;
             }
             drop(w);
-            if signed.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = signed.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if !writes {
+                        let Some(w) = witness.upgrade() else { return };
+                        w.reload_status(index).await;
+                    }
+                }
+                changed = role.changed(), if role_open => match changed {
+                    Ok(()) => {
+                        let now_writes = role.borrow_and_update().writes();
+                        if now_writes && !writes {
+                            let Some(w) = witness.upgrade() else { return };
+                            w.reload_status(index).await;
+                        }
+                        writes = now_writes;
+                    }
+                    Err(_) => role_open = false,
+                },
             }
         }
         if let Some(last) = last_push {
             tokio::time::sleep_until(last + interval).await;
+        }
+        if !role.borrow().writes() {
+            continue;
         }
         let Some(w) = witness.upgrade() else { return };
         last_push = Some(tokio::time::Instant::now());
