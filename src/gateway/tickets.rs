@@ -85,6 +85,8 @@ impl Tickets {
         let weak: Weak<Store> = Arc::downgrade(&store);
         actix_web::rt::spawn(async move {
             let mut tick = actix_web::rt::time::interval(TIDY_INTERVAL);
+            // The first tick is at once: nothing has expired yet.
+            tick.tick().await;
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { break };
