@@ -1,7 +1,9 @@
 //! What the nodes of a cluster share besides the log (DESIGN §7): per-origin quotas that hold
 //! for the cluster as a whole, and tickets and challenges any node redeems, once. The
 //! components are driven directly, two of each over one PostgreSQL database (two `Store`s act
-//! as two nodes); the quota test also prints what the shared bucket costs in round trips.
+//! as two nodes); the quota tests also print what the shared bucket costs in round trips.
+//! The last test goes through HTTP on two real nodes (`cluster::Cluster`): a ticket and a
+//! challenge issued by one node are used up by the other.
 //!
 //! PostgreSQL only: without `SWITCHYARD_TEST_POSTGRES_URL` each test prints why and passes.
 
@@ -20,6 +22,8 @@ use switchyard::identity::IdentityError;
 use switchyard::store::Store;
 use switchyard::telemetry::Metrics;
 
+use crate::cluster::Cluster;
+use crate::gateway::{call, register, ticket, Got, Ws};
 use crate::helpers::TestDb;
 
 /// The database and two stores on it, or `None` (after saying why) without PostgreSQL.
@@ -526,4 +530,56 @@ async fn a_node_refuses_challenges_past_the_cluster_s_bound() {
         Err(IdentityError::Overloaded { retry_after, .. }) => assert!(retry_after >= 1),
         other => panic!("expected a refusal past the bound, got {other:?}"),
     }
+}
+
+#[actix_web::test]
+async fn through_http_a_ticket_and_a_challenge_from_one_node_are_redeemed_on_another_once() {
+    let Some(cluster) = Cluster::start(2).await else {
+        return;
+    };
+    let nodes = &cluster.nodes;
+    let alice = register(&nodes[0], "alice").await;
+    // A ticket from node 0 opens a socket on node 1, and is used up for node 0 too.
+    let issued = ticket(&nodes[0], &alice).await;
+    let mut ws = Ws::hello(&nodes[1], &format!("?ticket={issued}")).await;
+    ws.until(|f| f["n"] == "chat" && f["op"] == 2).await;
+    let mut reused = Ws::connect(&nodes[0], &format!("?ticket={issued}")).await;
+    assert!(matches!(reused.next().await, Got::Close(Some(4001))));
+
+    // A challenge from node 0 is taken by an answer on node 1 (which then refuses the fid,
+    // a later step), and is unknown to node 0 afterwards.
+    let (status, body) = call(&nodes[0], "GET", "/.p2/core/v1/challenge", None, None).await;
+    assert_eq!(status, 200, "{body}");
+    let answer = serde_json::json!({
+        "challenge": body["challenge"],
+        "fid": "alice@cluster.test",
+        "serial": "1",
+        "signature": "00".repeat(64),
+    });
+    let (status, body) = call(
+        &nodes[1],
+        "POST",
+        "/.p2/core/v1/session/auth",
+        None,
+        Some(answer.clone()),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("SY_INVALID_PARAM")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &nodes[0],
+        "POST",
+        "/.p2/core/v1/session/auth",
+        None,
+        Some(answer),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (401, Some("SY_BAD_CHALLENGE")),
+        "{body}"
+    );
 }
