@@ -119,7 +119,6 @@ impl WriterConnection {
         .map(|_| ())
     }
 
-
     async fn take(pool: &DatabaseConnection) -> Result<Raw, DbErr> {
         fn detach<DB: sqlx::Database>(c: PoolConnection<DB>) -> DB::Connection {
             c.detach()

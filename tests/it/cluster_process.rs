@@ -4,10 +4,10 @@
 //!
 //! PostgreSQL only: without `SWITCHYARD_TEST_POSTGRES_URL` each test prints why and passes.
 
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::rc::Rc;
-use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,10 @@ impl ProcCluster {
             .args(["--config", &self.config, "serve"])
             .env("SWITCHYARD__DATABASE__URL", &self.db.url)
             .env("SWITCHYARD__DATABASE__MAX_CONNECTIONS", "4")
-            .env("SWITCHYARD__KEYS__PATH", self.db.dir.path().join("signing.key"))
+            .env(
+                "SWITCHYARD__KEYS__PATH",
+                self.db.dir.path().join("signing.key"),
+            )
             .env("SWITCHYARD__SERVER__NAME", "cluster.test")
             .env("SWITCHYARD__SERVER__ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SWITCHYARD__SERVER__WORKERS", "1")
@@ -155,14 +158,25 @@ impl ProcCluster {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "node{i} did not rejoin as a follower");
+            assert!(
+                Instant::now() < deadline,
+                "node{i} did not rejoin as a follower"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-async fn request(address: &str, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
-    let client = awc::Client::builder().timeout(Duration::from_secs(10)).finish();
+async fn request(
+    address: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Option<(u16, Value)> {
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .finish();
     let mut request = client.request(method.parse().expect("method"), format!("{address}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -173,19 +187,38 @@ async fn request(address: &str, method: &str, path: &str, token: Option<&str>, b
     }
     .ok()?;
     let bytes = res.body().limit(16 << 20).await.ok()?;
-    Some((res.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    Some((
+        res.status().as_u16(),
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    ))
 }
 
 /// Registers `name` through node `i`: its token.
 async fn register(cluster: &ProcCluster, i: usize, name: &str) -> String {
     let address = cluster.address(i).expect("live node");
-    let (status, body) = request(&address, "POST", "/api/v1/auth/register", None, Some(json!({"username": name, "password": "correct horse"}))).await.expect("register");
+    let (status, body) = request(
+        &address,
+        "POST",
+        "/api/v1/auth/register",
+        None,
+        Some(json!({"username": name, "password": "correct horse"})),
+    )
+    .await
+    .expect("register");
     assert_eq!(status, 201, "{body}");
     body["token"].as_str().expect("token").to_owned()
 }
 
 async fn create_channel(address: &str, token: &str) -> String {
-    let (status, body) = request(address, "POST", "/api/v1/channels", Some(token), Some(json!({"name": "General"}))).await.expect("channel");
+    let (status, body) = request(
+        address,
+        "POST",
+        "/api/v1/channels",
+        Some(token),
+        Some(json!({"name": "General"})),
+    )
+    .await
+    .expect("channel");
     assert_eq!(status, 201, "{body}");
     body["ref"].as_str().expect("ref").to_owned()
 }
@@ -195,7 +228,12 @@ type Acked = Rc<RefCell<Vec<(u64, String)>>>;
 
 /// Posts in a loop through every node in `targets` (round robin) until `stop`; records what
 /// was acknowledged. Refusals while a node is down or an election runs are expected.
-fn load(targets: Rc<RefCell<Vec<Option<String>>>>, token: String, channel: String, stop: Rc<RefCell<bool>>) -> (Acked, actix_web::rt::task::JoinHandle<u64>) {
+fn load(
+    targets: Rc<RefCell<Vec<Option<String>>>>,
+    token: String,
+    channel: String,
+    stop: Rc<RefCell<bool>>,
+) -> (Acked, actix_web::rt::task::JoinHandle<u64>) {
     let acked: Acked = Rc::default();
     let record = acked.clone();
     let task = actix_web::rt::spawn(async move {
@@ -207,8 +245,18 @@ fn load(targets: Rc<RefCell<Vec<Option<String>>>>, token: String, channel: Strin
                 n += 1;
                 let body = format!("load message {n}");
                 let path = format!("/api/v1/channels/{channel}/messages");
-                match request(&address, "POST", &path, Some(&token), Some(json!({"body": body}))).await {
-                    Some((201, answer)) => record.borrow_mut().push((answer["seq"].as_u64().expect("seq"), body)),
+                match request(
+                    &address,
+                    "POST",
+                    &path,
+                    Some(&token),
+                    Some(json!({"body": body})),
+                )
+                .await
+                {
+                    Some((201, answer)) => record
+                        .borrow_mut()
+                        .push((answer["seq"].as_u64().expect("seq"), body)),
                     _ => refused += 1,
                 }
             }
@@ -239,17 +287,29 @@ async fn assert_acknowledged_kept(cluster: &ProcCluster, acked: &[(u64, String)]
         }
     }
     for (seq, body) in acked {
-        let content = by_seq.get(seq).unwrap_or_else(|| panic!("acknowledged seq {seq} is missing"));
-        assert!(content.contains(&format!("\"{body}\"")), "seq {seq} holds {content}, not {body:?}");
+        let content = by_seq
+            .get(seq)
+            .unwrap_or_else(|| panic!("acknowledged seq {seq} is missing"));
+        assert!(
+            content.contains(&format!("\"{body}\"")),
+            "seq {seq} holds {content}, not {body:?}"
+        );
     }
     let output = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["--config", &cluster.config, "log", "verify"])
         .env("SWITCHYARD__DATABASE__URL", &cluster.db.url)
-        .env("SWITCHYARD__KEYS__PATH", cluster.db.dir.path().join("signing.key"))
+        .env(
+            "SWITCHYARD__KEYS__PATH",
+            cluster.db.dir.path().join("signing.key"),
+        )
         .env("SWITCHYARD__SERVER__NAME", "cluster.test")
         .output()
         .expect("log verify");
-    assert!(output.status.success(), "log verify: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "log verify: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[actix_web::test]
@@ -259,35 +319,53 @@ async fn killing_the_leader_under_load_elects_another_within_5s_and_loses_nothin
     };
     let token = register(&cluster, 0, "alice").await;
     let channel = create_channel(&cluster.address(1).expect("node1"), &token).await;
-    let targets = Rc::new(RefCell::new((0..3).map(|i| cluster.address(i)).collect::<Vec<_>>()));
+    let targets = Rc::new(RefCell::new(
+        (0..3).map(|i| cluster.address(i)).collect::<Vec<_>>(),
+    ));
     let stop = Rc::new(RefCell::new(false));
     let (acked, load) = load(targets.clone(), token, channel, stop.clone());
     let mut failovers = Vec::new();
     for round in 0..3 {
         tokio::time::sleep(Duration::from_millis(800)).await;
-        let asking = (0..3).find(|i| cluster.nodes[*i].is_some()).expect("a live node");
+        let asking = (0..3)
+            .find(|i| cluster.nodes[*i].is_some())
+            .expect("a live node");
         let leader = cluster.leader(asking, None, Duration::from_secs(10)).await;
         targets.borrow_mut()[leader] = None;
         let before = acked.borrow().len();
-        signal(&cluster.nodes[leader].as_ref().expect("leader").child, "-KILL");
+        signal(
+            &cluster.nodes[leader].as_ref().expect("leader").child,
+            "-KILL",
+        );
         let killed = Instant::now();
         cluster.nodes[leader] = None;
         let survivor = (0..3).find(|i| *i != leader).expect("survivor");
-        let next = cluster.leader(survivor, Some(leader), Duration::from_secs(10)).await;
+        let next = cluster
+            .leader(survivor, Some(leader), Duration::from_secs(10))
+            .await;
         let took = killed.elapsed();
         failovers.push(took);
-        assert!(took < Duration::from_secs(5), "round {round}: a new leader after {took:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "round {round}: a new leader after {took:?}"
+        );
         assert_ne!(next, leader);
         // The old leader comes back and follows.
         cluster.spawn(leader);
         cluster.follows(leader, Duration::from_secs(10)).await;
         targets.borrow_mut()[leader] = cluster.address(leader);
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(acked.borrow().len() > before, "round {round}: nothing was acknowledged after the kill");
+        assert!(
+            acked.borrow().len() > before,
+            "round {round}: nothing was acknowledged after the kill"
+        );
     }
     *stop.borrow_mut() = true;
     let refused = load.await.expect("load");
-    eprintln!("failovers: {failovers:?}; acknowledged {}, refused {refused}", acked.borrow().len());
+    eprintln!(
+        "failovers: {failovers:?}; acknowledged {}, refused {refused}",
+        acked.borrow().len()
+    );
     assert_acknowledged_kept(&cluster, &acked.borrow()).await;
 }
 
@@ -299,31 +377,60 @@ async fn a_hung_leader_is_replaced_within_two_leases_and_rejoins_when_it_wakes()
     let token = register(&cluster, 0, "alice").await;
     let leader = cluster.leader(0, None, Duration::from_secs(10)).await;
     let channel = create_channel(&cluster.address(leader).expect("leader"), &token).await;
-    let targets = Rc::new(RefCell::new((0..3).map(|i| cluster.address(i)).collect::<Vec<_>>()));
+    let targets = Rc::new(RefCell::new(
+        (0..3).map(|i| cluster.address(i)).collect::<Vec<_>>(),
+    ));
     let stop = Rc::new(RefCell::new(false));
-    let (acked, load) = load(targets.clone(), token.clone(), channel.clone(), stop.clone());
+    let (acked, load) = load(
+        targets.clone(),
+        token.clone(),
+        channel.clone(),
+        stop.clone(),
+    );
     tokio::time::sleep(Duration::from_millis(800)).await;
     // The leader hangs with its connections open.
     targets.borrow_mut()[leader] = None;
-    signal(&cluster.nodes[leader].as_ref().expect("leader").child, "-STOP");
+    signal(
+        &cluster.nodes[leader].as_ref().expect("leader").child,
+        "-STOP",
+    );
     let paused = Instant::now();
     let survivor = (leader + 1) % 3;
-    let next = cluster.leader(survivor, Some(leader), Duration::from_secs(10)).await;
+    let next = cluster
+        .leader(survivor, Some(leader), Duration::from_secs(10))
+        .await;
     let took = paused.elapsed();
-    assert!(took <= Duration::from_secs(4), "replaced after {took:?} (2 × lease_ttl = 4 s)");
+    assert!(
+        took <= Duration::from_secs(4),
+        "replaced after {took:?} (2 × lease_ttl = 4 s)"
+    );
     assert_ne!(next, leader);
     tokio::time::sleep(Duration::from_millis(500)).await;
     // It wakes: it cannot commit, learns it was deposed and follows.
-    signal(&cluster.nodes[leader].as_ref().expect("leader").child, "-CONT");
+    signal(
+        &cluster.nodes[leader].as_ref().expect("leader").child,
+        "-CONT",
+    );
     cluster.follows(leader, Duration::from_secs(10)).await;
     targets.borrow_mut()[leader] = cluster.address(leader);
     let address = cluster.address(leader).expect("woken node");
-    let (status, body) = request(&address, "POST", &format!("/api/v1/channels/{channel}/messages"), Some(&token), Some(json!({"body": "from the woken node"}))).await.expect("post");
+    let (status, body) = request(
+        &address,
+        "POST",
+        &format!("/api/v1/channels/{channel}/messages"),
+        Some(&token),
+        Some(json!({"body": "from the woken node"})),
+    )
+    .await
+    .expect("post");
     assert_eq!(status, 201, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     *stop.borrow_mut() = true;
     load.await.expect("load");
-    eprintln!("hung leader replaced after {took:?}; acknowledged {}", acked.borrow().len());
+    eprintln!(
+        "hung leader replaced after {took:?}; acknowledged {}",
+        acked.borrow().len()
+    );
     assert_acknowledged_kept(&cluster, &acked.borrow()).await;
 }
 
@@ -354,7 +461,9 @@ async fn killing_the_lease_holder_moves_the_destination_and_delivers_everything_
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("address").port();
     let server = HttpServer::new(move || {
-        App::new().app_data(data.clone()).route("/federation/inbox", web::post().to(destination_inbox))
+        App::new()
+            .app_data(data.clone())
+            .route("/federation/inbox", web::post().to(destination_inbox))
     })
     .workers(1)
     .listen(listener)
@@ -368,13 +477,28 @@ async fn killing_the_lease_holder_moves_the_destination_and_delivers_everything_
     let token = register(&cluster, 0, "alice").await;
     let address = cluster.address(0).expect("node0");
     let channel = create_channel(&address, &token).await;
-    let (status, body) = request(&address, "POST", &format!("/api/v1/channels/{channel}/invite"), Some(&token), Some(json!({"fid": "bob@dest.test"}))).await.expect("invite");
+    let (status, body) = request(
+        &address,
+        "POST",
+        &format!("/api/v1/channels/{channel}/invite"),
+        Some(&token),
+        Some(json!({"fid": "bob@dest.test"})),
+    )
+    .await
+    .expect("invite");
     assert_eq!(status, 200, "{body}");
     let mut posted = vec![body["seq"].as_u64().expect("seq")];
     let post = |address: String, n: usize| {
         let (token, channel) = (token.clone(), channel.clone());
         async move {
-            let (status, body) = request(&address, "POST", &format!("/api/v1/channels/{channel}/messages"), Some(&token), Some(json!({"body": format!("m{n}")}))).await?;
+            let (status, body) = request(
+                &address,
+                "POST",
+                &format!("/api/v1/channels/{channel}/messages"),
+                Some(&token),
+                Some(json!({"body": format!("m{n}")})),
+            )
+            .await?;
             (status == 201).then(|| body["seq"].as_u64().expect("seq"))
         }
     };
@@ -385,14 +509,28 @@ async fn killing_the_lease_holder_moves_the_destination_and_delivers_everything_
     let deadline = Instant::now() + Duration::from_secs(10);
     let holder = loop {
         let view = cluster.view(0).await.expect("view");
-        let holder = view["leases"].as_array().into_iter().flatten().find(|l| l["destination"] == "dest.test" && l["valid"] == true).and_then(|l| l["node_id"].as_str().map(str::to_owned));
+        let holder = view["leases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["destination"] == "dest.test" && l["valid"] == true)
+            .and_then(|l| l["node_id"].as_str().map(str::to_owned));
         if let Some(holder) = holder {
-            break holder.trim_start_matches("node").parse::<usize>().expect("node id");
+            break holder
+                .trim_start_matches("node")
+                .parse::<usize>()
+                .expect("node id");
         }
-        assert!(Instant::now() < deadline, "nobody took the destination's lease: {view}");
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the destination's lease: {view}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    signal(&cluster.nodes[holder].as_ref().expect("holder").child, "-KILL");
+    signal(
+        &cluster.nodes[holder].as_ref().expect("holder").child,
+        "-KILL",
+    );
     let killed = Instant::now();
     cluster.nodes[holder] = None;
     let survivors: Vec<usize> = (0..3).filter(|i| *i != holder).collect();
@@ -409,11 +547,24 @@ async fn killing_the_lease_holder_moves_the_destination_and_delivers_everything_
         if posted.iter().all(|s| got.contains(s)) {
             break killed.elapsed();
         }
-        assert!(Instant::now() < deadline, "the destination did not receive everything: missing {:?}", posted.iter().filter(|s| !got.contains(s)).collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "the destination did not receive everything: missing {:?}",
+            posted
+                .iter()
+                .filter(|s| !got.contains(s))
+                .collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let view = cluster.view(survivors[0]).await.expect("view");
-    let lease = view["leases"].as_array().into_iter().flatten().find(|l| l["destination"] == "dest.test").cloned().unwrap_or(Value::Null);
+    let lease = view["leases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["destination"] == "dest.test")
+        .cloned()
+        .unwrap_or(Value::Null);
     assert_ne!(lease["node_id"], format!("node{holder}"), "{view}");
     // At least once, in order: with repeats removed (first arrival kept), the seqs ascend.
     let got = received.0.lock().expect("lock").clone();
@@ -425,6 +576,9 @@ async fn killing_the_lease_holder_moves_the_destination_and_delivers_everything_
     }
     let mut sorted = first.clone();
     sorted.sort_unstable();
-    assert_eq!(first, sorted, "the destination received events out of order");
+    assert_eq!(
+        first, sorted,
+        "the destination received events out of order"
+    );
     eprintln!("lease moved and everything delivered {moved:?} after the kill");
 }

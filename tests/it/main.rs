@@ -7,10 +7,10 @@
 mod accounts;
 mod cli;
 mod cluster;
-mod cluster_process;
-mod cluster_shared;
 mod cluster_delivery;
 mod cluster_follow;
+mod cluster_process;
+mod cluster_shared;
 mod federation;
 mod gateway;
 mod helpers;
