@@ -102,7 +102,7 @@ use crate::common::{self, call, cpu_time, free_port, string_field, ChildGuard, S
 const MAX_PHASES: usize = 4;
 /// The connect storm: every socket connects at once while publishers post at `--rate`.
 const PHASE_CONNECT: usize = 0;
-const PHASE_FIXED: usize = 1;
+pub(crate) const PHASE_FIXED: usize = 1;
 const PHASE_SATURATION: usize = 2;
 /// The reconnect storm: `--storm-messages` posted while every socket is away, then all
 /// resume while publishers post at `--rate`.
@@ -280,7 +280,7 @@ const BUCKETS: usize = (64 - SUB_BITS as usize + 2) * HALF;
 /// A log-linear histogram of microsecond values.
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(from = "SparseHistogram", into = "SparseHistogram")]
-struct Histogram {
+pub(crate) struct Histogram {
     counts: Vec<u64>,
     total: u64,
 }
@@ -323,7 +323,7 @@ impl Histogram {
         self.total += 1;
     }
 
-    fn merge(&mut self, other: &Histogram) {
+    pub(crate) fn merge(&mut self, other: &Histogram) {
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
             *mine += theirs;
         }
@@ -331,7 +331,7 @@ impl Histogram {
     }
 
     /// The value at quantile `q` (0..=1); `None` when empty.
-    fn quantile(&self, q: f64) -> Option<u64> {
+    pub(crate) fn quantile(&self, q: f64) -> Option<u64> {
         if self.total == 0 {
             return None;
         }
@@ -376,19 +376,19 @@ impl From<SparseHistogram> for Histogram {
 
 /// What the clients saw of one phase (see the module doc for each figure).
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct PhaseTally {
-    deliveries: u64,
+pub(crate) struct PhaseTally {
+    pub(crate) deliveries: u64,
     /// Unix µs of the first and last delivery of this phase's payloads.
     first_us: Option<u64>,
     last_us: Option<u64>,
-    gaps: u64,
-    duplicates: u64,
+    pub(crate) gaps: u64,
+    pub(crate) duplicates: u64,
     reconnects: u64,
     resume_failures: u64,
     lost: u64,
     /// Chat events whose body is not a payload of this benchmark, or frames not understood.
     malformed: u64,
-    latency: Histogram,
+    pub(crate) latency: Histogram,
 }
 
 impl PhaseTally {
@@ -411,19 +411,19 @@ impl PhaseTally {
 
 /// The clients' answer to `status`.
 #[derive(Clone, Default, Serialize, Deserialize)]
-struct ClientStatus {
+pub(crate) struct ClientStatus {
     /// Sockets that have had Ready.
     ready: u64,
     /// Sockets connected now.
     open: u64,
     /// Sockets connected now and past Ready or Resumed.
-    live: u64,
+    pub(crate) live: u64,
     /// Reconnect storm: sockets that have every message posted while they were away.
     caught_up: u64,
     /// Deliveries so far, per phase tag.
     deliveries: Vec<u64>,
     /// The latest reason a socket failed to connect or ended, if any.
-    last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 impl ClientStatus {
@@ -465,7 +465,7 @@ impl HandshakeTally {
 
 /// Forwards the lines of `reader` (a pipe) to a channel, from a thread of its own; the
 /// channel closes at end of file.
-fn lines_of(reader: impl Read + Send + 'static) -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn lines_of(reader: impl Read + Send + 'static) -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in BufReader::new(reader).lines() {
@@ -535,10 +535,10 @@ fn resume_frame(seq: u64, token: &str) -> String {
 
 /// A child process, killed and reaped when dropped (also on every error path).
 /// The clients process and its request/answer channel (one line each way).
-struct ClientsProcess {
-    stdin: ChildStdin,
-    lines: mpsc::UnboundedReceiver<String>,
-    guard: ChildGuard,
+pub(crate) struct ClientsProcess {
+    pub(crate) stdin: ChildStdin,
+    pub(crate) lines: mpsc::UnboundedReceiver<String>,
+    pub(crate) guard: ChildGuard,
 }
 
 impl ClientsProcess {
@@ -605,7 +605,7 @@ impl ClientsProcess {
             .ok_or_else(|| anyhow!("unexpected answer to `{command}`: {line}"))
     }
 
-    async fn status(&mut self) -> anyhow::Result<ClientStatus> {
+    pub(crate) async fn status(&mut self) -> anyhow::Result<ClientStatus> {
         let answer = self.ask("status", "status").await?;
         serde_json::from_str(&answer).context("bad status answer")
     }
@@ -630,7 +630,11 @@ impl ClientsProcess {
         serde_json::from_str(&answer).context("bad handshakes answer")
     }
 
-    async fn report(&mut self, phase: usize, finals: &[u64]) -> anyhow::Result<PhaseTally> {
+    pub(crate) async fn report(
+        &mut self,
+        phase: usize,
+        finals: &[u64],
+    ) -> anyhow::Result<PhaseTally> {
         let finals: Vec<String> = finals.iter().map(u64::to_string).collect();
         let answer = self
             .ask(&format!("report {phase} {}", finals.join(",")), "report")
@@ -640,7 +644,7 @@ impl ClientsProcess {
 }
 
 /// Where and how messages are published.
-enum PublishTo {
+pub(crate) enum PublishTo {
     /// `POST /publish` with the payload as body.
     Bare { url: String },
     /// `POST /api/v1/channels/{id}/messages {"body"}` with each publisher's token.
@@ -697,14 +701,14 @@ async fn post_payload(client: &awc::Client, to: &PublishTo, payload: &Payload) -
 }
 
 #[derive(Default, Clone)]
-struct PublishTally {
-    sent: u64,
-    busy: u64,
-    errors: u64,
+pub(crate) struct PublishTally {
+    pub(crate) sent: u64,
+    pub(crate) busy: u64,
+    pub(crate) errors: u64,
     /// Fixed rate: messages sent later than their slot (the previous one was still running).
     late: u64,
     /// Post latency, µs: from a message's first try to its 2xx (busy retries included).
-    latency: Histogram,
+    pub(crate) latency: Histogram,
 }
 
 impl PublishTally {
@@ -719,7 +723,7 @@ impl PublishTally {
 
 /// When a phase's publishing stops.
 #[derive(Clone)]
-enum Until {
+pub(crate) enum Until {
     /// After this long.
     Elapsed(Duration),
     /// Once this many messages have been posted over all publishers (a shared countdown).
@@ -791,7 +795,7 @@ async fn publish_one(
 /// One phase's publishing: every publisher from its next number on, until `until`. Returns
 /// the unix µs at the start, the publishing time and the publishers' tallies; `next_n` is
 /// advanced past what was sent.
-async fn publish_phase(
+pub(crate) async fn publish_phase(
     client: &awc::Client,
     to: &Rc<PublishTo>,
     phase: usize,
@@ -1162,7 +1166,11 @@ struct ReconnectResult {
 
 /// Waits until the clients have every message of `phase` (`expected` deliveries), or none
 /// arrived for [`DRAIN_QUIET`].
-async fn drain(clients: &mut ClientsProcess, phase: usize, expected: u64) -> anyhow::Result<()> {
+pub(crate) async fn drain(
+    clients: &mut ClientsProcess,
+    phase: usize,
+    expected: u64,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut last = (0, Instant::now());
     loop {

@@ -19,7 +19,11 @@
 //!   checkpoint signer against the same without them, commit-to-checkpoint latency, inclusion
 //!   proofs and tiles against `GET /health` on a release server, and the audit export's time
 //!   and peak RSS as it grows (see `transparency.rs`).
+//! - `cluster`: 1, 2 and 3 release nodes on one PostgreSQL: appends spread over the nodes
+//!   against one node with the cluster off, forwarded appends, commit-to-socket latency on
+//!   every node, failover and delivery-lease takeover after kill -9 (see `cluster.rs`).
 
+mod cluster;
 mod common;
 mod fanout;
 mod identity;
@@ -96,6 +100,8 @@ enum Command {
     Identity(identity::IdentityArgs),
     /// Verifiable log: tree cost, checkpoint latency, proofs and tiles, export.
     Transparency(transparency::TransparencyArgs),
+    /// Several nodes on one PostgreSQL: appends, forwarding, sockets, failover, leases.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +125,7 @@ fn main() -> anyhow::Result<()> {
             Command::BareBroadcast(args) => fanout::run_bare(args).await,
             Command::Identity(args) => identity::run(args).await,
             Command::Transparency(args) => transparency::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
         }
     })
 }
