@@ -555,6 +555,17 @@ impl Config {
                     "must be a shared secret of at least 16 characters when cluster.enabled = true",
                 ));
             }
+            let listens_everywhere = self
+                .server
+                .bind
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified());
+            if cluster.advertise_url.is_empty() && listens_everywhere {
+                return Err(invalid(
+                    "cluster.advertise_url",
+                    "server.bind listens on every address, so say how the other nodes reach this one (e.g. \"http://10.0.0.2:8008\")",
+                ));
+            }
             if !(cluster.advertise_url.is_empty()
                 || cluster.advertise_url.starts_with("http://")
                 || cluster.advertise_url.starts_with("https://"))

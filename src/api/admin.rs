@@ -161,7 +161,7 @@ pub async fn put_origin(
         .log
         .append(vec![event])
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::append_fault)?;
     // Applied with the seq that set it: in a cluster every node also applies the committed
     // event, and an older policy never replaces a newer one, whichever arrives first.
     // (One outcome per event appended.)

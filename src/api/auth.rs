@@ -20,14 +20,14 @@ pub struct Credentials {
 }
 
 fn answer(error: AccountError) -> ApiError {
-    let kind = match &error {
+    let kind = match error {
         AccountError::BadUsername | AccountError::BadPassword => ErrorKind::InvalidParam,
         AccountError::Taken(_) => ErrorKind::UsernameTaken,
         AccountError::BadCredentials => ErrorKind::BadCredentials,
         AccountError::Busy => ErrorKind::Overloaded,
-        AccountError::Hash(_) | AccountError::Append(_) | AccountError::Store(_) => {
-            return ApiError::internal(error)
-        }
+        AccountError::Hash(_) => return ApiError::internal(error),
+        AccountError::Append(error) => return super::append_fault(error),
+        AccountError::Store(error) => return super::store_fault(error),
     };
     ApiError::new(kind, error.to_string())
 }

@@ -27,6 +27,9 @@ fn answer(error: ActionError) -> ApiError {
     let error = match error {
         ActionError::Identity(error) => return ApiError::from(error),
         ActionError::Store(error) => return super::store_fault(error),
+        ActionError::Append(error @ (AppendError::Storage(_) | AppendError::Stopped)) => {
+            return super::append_fault(error)
+        }
         other => other,
     };
     let kind = match &error {
@@ -41,14 +44,9 @@ fn answer(error: ActionError) -> ApiError {
             };
             return ApiError::new(kind, error.to_string());
         }
-        ActionError::Append(AppendError::Storage(_) | AppendError::Stopped) => {
-            return ApiError::new(
-                ErrorKind::Unavailable,
-                "the event log could not commit; retry",
-            )
+        ActionError::Append(_) | ActionError::Store(_) | ActionError::Identity(_) => {
+            return ApiError::internal(error)
         }
-        ActionError::Store(_) => return ApiError::internal(error),
-        ActionError::Identity(_) => return ApiError::internal(error),
     };
     ApiError::new(kind, error.to_string())
 }

@@ -104,7 +104,7 @@ pub async fn user_lookup(
         .store
         .account(&query.username)
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(super::store_fault)?;
     Ok(HttpResponse::Ok().json(match account {
         Some(account) => serde_json::json!({
             "found": true,

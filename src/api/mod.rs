@@ -228,6 +228,23 @@ pub(crate) fn store_fault(error: crate::store::StoreError) -> ApiError {
     }
 }
 
+/// An append that could not commit, as clients see it: the log refusing our own event is a
+/// bug (500); a log that cannot commit now (the database, a cluster electing its leader) is
+/// a fault the server survives: 503 with `Retry-After`.
+pub(crate) fn append_fault(error: crate::store::AppendError) -> ApiError {
+    match error {
+        crate::store::AppendError::Invalid { .. } => ApiError::internal(error),
+        crate::store::AppendError::Storage(_) | crate::store::AppendError::Stopped => {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                "the event log could not commit; retry",
+            )
+            .with_cause(error)
+            .retry_after(1)
+        }
+    }
+}
+
 /// The address the request came from (unspecified when the transport has none).
 pub(crate) fn peer_ip(req: &HttpRequest) -> std::net::IpAddr {
     req.peer_addr()

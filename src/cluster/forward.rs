@@ -24,7 +24,8 @@ const ELECTION_WAIT: Duration = Duration::from_secs(6);
 /// Between two tries while no leader answers.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// One forwarded request's limit (a group commit under load takes milliseconds).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Well under [`ELECTION_WAIT`], so a request lost with its leader is retried in time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a follower waits to have applied the commit it forwarded before answering.
 const APPLY_WAIT: Duration = Duration::from_secs(2);
 
@@ -105,8 +106,12 @@ thread_local! {
 /// What the leader answered, as far as the forwarder cares.
 enum Answer {
     Committed(Vec<WireOutcome>),
-    /// Try again, perhaps elsewhere: no leader there, or nobody answered.
-    Retry(String),
+    /// Try again, perhaps elsewhere: no leader there, or nobody answered. `maybe_written`:
+    /// the request may have reached a leader that committed it (the answer was lost).
+    Retry {
+        problem: String,
+        maybe_written: bool,
+    },
     /// The leader refused the request itself (a bad token, events it would not take).
     Refused(String),
 }
@@ -147,9 +152,11 @@ impl Forwarding {
                     .send_body(body)
                     .await;
                 let answer = match result {
-                    Err(error) => {
-                        Answer::Retry(format!("the leader at {url} did not answer: {error}"))
-                    }
+                    Err(error) => Answer::Retry {
+                        problem: format!("the leader at {url} did not answer: {error}"),
+                        // Nothing was sent if no connection was made.
+                        maybe_written: !matches!(error, awc::error::SendRequestError::Connect(_)),
+                    },
                     Ok(mut response) => {
                         let status = response.status();
                         let body = response.body().limit(16 << 20).await;
@@ -162,9 +169,14 @@ impl Forwarding {
                                     )),
                                 }
                             }
-                            (503, _) | (502, _) | (504, _) => {
-                                Answer::Retry(format!("the node at {url} answered {status}"))
-                            }
+                            (503, body) | (502, body) | (504, body) => Answer::Retry {
+                                problem: format!("the node at {url} answered {status}"),
+                                // A node that does not lead wrote nothing; a leader's 503 may
+                                // follow a COMMIT whose outcome it could not know.
+                                maybe_written: !body.as_deref().is_ok_and(|b| {
+                                    String::from_utf8_lossy(b).contains("SY_NOT_LEADER")
+                                }),
+                            },
                             (_, body) => Answer::Refused(format!(
                                 "the leader at {url} refused the append ({status}): {}",
                                 body.map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -221,6 +233,9 @@ impl Forwarding {
         })?);
         let mut leader = node.leader().await;
         let mut last_problem = String::from("no node leads");
+        // Whether an earlier try may have been committed with its answer lost.
+        let mut maybe_written = false;
+        let mut bonus_used = false;
         loop {
             if node.role().writes() {
                 // This node won an election meanwhile.
@@ -230,7 +245,10 @@ impl Forwarding {
                 Some(seen) if seen.node_id != node.identity.node_id => {
                     self.send(seen.advertise_url.clone(), body.clone()).await
                 }
-                _ => Answer::Retry(last_problem.clone()),
+                _ => Answer::Retry {
+                    problem: last_problem.clone(),
+                    maybe_written: false,
+                },
             };
             match answer {
                 Answer::Committed(outcomes) => {
@@ -239,13 +257,16 @@ impl Forwarding {
                     metrics
                         .forward_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    let outcomes: Vec<AppendOutcome> = outcomes
+                    let mut outcomes: Vec<AppendOutcome> = outcomes
                         .into_iter()
                         .map(|o| match o.duplicate {
                             true => AppendOutcome::Duplicate { seq: o.seq },
                             false => AppendOutcome::Appended { seq: o.seq },
                         })
                         .collect();
+                    if maybe_written {
+                        own_earlier_try(node, &events, &mut outcomes).await;
+                    }
                     if let Some(last) = outcomes.iter().map(|o| o.seq()).max() {
                         if !node.applied(last, APPLY_WAIT).await {
                             tracing::debug!(
@@ -263,8 +284,18 @@ impl Forwarding {
                         problem,
                     ))));
                 }
-                Answer::Retry(problem) => {
-                    if started.elapsed() >= ELECTION_WAIT {
+                Answer::Retry {
+                    problem,
+                    maybe_written: this_may_have,
+                } => {
+                    // A try whose request may have been committed is tried once more even
+                    // past the election's wait: the retry finds it, and the caller learns it
+                    // committed instead of being told it did not.
+                    maybe_written |= this_may_have;
+                    let past = started.elapsed() >= ELECTION_WAIT;
+                    let bonus = past && this_may_have && !bonus_used;
+                    bonus_used |= bonus;
+                    if past && !bonus {
                         node.metrics
                             .forwarded
                             .with_label_values(&["unavailable"])
@@ -278,6 +309,37 @@ impl Forwarding {
                     leader = node.refresh_leader().await;
                 }
             }
+        }
+    }
+}
+
+/// After a try whose answer was lost, the retry finds the events already in the log and the
+/// leader answers them as duplicates: the earlier try committed them. An event stored exactly
+/// as this append has it (type, sender, channel, time, canonical content) is reported as
+/// appended, so a caller is not told "already taken" about its own write (a registration, a
+/// certificate serial). Anything else stays a duplicate.
+async fn own_earlier_try(node: &Node, events: &[PreparedEvent], outcomes: &mut [AppendOutcome]) {
+    for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
+        let AppendOutcome::Duplicate { seq } = *outcome else {
+            continue;
+        };
+        let stored = match node.store().read_after(seq - 1, 1).await {
+            Ok(entries) => entries.into_iter().next(),
+            Err(error) => {
+                tracing::warn!(%error, seq, "cannot compare a duplicate with the retried event");
+                None
+            }
+        };
+        if stored.is_some_and(|entry| {
+            entry.seq == seq
+                && entry.event_id == event.event_id
+                && entry.event_type == event.event_type.as_str()
+                && entry.sender == event.sender
+                && entry.channel == event.channel
+                && entry.origin_ts == event.origin_ts
+                && entry.content.get() == event.canonical_content.get()
+        }) {
+            *outcome = AppendOutcome::Appended { seq };
         }
     }
 }

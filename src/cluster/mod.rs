@@ -63,7 +63,7 @@ pub type RoleWatch = tokio::sync::watch::Receiver<Role>;
 impl NodeIdentity {
     /// This node's identity when `cluster.enabled`, else `None`. An empty `node_id` becomes
     /// the host name and a random suffix; an empty `advertise_url` is `http://` + the bound
-    /// address (`port`, as the listener got it).
+    /// address (`port`, as the listener got it; a bind on every address needs the URL).
     pub fn from_config(config: &crate::config::Config, port: u16) -> Option<NodeIdentity> {
         let cluster = &config.cluster;
         if !cluster.enabled {
@@ -83,12 +83,12 @@ impl NodeIdentity {
         let advertise_url = match cluster.advertise_url.is_empty() {
             false => cluster.advertise_url.trim_end_matches('/').to_owned(),
             true => {
+                // `Config::validate` refuses an unspecified address here.
                 let ip = config
                     .server
                     .bind
                     .rsplit_once(':')
                     .map_or("127.0.0.1", |(ip, _)| ip);
-                let ip = if ip == "0.0.0.0" { "127.0.0.1" } else { ip };
                 format!("http://{ip}:{port}")
             }
         };

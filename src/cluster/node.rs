@@ -77,6 +77,8 @@ pub struct Node {
     stopping: std::sync::atomic::AtomicBool,
     /// Tells the listener to end.
     halt: Notify,
+    /// The leader renews its lease on a connection of its own (see `store::cluster::renew`).
+    lease_conn: tokio::sync::OnceCell<crate::store::writer::WriterConnection>,
 }
 
 impl Node {
@@ -110,6 +112,7 @@ impl Node {
             last_hash: std::sync::Mutex::new(None),
             stopping: std::sync::atomic::AtomicBool::new(false),
             halt: Notify::new(),
+            lease_conn: tokio::sync::OnceCell::new(),
         });
         log.set_forwarder(Arc::new(super::forward::Forwarding::start(Arc::downgrade(
             &node,
@@ -135,6 +138,10 @@ impl Node {
 
     pub fn log(&self) -> &EventLogHandle {
         &self.log
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
     }
 
     pub fn role(&self) -> Role {
@@ -259,7 +266,15 @@ impl Node {
             }
             match self.role() {
                 Role::Leader { epoch } => {
-                    match db::renew(&self.store, epoch, lease_ttl.as_millis() as i64).await {
+                    let renewal = match self
+                        .lease_conn
+                        .get_or_try_init(|| db::lease_connection(&self.store))
+                        .await
+                    {
+                        Ok(conn) => db::renew(conn, epoch, lease_ttl.as_millis() as i64).await,
+                        Err(error) => Err(error),
+                    };
+                    match renewal {
                         Ok(true) => renewed = Instant::now(),
                         Ok(false) => {
                             self.step_down("another node leads now").await;
@@ -340,7 +355,8 @@ impl Node {
             }
             Ok(false) => {}
             Err(error) => {
-                tracing::debug!(%error, "cannot try the leader's lock");
+                // The writer's connection is replaced before the next try if it was lost.
+                tracing::warn!(%error, "cannot try the leader's lock; trying again");
                 return STAND_INTERVAL;
             }
         }
@@ -359,10 +375,10 @@ impl Node {
             let remaining = Duration::from_millis((row.lease_until_ms - row.now_ms) as u64);
             return STAND_INTERVAL.min(remaining + Duration::from_millis(20));
         }
-        let Some(pid) = row.backend_pid else {
+        if row.backend_pid.is_none() {
             return STAND_INTERVAL;
-        };
-        match db::depose(&self.store, pid).await {
+        }
+        match db::depose(&self.store, row.epoch).await {
             Ok(true) => {
                 self.metrics.deposed.inc();
                 tracing::warn!(
@@ -401,6 +417,7 @@ impl Node {
         crate::store::tree::catch_up(&self.store, self.log.writer()).await?;
         self.log.reset_head().await;
         self.log.set_role(Role::Leader { epoch });
+        self.applied.send_replace(self.log.committed_head());
         self.metrics.leader.set(1);
         self.metrics.lag_events.set(0);
         self.metrics.epoch.set(epoch as i64);
@@ -418,6 +435,10 @@ impl Node {
             "this node leads the cluster"
         );
         self.beat().await;
+        if self.stopping.load(Ordering::Acquire) {
+            // A graceful stop came while this node was taking the lead.
+            self.step_down("this node is stopping").await;
+        }
         Ok(())
     }
 
@@ -426,7 +447,15 @@ impl Node {
     async fn step_down(&self, why: &str) {
         self.fence.set(None);
         self.log.set_role(Role::Follower);
-        self.log.drain().await;
+        // Bounded: a writer stuck on a connection that no longer answers must not stop this
+        // loop from following (its commit fails the fence when it wakes anyway).
+        if tokio::time::timeout(self.identity.lease_ttl, self.log.drain())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the writer did not drain within a lease; following anyway");
+        }
+        self.applied.send_replace(self.log.committed_head());
         if let Some(conn) = self.log.writer().connection() {
             db::unlock(conn).await;
         }

@@ -106,24 +106,28 @@ pub(crate) async fn bump_epoch(
     Ok(row.try_get::<i64>("", "epoch")? as u64)
 }
 
-/// Renews the leader's lease, only while `epoch` is still the current one. `false`: another
-/// node leads now.
+/// Renews the leader's lease, only while `epoch` is still the current one and the session
+/// the leader row names still holds the leader's lock (a leader whose writer connection died
+/// lost the lock with it, and must not keep a lease it cannot commit under). `false`: step
+/// down. Runs on the leader's own lease connection, never behind client traffic in the pool.
 pub(crate) async fn renew(
-    store: &Store,
+    conn: &WriterConnection,
     epoch: u64,
     lease_ttl_ms: i64,
 ) -> Result<bool, StoreError> {
     let sql = format!(
         "UPDATE cluster_leader SET lease_until_ms = {DB_NOW_MS} + $2 \
-         WHERE id = 1 AND epoch = $1 RETURNING epoch"
+         WHERE id = 1 AND epoch = $1 AND EXISTS (SELECT 1 FROM pg_locks \
+         WHERE locktype = 'advisory' AND granted AND pid = cluster_leader.backend_pid \
+         AND ((classid::bigint << 32) | objid::bigint) = $3) RETURNING epoch"
     );
-    let row = store
-        .readers()
+    let row = conn
         .query_one(pg(
             &sql,
             [
                 Value::BigInt(Some(epoch as i64)),
                 Value::BigInt(Some(lease_ttl_ms)),
+                Value::BigInt(Some(LEADER_LOCK)),
             ],
         ))
         .await?;
@@ -142,26 +146,35 @@ pub async fn leader(store: &Store) -> Result<Option<LeaderRow>, StoreError> {
 }
 
 /// Ends the database session of a leader whose lease ran out while it kept its connection
-/// (a hung or paused process still answers TCP keepalives), which releases its lock. Only the
-/// session that holds the leader's lock and is the one the leader row names is terminated
-/// (a process id alone could have been reused). `true` when one was terminated.
-pub(crate) async fn depose(store: &Store, backend_pid: i32) -> Result<bool, StoreError> {
+/// (a hung or paused process still answers TCP keepalives), which releases its lock. One
+/// statement decides and acts: the leader row must still be at `epoch` with its lease run
+/// out, and the session it names must hold the leader's lock (a process id alone could have
+/// been reused). The row is not locked (a leader hung inside a commit holds it `FOR SHARE`
+/// for good), so a renewal that commits in the same microsecond could still lose: a leader
+/// that late had already missed its lease by a third. `true` when one was terminated.
+pub(crate) async fn depose(store: &Store, epoch: i64) -> Result<bool, StoreError> {
+    let sql = format!(
+        "SELECT pg_terminate_backend(l.pid) AS terminated FROM cluster_leader c \
+         JOIN pg_locks l ON l.pid = c.backend_pid AND l.locktype = 'advisory' AND l.granted \
+         AND ((l.classid::bigint << 32) | l.objid::bigint) = $2 \
+         WHERE c.id = 1 AND c.epoch = $1 AND c.lease_until_ms < {DB_NOW_MS}"
+    );
     let row = store
         .readers()
         .query_one(pg(
-            "SELECT pg_terminate_backend(pid) AS terminated FROM pg_locks \
-             WHERE locktype = 'advisory' AND granted AND pid = $1 \
-             AND ((classid::bigint << 32) | objid::bigint) = $2",
-            [
-                Value::Int(Some(backend_pid)),
-                Value::BigInt(Some(LEADER_LOCK)),
-            ],
+            &sql,
+            [Value::BigInt(Some(epoch)), Value::BigInt(Some(LEADER_LOCK))],
         ))
         .await?;
     Ok(row
         .map(|r| r.try_get::<bool>("", "terminated"))
         .transpose()?
         .unwrap_or(false))
+}
+
+/// A connection of its own for the leader's lease (see [`renew`]).
+pub(crate) async fn lease_connection(store: &Store) -> Result<WriterConnection, StoreError> {
+    Ok(WriterConnection::open(store.writer.clone(), None).await?)
 }
 
 /// Records this node's heartbeat: role, epoch, applied seq.

@@ -707,9 +707,15 @@ fn finish(
             metrics.log_head_seq.set(new_head.seq as i64);
             // Before publishing: whoever reads the head and then follows publications misses
             // nothing (see `EventLogHandle::committed_head`).
-            published
+            let before = published
                 .committed
-                .store(new_head.seq, std::sync::atomic::Ordering::Release);
+                .fetch_max(new_head.seq, std::sync::atomic::Ordering::AcqRel);
+            // A cluster node that stepped down while this commit hung may have read these
+            // entries back already (see `cluster::node::step_down`): publish each entry once.
+            let mut entries = entries;
+            if before >= entries.first().map_or(u64::MAX, |e| e.seq) {
+                entries.retain(|e| e.seq > before);
+            }
             for entry in &entries {
                 metrics
                     .log_events_appended
@@ -1144,13 +1150,18 @@ impl EventLogHandle {
 
     /// Publishes entries a follower read from the database (committed by the leader), in
     /// `seq` order, to this node's subscribers, exactly as its own commits would be.
-    pub(crate) fn publish_followed(&self, entries: Vec<LogEntry>) {
+    pub(crate) fn publish_followed(&self, mut entries: Vec<LogEntry>) {
         let Some(last) = entries.last().map(|e| e.seq) else {
             return;
         };
-        self.published
+        let before = self
+            .published
             .committed
-            .store(last, std::sync::atomic::Ordering::Release);
+            .fetch_max(last, std::sync::atomic::Ordering::AcqRel);
+        entries.retain(|e| e.seq > before);
+        if entries.is_empty() {
+            return;
+        }
         let _ = self
             .published
             .batches

@@ -35,6 +35,22 @@ pub(crate) struct WriterConnection {
     pub(crate) fence: Option<std::sync::Arc<super::log::Fence>>,
 }
 
+/// Whether `error` means the connection itself is unusable: I/O, protocol or TLS failures,
+/// or a PostgreSQL error of class 08 (connection exception) or 57 (operator intervention:
+/// `pg_terminate_backend`, a shutdown).
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
 fn exec_err(e: sqlx::Error) -> DbErr {
     DbErr::Exec(RuntimeErr::SqlxError(e))
 }
@@ -163,6 +179,19 @@ impl WriterConnection {
         *self.raw.lock().await = None;
     }
 
+    /// A PostgreSQL connection that is gone (its session terminated, the server restarted,
+    /// the network cut) is replaced before the next statement, whatever statement found
+    /// out: otherwise a node whose writer connection died could never commit or lead again.
+    /// (SQLite connections are files, never lost this way; an in-memory one must be kept.)
+    async fn after<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
+        if let Err(error) = &result {
+            if self.backend == DbBackend::Postgres && connection_lost(error) {
+                self.discard().await;
+            }
+        }
+        result
+    }
+
     /// The connection, opening a fresh one if the last was discarded.
     async fn connection(&self) -> Result<MappedMutexGuard<'_, Raw>, DbErr> {
         let mut guard = self.raw.lock().await;
@@ -182,7 +211,7 @@ impl ConnectionTrait for WriterConnection {
 
     async fn execute(&self, mut stmt: Statement) -> Result<ExecResult, DbErr> {
         let values = values(&mut stmt);
-        match &mut *self.connection().await? {
+        let result = match &mut *self.connection().await? {
             Raw::Sqlite(c) => c
                 .execute(sqlx::query_with(&stmt.sql, values))
                 .await
@@ -191,16 +220,16 @@ impl ConnectionTrait for WriterConnection {
                 .execute(sqlx::query_with(&stmt.sql, values))
                 .await
                 .map(Into::into),
-        }
-        .map_err(exec_err)
+        };
+        self.after(result).await.map_err(exec_err)
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
-        match &mut *self.connection().await? {
+        let result = match &mut *self.connection().await? {
             Raw::Sqlite(c) => c.execute(sql).await.map(Into::into),
             Raw::Postgres(c) => c.execute(sql).await.map(Into::into),
-        }
-        .map_err(exec_err)
+        };
+        self.after(result).await.map_err(exec_err)
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
@@ -209,7 +238,7 @@ impl ConnectionTrait for WriterConnection {
 
     async fn query_all(&self, mut stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let values = values(&mut stmt);
-        match &mut *self.connection().await? {
+        let result = match &mut *self.connection().await? {
             Raw::Sqlite(c) => sqlx::query_with(&stmt.sql, values)
                 .fetch_all(c)
                 .await
@@ -218,7 +247,7 @@ impl ConnectionTrait for WriterConnection {
                 .fetch_all(c)
                 .await
                 .map(|rows| rows.into_iter().map(Into::into).collect()),
-        }
-        .map_err(query_err)
+        };
+        self.after(result).await.map_err(query_err)
     }
 }

@@ -50,6 +50,10 @@ fn bad_config_values_exit_2_naming_the_key() {
             "cluster.internal_token",
         ),
         ("[cluster]\nlease_ttl = \"10ms\"\n", "cluster.lease_ttl"),
+        (
+            "[server]\nbind = \"0.0.0.0:8008\"\n[database]\nurl = \"postgres://x@127.0.0.1/x\"\n[cluster]\nenabled = true\ninternal_token = \"a-long-enough-secret\"\n",
+            "cluster.advertise_url",
+        ),
         ("[cluster]\npoll_interval = \"2s\"\n", "cluster.poll_interval"),
     ];
     for (body, key) in cases {

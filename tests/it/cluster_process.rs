@@ -427,8 +427,37 @@ async fn a_hung_leader_is_replaced_within_two_leases_and_rejoins_when_it_wakes()
     tokio::time::sleep(Duration::from_millis(500)).await;
     *stop.borrow_mut() = true;
     load.await.expect("load");
+    // The woken node can lead again (its writer connection, terminated while it slept, is
+    // replaced): the other two die, and it takes over.
+    for other in (0..3).filter(|i| *i != leader) {
+        signal(&cluster.nodes[other].as_ref().expect("node").child, "-KILL");
+    }
+    let killed = Instant::now();
+    let again = cluster
+        .leader(leader, Some(next), Duration::from_secs(10))
+        .await;
+    assert_eq!(again, leader, "the woken node did not take the lead");
+    let took_again = killed.elapsed();
+    assert!(
+        took_again < Duration::from_secs(5),
+        "it led again after {took_again:?}"
+    );
+    let (status, body) = request(
+        &address,
+        "POST",
+        &format!("/api/v1/channels/{channel}/messages"),
+        Some(&token),
+        Some(json!({"body": "led by the woken node"})),
+    )
+    .await
+    .expect("post");
+    assert_eq!(status, 201, "{body}");
+    acked.borrow_mut().push((
+        body["seq"].as_u64().expect("seq"),
+        "led by the woken node".into(),
+    ));
     eprintln!(
-        "hung leader replaced after {took:?}; acknowledged {}",
+        "hung leader replaced after {took:?}, led again {took_again:?} after the others died; acknowledged {}",
         acked.borrow().len()
     );
     assert_acknowledged_kept(&cluster, &acked.borrow()).await;
