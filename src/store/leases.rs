@@ -42,6 +42,33 @@ pub async fn delivery_leases(
         .collect()
 }
 
+/// Who holds each destination's lease now, on the database's clock: `(destination, holder)`
+/// sorted by destination, the holder `None` when the lease is free (never taken, released,
+/// or expired, whoever it still names). PostgreSQL only (a cluster node's admin view).
+pub async fn delivery_lease_holders(
+    store: &Store,
+) -> Result<Vec<(String, Option<String>)>, StoreError> {
+    let rows = store
+        .readers()
+        .query_all(pg(
+            format!(
+                "SELECT destination, \
+                 CASE WHEN until_ms > {DB_NOW_MS} THEN node_id END \
+                 FROM delivery_leases ORDER BY destination"
+            ),
+            Vec::new(),
+        ))
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get_by_index::<String>(0)?,
+                row.try_get_by_index::<Option<String>>(1)?,
+            ))
+        })
+        .collect()
+}
+
 /// How the cluster stands, for a node's fair share of the leases.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseCensus {

@@ -7,11 +7,14 @@
 //! PostgreSQL only: skipped unless `SWITCHYARD_TEST_POSTGRES_URL` is set.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{
+    ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait,
+};
 use serde_json::{json, Value};
 use switchyard::cluster::{NodeIdentity, DB_NOW_MS};
 use switchyard::config::FederationConfig;
@@ -34,13 +37,28 @@ fn postgres() -> bool {
     set
 }
 
-/// What the fake inbox received: `(node, destination, seq)` in arrival order.
+/// What the fake inbox received: `(node, destination, seq)` in arrival order (accepted
+/// events), and every request with its arrival time, refused ones included.
 #[derive(Clone, Default)]
-struct Received(Arc<Mutex<Vec<(String, String, u64)>>>);
+struct Received(
+    Arc<Mutex<Vec<(String, String, u64)>>>,
+    Arc<Mutex<Vec<(String, String, Instant)>>>,
+    /// While set, every request is answered 503 (the senders retry with backoff).
+    Arc<AtomicBool>,
+);
 
 impl Received {
     fn all(&self) -> Vec<(String, String, u64)> {
         self.0.lock().expect("lock").clone()
+    }
+
+    /// Every request, `(node, destination, arrival)`.
+    fn requests(&self) -> Vec<(String, String, Instant)> {
+        self.1.lock().expect("lock").clone()
+    }
+
+    fn fail(&self, fail: bool) {
+        self.2.store(fail, Ordering::SeqCst);
     }
 
     /// The seqs `destination` received, in arrival order, from any node.
@@ -61,6 +79,15 @@ async fn inbox(
     received: web::Data<Received>,
 ) -> HttpResponse {
     let (node, destination) = path.into_inner();
+    received
+        .1
+        .lock()
+        .expect("lock")
+        .push((node.clone(), destination.clone(), Instant::now()));
+    if received.2.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"errcode": "SY_UNAVAILABLE", "error": "failing on purpose"}));
+    }
     let body: Value = serde_json::from_slice(&body).expect("JSON body");
     let mut results = serde_json::Map::new();
     for event in body["events"].as_array().expect("events") {
@@ -151,6 +178,31 @@ async fn start_node(log: &TestLog, inbox: &FakeInbox, id: &str) -> TestNode {
         || async { live_nodes(log).await.contains(&id.to_owned()) },
     )
     .await;
+    let delivery = start_delivery(
+        log,
+        inbox,
+        id,
+        Some(NodeIdentity {
+            node_id: id.to_owned(),
+            advertise_url: "http://127.0.0.1:1".into(),
+            lease_ttl: TTL,
+        }),
+    )
+    .await;
+    TestNode {
+        delivery,
+        heartbeat,
+    }
+}
+
+/// A Delivery delivering to the fake inbox under the path of `id`: a cluster node's with
+/// `node`, one node's without.
+async fn start_delivery(
+    log: &TestLog,
+    inbox: &FakeInbox,
+    id: &str,
+    node: Option<NodeIdentity>,
+) -> Arc<Delivery> {
     let mut federation = FederationConfig {
         delivery_backoff_base: Duration::from_millis(50),
         delivery_max_backoff: Duration::from_millis(200),
@@ -168,7 +220,7 @@ async fn start_node(log: &TestLog, inbox: &FakeInbox, id: &str) -> TestNode {
         ServerKey::generate(),
         Vec::new(),
     ));
-    let delivery = Delivery::start(
+    Delivery::start(
         US,
         &federation,
         store,
@@ -176,18 +228,10 @@ async fn start_node(log: &TestLog, inbox: &FakeInbox, id: &str) -> TestNode {
         keys,
         Arc::new(Resolver::new(&federation)),
         Arc::new(switchyard::telemetry::Metrics::new().expect("metrics")),
-        Some(NodeIdentity {
-            node_id: id.to_owned(),
-            advertise_url: "http://127.0.0.1:1".into(),
-            lease_ttl: TTL,
-        }),
+        node,
     )
     .await
-    .expect("start delivery");
-    TestNode {
-        delivery,
-        heartbeat,
-    }
+    .expect("start delivery")
 }
 
 impl TestNode {
@@ -666,6 +710,315 @@ async fn a_node_whose_lease_is_taken_stops_delivering_it() {
     let cursor = log.store.delivery_cursor("d1.test").await.expect("cursor");
     assert!(cursor.is_some_and(|c| c < second["d1.test"]), "{cursor:?}");
 
+    n1.delivery.stop().await;
+    n1.heartbeat.abort();
+    db.close().await.expect("close");
+    inbox.server.stop(false).await;
+}
+
+/// The destinations view of `delivery` as the admin route answers it.
+async fn view_json(delivery: &Delivery) -> Vec<Value> {
+    let views = delivery.views().await.expect("views");
+    match serde_json::to_value(views).expect("json") {
+        Value::Array(list) => list,
+        other => panic!("not a list: {other}"),
+    }
+}
+
+/// What every node agrees on about a destination: everything but this node's memory.
+fn shared(view: &Value) -> Value {
+    json!({
+        "destination": view["destination"],
+        "cursor": view["cursor"],
+        "lag": view["lag"],
+        "dead_letters": view["dead_letters"],
+        "lease_node": view["lease_node"],
+    })
+}
+
+#[actix_web::test]
+async fn every_node_lists_every_destination_and_who_holds_its_lease() {
+    if !postgres() {
+        return;
+    }
+    let log = spawn_log().await;
+    let inbox = fake_inbox();
+    let n1 = start_node(&log, &inbox, "n1").await;
+    let n2 = start_node(&log, &inbox, "n2").await;
+    let mut expected: HashMap<String, Vec<u64>> = HashMap::new();
+    for round in 0..3 {
+        for (d, seq) in post_round(&log, &format!("r{round}")).await {
+            expected.entry(d).or_default().push(seq);
+        }
+    }
+    wait_until("two leases each", Duration::from_secs(10), || async {
+        n1.delivery.leases_held() == 2 && n2.delivery.leases_held() == 2
+    })
+    .await;
+    wait_until("every event delivered", Duration::from_secs(20), || {
+        everything_arrived(&inbox.received, &expected)
+    })
+    .await;
+    // The cursors are written after each batch: wait until both nodes see them settled.
+    let last: HashMap<String, u64> = expected
+        .iter()
+        .map(|(d, seqs)| (d.clone(), seqs.iter().copied().max().unwrap_or(0)))
+        .collect();
+    wait_until("the cursors to settle", Duration::from_secs(10), || async {
+        let mut settled = true;
+        for (node, delivery) in [("n1", &n1.delivery), ("n2", &n2.delivery)] {
+            let view = view_json(delivery).await;
+            settled &= view.len() == DESTINATIONS.len()
+                && view.iter().all(|v| {
+                    let d = v["destination"].as_str().unwrap_or_default();
+                    v["cursor"].as_u64() >= last.get(d).copied()
+                        && (v["lease_node"] != json!(node) || v["state"] == json!("idle"))
+                });
+        }
+        settled
+    })
+    .await;
+
+    let by_node = holders(&log).await;
+    let holder = |destination: &str| {
+        by_node
+            .iter()
+            .find(|(_, held)| held.iter().any(|d| d == destination))
+            .map(|(node, _)| node.clone())
+    };
+    let v1 = view_json(&n1.delivery).await;
+    let v2 = view_json(&n2.delivery).await;
+    // Behind a load balancer, either node answers the same list, whoever delivers what.
+    let names = |view: &[Value]| -> Vec<String> {
+        view.iter()
+            .map(|v| v["destination"].as_str().expect("name").to_owned())
+            .collect()
+    };
+    assert_eq!(names(&v1), DESTINATIONS.to_vec(), "{v1:?}");
+    assert_eq!(names(&v2), names(&v1));
+    assert_eq!(
+        v1.iter().map(shared).collect::<Vec<_>>(),
+        v2.iter().map(shared).collect::<Vec<_>>(),
+        "the nodes disagree"
+    );
+    for (node, view) in [("n1", &v1), ("n2", &v2)] {
+        for v in view.iter() {
+            let d = v["destination"].as_str().expect("name");
+            let lease_node = holder(d);
+            assert_eq!(v["lease_node"], json!(lease_node), "{node}: {v}");
+            assert!(lease_node.is_some(), "every lease is held: {v}");
+            assert_eq!(v["lag"], json!(0), "{v}");
+            assert_eq!(v["dead_letters"], json!([]), "{v}");
+            if lease_node.as_deref() == Some(node) {
+                // This node's memory of what it delivers.
+                assert_eq!(v["state"], json!("idle"), "{node}: {v}");
+                assert!(v["delivered"].as_u64().is_some(), "{node}: {v}");
+                assert_eq!(v["dead_lettered"], json!(0), "{node}: {v}");
+            } else {
+                for field in ["state", "last_error", "delivered", "dead_lettered"] {
+                    assert_eq!(v[field], Value::Null, "{node}: {field} of {v}");
+                }
+            }
+        }
+    }
+
+    // A free lease is listed with no holder.
+    n2.delivery.stop().await;
+    n2.heartbeat.abort();
+    n1.delivery.halt();
+    n1.heartbeat.abort();
+    let view = view_json(&n1.delivery).await;
+    assert_eq!(names(&view), DESTINATIONS.to_vec());
+    for v in &view {
+        let d = v["destination"].as_str().expect("name");
+        if by_node
+            .get("n2")
+            .is_some_and(|held| held.iter().any(|h| h == d))
+        {
+            assert_eq!(v["lease_node"], Value::Null, "released: {v}");
+        }
+    }
+    inbox.server.stop(false).await;
+}
+
+#[actix_web::test]
+async fn one_nodes_destinations_view_keeps_its_fields() {
+    // Any database: one node needs no leases.
+    let log = spawn_log().await;
+    let inbox = fake_inbox();
+    let delivery = start_delivery(&log, &inbox, "solo", None).await;
+    let sent = post_round(&log, "r0").await;
+    wait_until("every event delivered", Duration::from_secs(20), || async {
+        DESTINATIONS
+            .iter()
+            .all(|d| inbox.received.of(d).contains(&sent[*d]))
+    })
+    .await;
+    let view = view_json(&delivery).await;
+    assert_eq!(view.len(), DESTINATIONS.len(), "{view:?}");
+    for v in &view {
+        let mut fields: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "cursor",
+                "dead_lettered",
+                "dead_letters",
+                "delivered",
+                "destination",
+                "lag",
+                "last_error",
+                "state"
+            ],
+            "{v}"
+        );
+        assert!(v["state"].is_string(), "{v}");
+        assert!(v["delivered"].is_u64(), "{v}");
+        assert!(v["dead_lettered"].is_u64(), "{v}");
+    }
+    delivery.stop().await;
+    inbox.server.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_dropped_delivery_renews_nothing_and_sends_nothing() {
+    if !postgres() {
+        return;
+    }
+    let log = spawn_log().await;
+    let inbox = fake_inbox();
+    let TestNode {
+        delivery,
+        heartbeat,
+    } = start_node(&log, &inbox, "n1").await;
+    let first = post_round(&log, "r0").await;
+    wait_until("n1 to deliver", Duration::from_secs(10), || async {
+        delivery.leases_held() == 4
+            && DESTINATIONS
+                .iter()
+                .all(|d| inbox.received.of(d).contains(&first[*d]))
+    })
+    .await;
+
+    // Dropped without a stop, as an application that failed to build after starting its
+    // delivery; the process (its heartbeat) lives on.
+    drop(delivery);
+    let dropped = Instant::now();
+    let before = inbox.received.requests().len();
+    let second = post_round(&log, "r1").await;
+    wait_until("n1's leases to expire", TTL * 3, || async {
+        holders(&log).await.is_empty()
+    })
+    .await;
+    assert!(
+        dropped.elapsed() > TTL / 3,
+        "the leases were not held after the drop (a release?)"
+    );
+    tokio::time::sleep(TTL).await;
+    assert!(
+        holders(&log).await.is_empty(),
+        "a dropped delivery renewed its leases"
+    );
+    let late = &inbox.received.requests()[before..];
+    assert!(late.is_empty(), "a dropped delivery sent: {late:?}");
+    for d in DESTINATIONS {
+        assert!(!inbox.received.of(d).contains(&second[d]));
+    }
+    heartbeat.abort();
+    inbox.server.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_worker_stops_sending_when_its_lease_may_have_run_out() {
+    if !postgres() {
+        return;
+    }
+    let log = spawn_log().await;
+    let inbox = fake_inbox();
+    let n1 = start_node(&log, &inbox, "n1").await;
+    let first = post_round(&log, "r0").await;
+    wait_until("n1 to deliver", Duration::from_secs(10), || async {
+        n1.delivery.leases_held() == 4
+            && DESTINATIONS
+                .iter()
+                .all(|d| inbox.received.of(d).contains(&first[*d]))
+    })
+    .await;
+
+    // The destinations fail: every worker retries its batch with backoff (≤ 200 ms).
+    inbox.received.fail(true);
+    let failing = Instant::now();
+    let second = post_round(&log, "r1").await;
+    wait_until("retries", Duration::from_secs(10), || async {
+        inbox
+            .received
+            .requests()
+            .iter()
+            .filter(|(_, _, at)| *at > failing)
+            .count()
+            >= 8
+    })
+    .await;
+
+    // The lease task's renewal hangs (rows locked by another transaction; no error): the
+    // workers must stop sending by `lease_ttl` after the last renewal, before the leases may
+    // have expired on the database and another node taken them.
+    let db = raw(&log).await;
+    let lock = db.begin().await.expect("begin");
+    lock.execute(Statement::from_string(
+        DbBackend::Postgres,
+        "SELECT destination FROM delivery_leases FOR UPDATE",
+    ))
+    .await
+    .expect("lock the leases");
+    let locked = Instant::now();
+    tokio::time::sleep(TTL * 2).await;
+    let requests = inbox.received.requests();
+    // A successful renewal ran before the lock, so it was sent before `locked`: the lease is
+    // trusted until `locked + TTL` at most; a request sent just before reaches the inbox a
+    // little later.
+    let limit = locked + TTL + Duration::from_millis(150);
+    let late: Vec<_> = requests.iter().filter(|(_, _, at)| *at > limit).collect();
+    assert!(
+        late.is_empty(),
+        "sent {:?} after the lease may have run out: {late:?}",
+        late.iter()
+            .map(|(_, _, at)| at.duration_since(locked))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|(_, _, at)| *at > failing && *at < locked),
+        "the workers were retrying before the lock"
+    );
+    // The operator sees why (views read the lease rows without locking them).
+    for v in view_json(&n1.delivery).await {
+        assert_eq!(v["state"], json!("backoff"), "{v}");
+        assert!(
+            v["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("lease")),
+            "{v}"
+        );
+    }
+
+    // The database answers again: the hung renewal finds the leases expired, they are taken
+    // anew, and delivery resumes from the stored cursors.
+    inbox.received.fail(false);
+    lock.rollback().await.expect("rollback");
+    wait_until("the second round", Duration::from_secs(20), || async {
+        DESTINATIONS
+            .iter()
+            .all(|d| inbox.received.of(d).contains(&second[*d]))
+    })
+    .await;
     n1.delivery.stop().await;
     n1.heartbeat.abort();
     db.close().await.expect("close");

@@ -47,12 +47,24 @@
 //! share grows as the dead node stops counting as live, claim them at their next tick. At
 //! least once holds across a takeover: the new holder starts from the stored cursor, which
 //! only ever names events the writing holder had delivered, so it may resend some, never skip.
+//!
+//! The write fence keeps a cursor honest, not the requests: so a worker also stops *sending*
+//! once its node's own clock says the lease may have run out — `lease_ttl` after the last
+//! successful claim or renewal was sent (the database set `until_ms` after that) — and a
+//! request still unanswered then is abandoned. It sends again when a renewal succeeds. So a
+//! node whose lease task is stuck on the database (a hang, not an error) falls silent before
+//! another node may take its leases, and at most one node sends to a destination at a time.
+//!
+//! The router and the lease task hold the `Delivery` weakly: an application dropped without
+//! `stop` (a failed build, a test) stops its destinations and renews nothing, and its leases
+//! expire for the other nodes. `GET /admin/v1/destinations` on a cluster node lists every
+//! destination from the database, with the node holding each lease ([`DestinationView`]).
 
 pub mod routing;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -118,20 +130,96 @@ pub struct Wake;
 pub struct Stop;
 
 /// This node's hold on one destination's lease (cluster nodes only): what the actor's writes
-/// are fenced by, and how the lease task tells a running worker the lease is gone.
+/// are fenced by, how the lease task tells a running worker the lease is gone, and until when
+/// this node's own clock may trust it.
 #[derive(Debug)]
 struct Lease {
     node_id: String,
     lost: std::sync::atomic::AtomicBool,
+    /// On this node's clock, when the lease may have run out: the last successful claim or
+    /// renewal was *sent* at `valid_until - lease_ttl`, and the database set `until_ms` after
+    /// that, so the lease is valid at least until here (the database's clock running at the
+    /// same rate). Past it another node may be sending, so the worker does not send until a
+    /// renewal moves it on, even when the lease task is stuck on a database call.
+    valid_until: Mutex<tokio::time::Instant>,
+    /// Notified when the lease is renewed or lost.
+    changed: Notify,
 }
 
 impl Lease {
+    fn new(node_id: &str, valid_until: tokio::time::Instant) -> Lease {
+        Lease {
+            node_id: node_id.to_owned(),
+            lost: std::sync::atomic::AtomicBool::new(false),
+            valid_until: Mutex::new(valid_until),
+            changed: Notify::new(),
+        }
+    }
+
     fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)
     }
 
     fn lose(&self) {
         self.lost.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    fn valid_until(&self) -> tokio::time::Instant {
+        *self.valid_until.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A renewal sent at `sent` succeeded: valid until `sent + ttl` on this node's clock.
+    fn renewed(&self, until: tokio::time::Instant) {
+        {
+            let mut valid_until = self.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+            *valid_until = (*valid_until).max(until);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether this node's clock still vouches for the lease (and it is not lost).
+    fn is_valid(&self) -> bool {
+        !self.is_lost() && tokio::time::Instant::now() < self.valid_until()
+    }
+
+    /// Waits until the lease may be used to send: at once when it is valid, else until a
+    /// renewal makes it valid again. `false`: it is lost (the worker stops).
+    async fn usable(&self) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the checks: a renewal between them still wakes us.
+            changed.as_mut().enable();
+            if self.is_lost() {
+                return false;
+            }
+            if tokio::time::Instant::now() < self.valid_until() {
+                return true;
+            }
+            changed.await;
+        }
+    }
+
+    /// Resolves when the lease is lost or this node's clock passes its validity (a renewal
+    /// meanwhile moves the deadline on).
+    async fn expired(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_lost() {
+                return;
+            }
+            let until = self.valid_until();
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = changed => {}
+            }
+        }
     }
 }
 
@@ -257,14 +345,49 @@ impl Worker {
         self.lease.as_ref().is_some_and(|lease| lease.is_lost())
     }
 
+    /// Whether the worker may send now: always on one node. On a cluster node, while this
+    /// node's clock says the lease may have run out (no renewal for `lease_ttl`: the lease
+    /// task failing or stuck on the database), it waits for a renewal rather than send beside
+    /// a node that may have taken the lease; `false` when the lease is lost.
+    async fn may_send(&self) -> bool {
+        let Some(lease) = &self.lease else {
+            return true;
+        };
+        if lease.is_valid() {
+            return true;
+        }
+        if lease.is_lost() {
+            return false;
+        }
+        tracing::warn!(
+            destination = %self.name,
+            node = %lease.node_id,
+            "delivery lease not renewed within lease_ttl; not sending until it is"
+        );
+        self.progress.set_state(
+            DeliveryState::Backoff,
+            Some("delivery lease not renewed in time; waiting for a renewal".into()),
+        );
+        lease.usable().await
+    }
+
     /// Delivers `batch` until every event is accepted, a duplicate or dead-lettered.
     async fn deliver(&self, client: &OutboundClient, batch: &[&LogEntry], backoff: &mut Duration) {
         loop {
-            if self.lease_lost() {
+            if !self.may_send().await {
                 // Another node delivers this destination now, from the stored cursor.
                 return;
             }
-            match self.send(client, batch).await {
+            let sent = match &self.lease {
+                None => self.send(client, batch).await,
+                // A request still unanswered when the lease may have run out is abandoned:
+                // the batch goes again once a renewal comes (or from the next holder).
+                Some(lease) => tokio::select! {
+                    sent = self.send(client, batch) => sent,
+                    () = lease.expired() => continue,
+                },
+            };
+            match sent {
                 Sent::Answered(results) => {
                     *backoff = self.federation.delivery_backoff_base;
                     for entry in batch {
@@ -485,18 +608,70 @@ impl Worker {
     }
 }
 
+/// The last owner of a Delivery went: a graceful stop (`stop`) ran before, or the application
+/// was dropped without one (`Application::build` failed after `Delivery::start`, a test
+/// dropped it). Then nothing more is delivered from here: the router and lease tasks end (they
+/// hold it weakly), the destinations stop, and the leases of a cluster node are not renewed
+/// any more: they expire after `lease_ttl` for other nodes to take (nothing is released, as
+/// nothing can be awaited here).
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(router) = self
+            .router
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            router.abort();
+        }
+        if let Some(leasing) = &mut self.leasing {
+            if let Some(task) = leasing
+                .task
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+            {
+                task.abort();
+            }
+        }
+        for (name, r) in self
+            .running
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            if let Some(lease) = &r.lease {
+                lease.lose();
+            }
+            r.addr.do_send(Stop);
+            tracing::info!(destination = %name, "delivery dropped without a stop; destination stopped");
+        }
+    }
+}
+
 /// A destination as `GET /admin/v1/destinations` shows it.
+///
+/// On one node every field is set (the node delivers every destination) and `lease_node` is
+/// absent. On a cluster node every destination is listed, whichever node delivers it: the
+/// cursor, lag and dead letters come from the database (the same on every node);
+/// `state`, `last_error`, `delivered` and `dead_lettered` are this node's memory of the
+/// destinations it delivers, `null` for the others; `lease_node` names the node holding the
+/// lease (on the database's clock), `null` when it is free.
 #[derive(Debug, Serialize)]
 pub struct DestinationView {
     pub destination: String,
     pub cursor: u64,
     /// Log entries after the cursor (not all of them concern this destination).
     pub lag: u64,
-    pub state: DeliveryState,
+    pub state: Option<DeliveryState>,
     pub last_error: Option<String>,
-    pub delivered: u64,
-    pub dead_lettered: u64,
+    pub delivered: Option<u64>,
+    pub dead_lettered: Option<u64>,
     pub dead_letters: Vec<entities::dead_letters::Model>,
+    /// Cluster nodes only (absent on one node): the lease holder, `None` (null) when free.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_node: Option<Option<String>>,
 }
 
 struct Running {
@@ -514,7 +689,7 @@ struct Leasing {
     /// Known destinations whose lease row this node has not added yet.
     unregistered: Mutex<Vec<String>>,
     /// Wakes the lease task before its next tick (a destination new to this node).
-    nudge: Notify,
+    nudge: Arc<Notify>,
     /// The lease task, awaited by a graceful stop before it releases the leases.
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -533,6 +708,8 @@ pub struct Delivery {
     metrics: Arc<crate::telemetry::Metrics>,
     /// On a cluster node, its leases; `None` on one node, which delivers everything.
     leasing: Option<Leasing>,
+    /// The router task, ended when the Delivery goes.
+    router: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Delivery {
@@ -570,9 +747,10 @@ impl Delivery {
                 node,
                 known: Mutex::new(Default::default()),
                 unregistered: Mutex::new(Vec::new()),
-                nudge: Notify::new(),
+                nudge: Arc::new(Notify::new()),
                 task: Mutex::new(None),
             }),
+            router: Mutex::new(None),
         });
         let servers = delivery
             .members
@@ -610,9 +788,17 @@ impl Delivery {
                 }
             }
         }
-        actix_web::rt::spawn(delivery.clone().route(committed));
+        // Both tasks hold the Delivery weakly: dropped without `stop` (an application that
+        // failed to build, or was dropped unrun), it ends them, stops its destinations and
+        // renews no lease, which then expire for other nodes to take.
+        let router = actix_web::rt::spawn(Delivery::route(Arc::downgrade(&delivery), committed));
+        *delivery.router.lock().unwrap_or_else(|e| e.into_inner()) = Some(router);
         if let Some(leasing) = &delivery.leasing {
-            let task = actix_web::rt::spawn(delivery.clone().hold_leases());
+            let task = actix_web::rt::spawn(Delivery::hold_leases(
+                Arc::downgrade(&delivery),
+                leasing.nudge.clone(),
+                leasing.node.lease_ttl / 3,
+            ));
             *leasing.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
         Ok(delivery)
@@ -691,85 +877,99 @@ impl Delivery {
         (addr, true)
     }
 
+    /// The router task. It holds the Delivery weakly, as the lease task does: an application
+    /// dropped without a stop does not keep it (and its destinations) alive.
     async fn route(
-        self: Arc<Self>,
+        delivery: Weak<Self>,
         mut committed: tokio::sync::broadcast::Receiver<Arc<crate::store::CommittedBatch>>,
     ) {
         loop {
-            if self.stopped.load(Ordering::Acquire) {
+            let received = committed.recv().await;
+            let Some(this) = delivery.upgrade() else {
+                break;
+            };
+            if this.stopped.load(Ordering::Acquire) {
                 break;
             }
-            let batch = match committed.recv().await {
-                Ok(batch) => batch,
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::warn!(
-                        missed,
-                        "delivery router lagged; reloading membership and waking every destination"
-                    );
-                    if let (Ok(rows), Ok((head, _))) = (
-                        self.store.members_of_channels_at(&self.us).await,
-                        self.store.head().await,
-                    ) {
-                        let members = MemberServers::new(rows, &self.us);
-                        let servers = members.all_servers();
-                        *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
-                        for server in servers {
-                            // New to us in the skipped window: from the reload on.
-                            match &self.leasing {
-                                None => {
-                                    self.ensure(&server, head);
-                                }
-                                Some(leasing) => self.note(leasing, &server, head).await,
-                            }
-                        }
-                        self.routed.fetch_max(head, Ordering::AcqRel);
-                    }
-                    self.wake_all();
-                    continue;
-                }
+            match received {
+                Ok(batch) => this.route_batch(&batch).await,
+                Err(RecvError::Lagged(missed)) => this.reroute(missed).await,
                 Err(RecvError::Closed) => break,
+            }
+        }
+    }
+
+    /// The router lagged behind the log and missed `missed` batches: membership is reloaded
+    /// and every destination woken.
+    async fn reroute(&self, missed: u64) {
+        tracing::warn!(
+            missed,
+            "delivery router lagged; reloading membership and waking every destination"
+        );
+        if let (Ok(rows), Ok((head, _))) = (
+            self.store.members_of_channels_at(&self.us).await,
+            self.store.head().await,
+        ) {
+            let members = MemberServers::new(rows, &self.us);
+            let servers = members.all_servers();
+            *self.members.write().unwrap_or_else(|e| e.into_inner()) = members;
+            for server in servers {
+                // New to us in the skipped window: from the reload on.
+                match &self.leasing {
+                    None => {
+                        self.ensure(&server, head);
+                    }
+                    Some(leasing) => self.note(leasing, &server, head).await,
+                }
+            }
+            self.routed.fetch_max(head, Ordering::AcqRel);
+        }
+        self.wake_all();
+    }
+
+    /// Routes one committed batch: membership updated in log order, each destination met
+    /// started (one node) or noted for its lease (a cluster node), then woken.
+    async fn route_batch(&self, batch: &crate::store::CommittedBatch) {
+        let mut woken: Vec<String> = Vec::new();
+        for entry in &batch.entries {
+            let routed = {
+                let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+                targets(entry, &self.us, &members)
             };
-            let mut woken: Vec<String> = Vec::new();
-            for entry in &batch.entries {
-                let routed = {
-                    let members = self.members.read().unwrap_or_else(|e| e.into_inner());
-                    targets(entry, &self.us, &members)
-                };
-                self.track_membership(entry);
-                for server in routed {
-                    if let Some(leasing) = &self.leasing {
-                        // Started by whichever node holds its lease; woken below if it is us.
-                        self.note(leasing, &server, entry.seq.saturating_sub(1))
-                            .await;
-                        if !woken.contains(&server) {
-                            woken.push(server);
-                        }
-                        continue;
-                    }
-                    let (_, started) = self.ensure(&server, entry.seq.saturating_sub(1));
-                    if started {
-                        if let Err(error) = self
-                            .store
-                            .set_delivery_cursor(&server, entry.seq.saturating_sub(1))
-                            .await
-                        {
-                            tracing::error!(destination = %server, %error, "cannot persist a new delivery cursor");
-                        }
-                    }
+            self.track_membership(entry);
+            for server in routed {
+                if let Some(leasing) = &self.leasing {
+                    // Started by whichever node holds its lease; woken below if it is us.
+                    self.note(leasing, &server, entry.seq.saturating_sub(1))
+                        .await;
                     if !woken.contains(&server) {
                         woken.push(server);
                     }
+                    continue;
+                }
+                let (_, started) = self.ensure(&server, entry.seq.saturating_sub(1));
+                if started {
+                    if let Err(error) = self
+                        .store
+                        .set_delivery_cursor(&server, entry.seq.saturating_sub(1))
+                        .await
+                    {
+                        tracing::error!(destination = %server, %error, "cannot persist a new delivery cursor");
+                    }
+                }
+                if !woken.contains(&server) {
+                    woken.push(server);
                 }
             }
-            if let Some(last) = batch.entries.last() {
-                self.routed.fetch_max(last.seq, Ordering::AcqRel);
-            }
-            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            for server in woken {
-                if let Some(r) = running.get(&server) {
-                    // A full mailbox already holds a Wake.
-                    let _ = r.addr.try_send(Wake);
-                }
+        }
+        if let Some(last) = batch.entries.last() {
+            self.routed.fetch_max(last.seq, Ordering::AcqRel);
+        }
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for server in woken {
+            if let Some(r) = running.get(&server) {
+                // A full mailbox already holds a Wake.
+                let _ = r.addr.try_send(Wake);
             }
         }
     }
@@ -929,13 +1129,12 @@ impl Delivery {
         leasing.nudge.notify_one();
     }
 
-    /// The lease task of a cluster node: a tick every `lease_ttl / 3`, and one when the
-    /// router meets a new destination, until the node stops.
-    async fn hold_leases(self: Arc<Self>) {
-        let Some(leasing) = &self.leasing else {
-            return;
-        };
-        let mut ticks = tokio::time::interval(leasing.node.lease_ttl / 3);
+    /// The lease task of a cluster node: a tick every `period` (`lease_ttl / 3`), and one
+    /// when the router meets a new destination (`nudge`), until the node stops or the
+    /// Delivery is dropped. It holds the Delivery weakly, and strongly only during a tick: a
+    /// Delivery whose last owner went without `stop` renews nothing more.
+    async fn hold_leases(delivery: Weak<Self>, nudge: Arc<Notify>, period: Duration) {
+        let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // When the last renewal was sent: every lease held then is valid until at least this
         // plus `lease_ttl` on the database's clock (it set `until_ms` after it was sent).
@@ -943,15 +1142,21 @@ impl Delivery {
         loop {
             tokio::select! {
                 _ = ticks.tick() => {}
-                _ = leasing.nudge.notified() => {}
+                _ = nudge.notified() => {}
             }
-            if self.stopped.load(Ordering::Acquire) {
+            let Some(this) = delivery.upgrade() else {
+                break;
+            };
+            let Some(leasing) = &this.leasing else {
+                break;
+            };
+            if this.stopped.load(Ordering::Acquire) {
                 break;
             }
-            self.lease_tick(leasing, &mut renewed_at).await;
-            self.metrics
+            this.lease_tick(leasing, &mut renewed_at).await;
+            this.metrics
                 .delivery_leases_held
-                .set(i64::try_from(self.leases_held()).unwrap_or(i64::MAX));
+                .set(i64::try_from(this.leases_held()).unwrap_or(i64::MAX));
         }
     }
 
@@ -983,6 +1188,15 @@ impl Delivery {
                 for name in held.iter().filter(|name| !kept.contains(*name)) {
                     self.drop_lease(leasing, name, "lost");
                 }
+                // Valid until at least `sent + ttl`: the database set `until_ms` after this
+                // renewal was sent. A worker that stopped sending for want of a renewal
+                // resumes.
+                let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                for name in &kept {
+                    if let Some(lease) = running.get(name).and_then(|r| r.lease.as_ref()) {
+                        lease.renewed(sent + ttl);
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(node, %error, "cannot renew the delivery leases; will retry");
@@ -1010,12 +1224,13 @@ impl Delivery {
         let share = census.fair_share();
         let held = self.leases_held();
         if held < share {
+            let sent = tokio::time::Instant::now();
             match self
                 .store
                 .claim_delivery_leases(node, ttl, share - held)
                 .await
             {
-                Ok(taken) => self.take_leases(leasing, taken).await,
+                Ok(taken) => self.take_leases(leasing, taken, sent + ttl).await,
                 Err(error) => {
                     tracing::warn!(node, %error, "cannot claim delivery leases; will retry")
                 }
@@ -1039,8 +1254,14 @@ impl Delivery {
     }
 
     /// Starts delivering the destinations whose leases this node just took, each from its
-    /// stored cursor as it is now (the previous holder can no longer move it).
-    async fn take_leases(&self, leasing: &Leasing, taken: Vec<String>) {
+    /// stored cursor as it is now (the previous holder can no longer move it). `valid_until`:
+    /// when the claim may run out on this node's clock (its sending time plus `lease_ttl`).
+    async fn take_leases(
+        &self,
+        leasing: &Leasing,
+        taken: Vec<String>,
+        valid_until: tokio::time::Instant,
+    ) {
         let node = leasing.node.node_id.as_str();
         let cursors = match self.store.delivery_cursors_of(&taken).await {
             Ok(cursors) => cursors,
@@ -1056,10 +1277,7 @@ impl Delivery {
             // No cursor: a destination with members whose first cursor write never came (as
             // on one node, it gets everything of its channels).
             let cursor = cursors.get(&name).copied().unwrap_or(0);
-            let lease = Arc::new(Lease {
-                node_id: node.to_owned(),
-                lost: std::sync::atomic::AtomicBool::new(false),
-            });
+            let lease = Arc::new(Lease::new(node, valid_until));
             let (_, started) = self.start_destination(&name, cursor, Some(lease));
             if started {
                 tracing::info!(destination = %name, node, cursor, "delivery lease taken");
@@ -1120,22 +1338,58 @@ impl Delivery {
         }
     }
 
-    /// Every destination, sorted by name.
+    /// Every destination, sorted by name: on one node those it delivers (all of them), on a
+    /// cluster node all of them whichever node delivers them (see [`DestinationView`]).
     pub async fn views(&self) -> Result<Vec<DestinationView>, StoreError> {
         let head = self.store.head().await?.0;
-        let progress: Vec<(String, Arc<Progress>)> = {
-            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            let mut list: Vec<_> = running
+        let progress: HashMap<String, Arc<Progress>> = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, r)| (name.clone(), r.progress.clone()))
+            .collect();
+        // (destination, cursor, lease holder): one node from its memory, a cluster node from
+        // the database, so that every node answers the same list behind a load balancer.
+        let mut list: Vec<(String, u64, Option<Option<String>>)> = match &self.leasing {
+            None => progress
                 .iter()
-                .map(|(name, r)| (name.clone(), r.progress.clone()))
-                .collect();
-            list.sort_by(|a, b| a.0.cmp(&b.0));
-            list
+                .map(|(name, p)| (name.clone(), p.cursor.load(Ordering::Acquire), None))
+                .collect(),
+            Some(_) => {
+                let mut all: std::collections::BTreeMap<String, (u64, Option<String>)> =
+                    Default::default();
+                for row in self.store.delivery_cursors().await? {
+                    all.insert(
+                        row.destination,
+                        (u64::try_from(row.cursor_seq).unwrap_or(0), None),
+                    );
+                }
+                for (name, holder) in
+                    crate::store::leases::delivery_lease_holders(&self.store).await?
+                {
+                    // A lease row without a cursor: its holder starts from 0.
+                    all.entry(name).or_insert((0, None)).1 = holder;
+                }
+                for name in progress.keys() {
+                    all.entry(name.clone()).or_insert((0, None));
+                }
+                all.into_iter()
+                    .map(|(name, (cursor, holder))| (name, cursor, Some(holder)))
+                    .collect()
+            }
         };
-        let mut views = Vec::with_capacity(progress.len());
-        for (name, p) in progress {
-            let cursor = p.cursor.load(Ordering::Acquire);
-            let (state, last_error) = p.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut views = Vec::with_capacity(list.len());
+        for (name, cursor, lease_node) in list {
+            let mine = progress.get(&name);
+            let (state, last_error) = match mine {
+                Some(p) => {
+                    let (state, error) = p.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    (Some(state), error)
+                }
+                None => (None, None),
+            };
             views.push(DestinationView {
                 dead_letters: self.store.dead_letters(&name, DEAD_LETTERS_SHOWN).await?,
                 destination: name,
@@ -1143,10 +1397,66 @@ impl Delivery {
                 lag: head.saturating_sub(cursor),
                 state,
                 last_error,
-                delivered: p.delivered.load(Ordering::Relaxed),
-                dead_lettered: p.dead_lettered.load(Ordering::Relaxed),
+                delivered: mine.map(|p| p.delivered.load(Ordering::Relaxed)),
+                dead_lettered: mine.map(|p| p.dead_lettered.load(Ordering::Relaxed)),
+                lease_node,
             });
         }
         Ok(views)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lease;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[tokio::test]
+    async fn a_lease_past_its_local_validity_waits_for_a_renewal_or_its_loss() {
+        let lease = Arc::new(Lease::new("n1", Instant::now() + Duration::from_millis(50)));
+        assert!(lease.is_valid());
+        assert!(lease.usable().await);
+        // `expired` resolves once the local clock passes the validity.
+        let started = Instant::now();
+        lease.expired().await;
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        assert!(!lease.is_valid());
+
+        // Expired: `usable` waits until a renewal moves the validity on.
+        let waiting = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.usable().await }
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!waiting.is_finished(), "usable without a renewal");
+        lease.renewed(Instant::now() + Duration::from_secs(60));
+        assert!(waiting.await.expect("task"), "a renewal makes it usable");
+        assert!(lease.is_valid());
+
+        // A renewal meanwhile keeps `expired` from resolving at the old deadline.
+        let lease = Arc::new(Lease::new("n1", Instant::now() + Duration::from_millis(30)));
+        let watching = tokio::spawn({
+            let lease = lease.clone();
+            async move { lease.expired().await }
+        });
+        lease.renewed(Instant::now() + Duration::from_secs(60));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(!watching.is_finished(), "expired despite the renewal");
+        // ... and a loss ends both the wait and the watch.
+        let lease_waiting = Arc::new(Lease::new("n1", Instant::now()));
+        let waiting = tokio::spawn({
+            let lease = lease_waiting.clone();
+            async move { lease.usable().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lease_waiting.lose();
+        assert!(!waiting.await.expect("task"), "a lost lease is not usable");
+        lease.lose();
+        watching.await.expect("task");
+        // An earlier renewal never moves the validity back.
+        lease.renewed(Instant::now());
+        assert!(lease.valid_until() > Instant::now() + Duration::from_secs(50));
     }
 }
