@@ -16,13 +16,15 @@
 //! `timestamp` reads. Nothing here holds a database connection while it signs: the only
 //! database step of an issuance is its append.
 //!
-//! Every node of a cluster answers from its own index, so the index follows the log
+//! Every node of a cluster answers from its own index, so there the index follows the log
 //! ([`ActorCerts::apply`], fed by `identity::follow`): a certificate issued or invalidated
 //! through another node is answered here as soon as this node reads its event. The node that
-//! issued it applies its own event too; an entry already in the index is kept, so the two
-//! paths agree whichever comes first. Issuance through two nodes at once can break what one
-//! node's session lock guarantees (one valid certificate per session, none for an ended
-//! session); `apply` reports such certificates and the writer invalidates them in the log.
+//! issued it applies its own event too; an entry already in the index is kept, and a session's
+//! certificate is the one issued last, so the two paths agree whichever comes first. Issuance
+//! through two nodes at once can break what one node's session lock guarantees (one valid
+//! certificate per session, none for an ended session); the follower finds such certificates
+//! in the log's order ([`Lineage`], never the index) and the writer invalidates them. One
+//! node (the cluster off) runs no follower: it updates the index after its own appends.
 //!
 //! Cache windows: each answered entry carries `cache_not_valid_before` = now,
 //! `cache_not_valid_after` = now + `identity.cert_cache_ttl` (never past `not_after`) and the
@@ -95,6 +97,9 @@ pub struct IssuedActorCert {
     pub pem: Arc<str>,
     /// Unix seconds.
     pub invalidated_at: Option<i64>,
+    /// The `seq` of its `actor.idcert_issued`: of two certificates of one session, the one
+    /// issued later is the session's.
+    issued_seq: u64,
     /// The window signed for the second `.0` with the key `.1`.
     window: Mutex<Option<(i64, [u8; 32], SignedWindow)>>,
 }
@@ -113,6 +118,7 @@ impl IssuedActorCert {
             not_after: row.not_after,
             pem: row.pem.into(),
             invalidated_at: row.invalidated_at,
+            issued_seq: u64::try_from(row.issued_seq).unwrap_or(0),
             window: Mutex::new(None),
         })
     }
@@ -128,6 +134,7 @@ impl IssuedActorCert {
             not_after: self.not_after,
             pem: self.pem.clone(),
             invalidated_at: Some(at),
+            issued_seq: self.issued_seq,
             window: Mutex::new(None),
         }
     }
@@ -193,14 +200,15 @@ impl Index {
     }
 
     fn insert(&mut self, cert: Arc<IssuedActorCert>) {
+        let holder = self.by_session.get(&cert.session_id);
         if cert.invalidated_at.is_none() {
-            self.by_session
-                .insert(cert.session_id.clone(), cert.clone());
-        } else if self
-            .by_session
-            .get(&cert.session_id)
-            .is_some_and(|c| c.serial == cert.serial)
-        {
+            // The session's certificate is the one issued last: one issued before it and read
+            // from the log after it (another node's, racing this node's) does not replace it.
+            if holder.is_none_or(|c| c.serial == cert.serial || c.issued_seq < cert.issued_seq) {
+                self.by_session
+                    .insert(cert.session_id.clone(), cert.clone());
+            }
+        } else if holder.is_some_and(|c| c.serial == cert.serial) {
             self.by_session.remove(&cert.session_id);
         }
         let certs = self.by_fid.entry(cert.fid.clone()).or_default();
@@ -230,13 +238,36 @@ impl ActorCerts {
         lifetime: std::time::Duration,
         now: i64,
     ) -> Result<ActorCerts, StoreError> {
+        let rows = store.actor_idcerts_unexpired(now).await?;
+        Ok(Self::from_rows(rows, server_name, lifetime))
+    }
+
+    /// [`ActorCerts::load`], and the [`Lineage`] of the log up to `through` (a node of a
+    /// cluster, whose follower applies what commits after `through`).
+    pub(super) async fn load_following(
+        store: &Store,
+        server_name: &str,
+        lifetime: std::time::Duration,
+        now: i64,
+        through: u64,
+    ) -> Result<(ActorCerts, Lineage), StoreError> {
+        let rows = store.actor_idcerts_unexpired(now).await?;
+        let lineage = Lineage::from_rows(&rows, through);
+        Ok((Self::from_rows(rows, server_name, lifetime), lineage))
+    }
+
+    fn from_rows(
+        rows: Vec<entities::actor_idcerts::Model>,
+        server_name: &str,
+        lifetime: std::time::Duration,
+    ) -> ActorCerts {
         let mut index = Index::default();
-        for row in store.actor_idcerts_unexpired(now).await? {
+        for row in rows {
             if let Some(cert) = IssuedActorCert::from_row(row) {
                 index.insert(Arc::new(cert));
             }
         }
-        Ok(ActorCerts {
+        ActorCerts {
             server_name: server_name.to_owned(),
             lifetime_secs: i64::try_from(lifetime.as_secs()).unwrap_or(i64::MAX),
             index: RwLock::new(index),
@@ -245,7 +276,7 @@ impl ActorCerts {
                 .max_capacity(10_000)
                 .time_to_live(std::time::Duration::from_secs(60))
                 .build(),
-        })
+        }
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -428,9 +459,10 @@ impl ActorCerts {
                 }),
             });
             let outcomes = log.append(events).await?;
-            if matches!(outcomes.last(), Some(AppendOutcome::Duplicate { .. })) {
-                continue;
-            }
+            let issued_seq = match outcomes.last() {
+                Some(AppendOutcome::Appended { seq }) => *seq,
+                _ => continue,
+            };
             let cert = Arc::new(IssuedActorCert {
                 serial,
                 fid: fid.to_owned(),
@@ -441,6 +473,7 @@ impl ActorCerts {
                 not_after,
                 pem: pem.into(),
                 invalidated_at: None,
+                issued_seq,
                 window: Mutex::new(None),
             });
             if let Some(old) = &previous {
@@ -488,53 +521,57 @@ impl ActorCerts {
 
     /// Applies a committed entry of the log to the index: an `actor.idcert_issued` adds the
     /// certificate (unless it has expired, or the index holds it already), an
-    /// `actor.idcert_invalidated` marks it. Answers the certificates that now break what one
-    /// node's session lock guarantees, with the reason to invalidate them: the new one, when
-    /// its session had `ended` before it (an issuance through one node racing the end through
-    /// another); a valid one of the same session that the new one replaced without
-    /// invalidating it (two issuances through two nodes at once). One node never makes
-    /// either, so on one node this answers nothing.
-    pub fn apply(
-        &self,
-        entry: &LogEntry,
-        now: i64,
-        ended: impl Fn(&str) -> bool,
-    ) -> Vec<(i64, &'static str)> {
-        let mut repairs = Vec::new();
+    /// `actor.idcert_invalidated` marks it. The node that issued or invalidated a certificate
+    /// updated the index right after its append, so what the index holds may be newer than
+    /// `entry`: nothing here decides from it what the log lacks (see [`Lineage`]).
+    pub fn apply(&self, entry: &LogEntry, now: i64) {
         match entry.event_type.as_str() {
             "actor.idcert_issued" => {
-                let Some(cert) = issued_from_entry(entry).filter(|c| c.not_after >= now) else {
-                    return repairs;
-                };
-                let mut index = self.write();
-                if let Some(replaced) = index
-                    .by_session
-                    .get(&cert.session_id)
-                    .filter(|c| c.serial != cert.serial && c.valid_at(now))
-                {
-                    repairs.push((replaced.serial, "renewed"));
+                if let Some(cert) = issued_from_entry(entry).filter(|c| c.not_after >= now) {
+                    self.write().insert_new(Arc::new(cert));
                 }
-                if ended(&cert.session_id) {
-                    repairs.push((cert.serial, "session_ended"));
-                }
-                index.insert_new(Arc::new(cert));
             }
             "actor.idcert_invalidated" => {
-                #[derive(serde::Deserialize)]
-                struct Invalidated {
-                    serial: String,
-                    invalidated_at: i64,
-                }
-                let content = serde_json::from_str::<Invalidated>(entry.content.get());
-                if let Ok(content) = content {
-                    if let Ok(serial) = content.serial.parse() {
-                        self.invalidated(serial, content.invalidated_at);
-                    }
+                if let Some((serial, at)) = invalidated_from_entry(entry) {
+                    self.invalidated(serial, at);
                 }
             }
             _ => {}
         }
-        repairs
+    }
+
+    /// Applies `entries` (committed, in seq order, none before `lineage`'s) to the index and
+    /// to `lineage`; answers the invalidations the writer appends to repair what two nodes'
+    /// locks let through (see [`Lineage`]). `ended` tells a session that has ended.
+    pub(super) fn follow(
+        &self,
+        lineage: &mut Lineage,
+        entries: &[LogEntry],
+        now: i64,
+        ended: impl Fn(&str) -> bool,
+    ) -> Vec<NewEvent> {
+        let mut repairs = Vec::new();
+        let mut ends = Vec::new();
+        for entry in entries {
+            self.apply(entry, now);
+            repairs.extend(lineage.apply(entry, now, &ended));
+            if entry.event_type == "session.deleted" {
+                ends.extend(super::sessions::session_id_of(entry));
+            }
+        }
+        // After the whole batch: an end appended with its invalidation leaves nothing valid.
+        repairs.extend(
+            ends.iter()
+                .filter_map(|session_id| lineage.valid_of(session_id, now))
+                .map(|serial| (serial, "session_ended")),
+        );
+        let mut events: Vec<NewEvent> = repairs
+            .into_iter()
+            .filter_map(|(serial, reason)| self.invalidation_of(serial, now, reason))
+            .collect();
+        events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        events.dedup_by(|a, b| a.event_id == b.event_id);
+        events
     }
 
     /// The invalidation of certificate `serial` at `now` for `reason`, if the index holds it
@@ -548,6 +585,184 @@ impl ActorCerts {
             .cloned()?;
         Some(self.invalidation(&cert, now, reason))
     }
+}
+
+/// What the log says of each session's certificate, read in the log's order by the follower
+/// of a cluster node; the writer's repairs are decided from it alone. One node's session lock
+/// keeps a session to one valid certificate and none after its end; two nodes hold two locks,
+/// so an issuance through one can commit beside another's, or after the end through another.
+/// In the log's order the repair is plain: a certificate issued while the session held
+/// another valid one replaced it without invalidating it (the older one is invalidated,
+/// `renewed`), and a certificate of a session that has ended is invalidated
+/// (`session_ended`).
+///
+/// Never from the index: the node that issues or invalidates a certificate updates its index
+/// right after its append, before its follower reads the entry, so the index may already
+/// hold what comes later in the log. Read against it, the renewal A → B (A invalidated, B
+/// issued) would make A's issuance, read late, look like a second valid certificate beside
+/// B, and B, the newest, would be invalidated.
+#[derive(Default)]
+pub(super) struct Lineage {
+    /// Of each session, the certificate issued last that the log has not invalidated.
+    current: HashMap<String, Current>,
+    /// The session of each certificate in `current`.
+    session_of: HashMap<i64, String>,
+    /// Every entry up to this `seq` is in it.
+    through: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Current {
+    serial: i64,
+    issued_seq: u64,
+    /// Unix seconds.
+    not_after: i64,
+}
+
+impl Lineage {
+    /// The lineage at `through` from the projection's rows (which may hold later entries:
+    /// they are left to the follower, which applies what commits after `through`), in their
+    /// issued order.
+    fn from_rows(rows: &[entities::actor_idcerts::Model], through: u64) -> Lineage {
+        let mut lineage = Lineage {
+            through,
+            ..Lineage::default()
+        };
+        let mut rows: Vec<_> = rows.iter().collect();
+        rows.sort_by_key(|row| row.issued_seq);
+        for row in rows {
+            let Ok(issued_seq) = u64::try_from(row.issued_seq) else {
+                continue;
+            };
+            let invalidated = match row.invalidated_seq {
+                Some(seq) => u64::try_from(seq).map_or(true, |seq| seq <= through),
+                None => row.invalidated_at.is_some(),
+            };
+            if issued_seq <= through && !invalidated {
+                lineage.set(
+                    &row.session_id,
+                    Current {
+                        serial: row.serial,
+                        issued_seq,
+                        not_after: row.not_after,
+                    },
+                );
+            }
+        }
+        lineage
+    }
+
+    fn set(&mut self, session_id: &str, cert: Current) {
+        if let Some(replaced) = self.current.insert(session_id.to_owned(), cert) {
+            self.session_of.remove(&replaced.serial);
+        }
+        self.session_of.insert(cert.serial, session_id.to_owned());
+    }
+
+    /// Applies one committed entry (entries come in seq order; one at or before what the
+    /// lineage holds changes nothing); answers the certificates to invalidate, with the
+    /// reason. Only ever the entry's own certificate or one issued before it.
+    pub(super) fn apply(
+        &mut self,
+        entry: &LogEntry,
+        now: i64,
+        ended: impl Fn(&str) -> bool,
+    ) -> Vec<(i64, &'static str)> {
+        let mut repairs = Vec::new();
+        if entry.seq <= self.through {
+            return repairs;
+        }
+        self.through = entry.seq;
+        match entry.event_type.as_str() {
+            "actor.idcert_issued" => {
+                #[derive(serde::Deserialize)]
+                struct Issued {
+                    serial: String,
+                    session_id: String,
+                    not_after: i64,
+                }
+                let Ok(issued) = serde_json::from_str::<Issued>(entry.content.get()) else {
+                    return repairs;
+                };
+                let Ok(serial) = issued.serial.parse::<i64>() else {
+                    return repairs;
+                };
+                if issued.not_after < now {
+                    return repairs;
+                }
+                if ended(&issued.session_id) {
+                    repairs.push((serial, "session_ended"));
+                    return repairs;
+                }
+                let cert = Current {
+                    serial,
+                    issued_seq: entry.seq,
+                    not_after: issued.not_after,
+                };
+                match self.current.get(&issued.session_id).copied() {
+                    Some(held) if held.serial == serial => {}
+                    // Valid when this one was issued, and not invalidated by its append.
+                    Some(held) if held.issued_seq < entry.seq => {
+                        if held.not_after >= now {
+                            repairs.push((held.serial, "renewed"));
+                        }
+                        self.set(&issued.session_id, cert);
+                    }
+                    // Issued later than this entry: never invalidated for an older one (not
+                    // reached: entries come in seq order).
+                    Some(_) => {}
+                    None => self.set(&issued.session_id, cert),
+                }
+            }
+            "actor.idcert_invalidated" => {
+                let Some((serial, _)) = invalidated_from_entry(entry) else {
+                    return repairs;
+                };
+                if let Some(session_id) = self.session_of.remove(&serial) {
+                    if self
+                        .current
+                        .get(&session_id)
+                        .is_some_and(|c| c.serial == serial)
+                    {
+                        self.current.remove(&session_id);
+                    }
+                }
+            }
+            _ => {}
+        }
+        repairs
+    }
+
+    /// The certificate of `session_id` the log holds valid at `now`, if any.
+    pub(super) fn valid_of(&self, session_id: &str, now: i64) -> Option<i64> {
+        self.current
+            .get(session_id)
+            .filter(|c| c.not_after >= now)
+            .map(|c| c.serial)
+    }
+
+    /// Forgets the certificates that expired before `now`.
+    pub(super) fn prune(&mut self, now: i64) {
+        let session_of = &mut self.session_of;
+        self.current.retain(|_, c| {
+            let keep = c.not_after >= now;
+            if !keep {
+                session_of.remove(&c.serial);
+            }
+            keep
+        });
+    }
+}
+
+/// The serial and time an `actor.idcert_invalidated` entry records.
+fn invalidated_from_entry(entry: &LogEntry) -> Option<(i64, i64)> {
+    #[derive(serde::Deserialize)]
+    struct Invalidated {
+        serial: String,
+        invalidated_at: i64,
+    }
+    let content: Invalidated = serde_json::from_str(entry.content.get()).ok()?;
+    Some((content.serial.parse().ok()?, content.invalidated_at))
 }
 
 /// The certificate an `actor.idcert_issued` entry records.
@@ -573,6 +788,263 @@ fn issued_from_entry(entry: &LogEntry) -> Option<IssuedActorCert> {
         not_after: content.not_after,
         pem: content.pem.into(),
         invalidated_at: None,
+        issued_seq: entry.seq,
         window: Mutex::new(None),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::idcert::{actor_dn, ActorUsage};
+
+    const SERVER: &str = "a.example";
+    const FID: &str = "alice@a.example";
+    const SESSION: &str = "s1";
+    const NOW: i64 = 1_800_000_000;
+    const NOT_AFTER: i64 = NOW + 86_400;
+
+    fn entry(seq: u64, event_type: &str, content: serde_json::Value) -> LogEntry {
+        LogEntry {
+            seq,
+            event_id: format!("{event_type}:{seq}"),
+            origin: SERVER.into(),
+            event_type: event_type.into(),
+            sender: Some(FID.into()),
+            channel: None,
+            origin_ts: NOW * 1000,
+            received_ts: NOW * 1000,
+            content: serde_json::value::to_raw_value(&content).expect("raw"),
+            prev_hash: crate::core::chain::ChainHash::GENESIS,
+            entry_hash: crate::core::chain::ChainHash::GENESIS,
+        }
+    }
+
+    /// The `actor.idcert_issued` of certificate `serial` of `SESSION` at `seq`, signed by
+    /// `key` like any node's.
+    fn issued(key: &ServerKey, seq: u64, serial: i64) -> LogEntry {
+        let subject_key =
+            ed25519_dalek::SigningKey::from_bytes(&[serial as u8; 32]).verifying_key();
+        let tbs = actor_tbs(
+            SERVER,
+            actor_dn(FID, SESSION).expect("dn"),
+            &subject_key,
+            serial,
+            NOW - 60,
+            NOT_AFTER,
+            ActorUsage::DigitalSignature,
+        )
+        .expect("tbs");
+        entry(
+            seq,
+            "actor.idcert_issued",
+            json!({
+                "serial": serial.to_string(),
+                "fid": FID,
+                "session_id": SESSION,
+                "fingerprint": fingerprint(&subject_key).expect("fingerprint"),
+                "not_before": NOW - 60,
+                "not_after": NOT_AFTER,
+                "pem": sign_certificate(key, tbs).expect("signed"),
+            }),
+        )
+    }
+
+    fn invalidated(seq: u64, serial: i64, reason: &str) -> LogEntry {
+        entry(
+            seq,
+            "actor.idcert_invalidated",
+            json!({"serial": serial.to_string(), "invalidated_at": NOW, "reason": reason}),
+        )
+    }
+
+    fn deleted(seq: u64) -> LogEntry {
+        entry(
+            seq,
+            "session.deleted",
+            json!({"session_id": SESSION, "reason": "deleted"}),
+        )
+    }
+
+    fn empty() -> ActorCerts {
+        ActorCerts::from_rows(Vec::new(), SERVER, std::time::Duration::from_secs(86_400))
+    }
+
+    /// What the issuing node does right after its append commits `entry`.
+    fn issued_here(certs: &ActorCerts, entry: &LogEntry) {
+        let cert = issued_from_entry(entry).expect("a certificate");
+        certs.write().insert_new(Arc::new(cert));
+    }
+
+    fn lineage_through(seq: u64) -> Lineage {
+        Lineage {
+            through: seq,
+            ..Lineage::default()
+        }
+    }
+
+    /// `(serial, reason)` of each invalidation.
+    fn repaired(events: &[NewEvent]) -> Vec<(String, String)> {
+        events
+            .iter()
+            .map(|e| {
+                assert_eq!(e.event_type, "actor.idcert_invalidated");
+                (
+                    e.content["serial"].as_str().expect("serial").to_owned(),
+                    e.content["reason"].as_str().expect("reason").to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn live(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn an_older_entry_read_after_this_nodes_renewal_invalidates_nothing() {
+        // This node issued A (seq 100) and renewed it to B (101: A invalidated, 102: B): its
+        // index holds A invalidated and B valid before its follower, behind, reads seq 100.
+        let key = ServerKey::generate();
+        let (a, b) = (1_001, 1_002);
+        let entries = [
+            issued(&key, 100, a),
+            invalidated(101, a, "renewed"),
+            issued(&key, 102, b),
+        ];
+        let here = || {
+            let certs = empty();
+            issued_here(&certs, &entries[0]);
+            certs.invalidated(a, NOW);
+            issued_here(&certs, &entries[2]);
+            certs
+        };
+        // One batch at a time.
+        let certs = here();
+        let mut lineage = lineage_through(99);
+        let repairs = certs.follow(&mut lineage, &entries[..1], NOW, live);
+        assert_eq!(repairs.len(), 0, "{:?}", repaired(&repairs));
+        assert_eq!(certs.of_session(SESSION, NOW).map(|c| c.serial), Some(b));
+        let repairs = certs.follow(&mut lineage, &entries[1..], NOW, live);
+        assert_eq!(repairs.len(), 0, "{:?}", repaired(&repairs));
+        assert_eq!(certs.of_session(SESSION, NOW).map(|c| c.serial), Some(b));
+        // All three at once (re-read after a lag), and each again (applied twice).
+        let certs = here();
+        let mut lineage = lineage_through(99);
+        assert!(certs.follow(&mut lineage, &entries, NOW, live).is_empty());
+        assert!(certs.follow(&mut lineage, &entries, NOW, live).is_empty());
+        assert_eq!(certs.of_session(SESSION, NOW).map(|c| c.serial), Some(b));
+        assert_eq!(lineage.valid_of(SESSION, NOW), Some(b));
+    }
+
+    #[test]
+    fn the_older_of_two_racing_certificates_is_invalidated_whichever_node_issued_it() {
+        let key = ServerKey::generate();
+        // Another node issued A (seq 100); this node, not knowing it, issued B (seq 101).
+        let (a, b) = (2_001, 2_002);
+        let entries = [issued(&key, 100, a), issued(&key, 101, b)];
+        let certs = empty();
+        issued_here(&certs, &entries[1]);
+        let mut lineage = lineage_through(99);
+        assert!(certs
+            .follow(&mut lineage, &entries[..1], NOW, live)
+            .is_empty());
+        // A, read after B, does not become the session's certificate here.
+        assert_eq!(certs.of_session(SESSION, NOW).map(|c| c.serial), Some(b));
+        let repairs = certs.follow(&mut lineage, &entries[1..], NOW, live);
+        assert_eq!(repaired(&repairs), [(a.to_string(), "renewed".to_owned())]);
+        // The repair read back: B stays the session's.
+        let repairs = certs.follow(&mut lineage, &[invalidated(102, a, "renewed")], NOW, live);
+        assert!(repairs.is_empty());
+        assert_eq!(certs.of_session(SESSION, NOW).map(|c| c.serial), Some(b));
+        assert!(certs
+            .by_serial(FID, &a.to_string())
+            .expect("a")
+            .invalidated_at
+            .is_some());
+
+        // The same through a node that issued neither: the log alone decides.
+        let certs = empty();
+        let mut lineage = lineage_through(99);
+        let repairs = certs.follow(&mut lineage, &entries, NOW, live);
+        assert_eq!(repaired(&repairs), [(a.to_string(), "renewed".to_owned())]);
+        assert_eq!(certs.of_session(SESSION, NOW).map(|c| c.serial), Some(b));
+    }
+
+    #[test]
+    fn a_certificate_of_an_ended_session_is_invalidated() {
+        let key = ServerKey::generate();
+        let (a, c) = (3_001, 3_003);
+        // The end, through a node that did not know A, left it valid.
+        let certs = empty();
+        let mut lineage = lineage_through(99);
+        assert!(certs
+            .follow(&mut lineage, &[issued(&key, 100, a)], NOW, live)
+            .is_empty());
+        let repairs = certs.follow(&mut lineage, &[deleted(101)], NOW, |_| true);
+        assert_eq!(
+            repaired(&repairs),
+            [(a.to_string(), "session_ended".to_owned())]
+        );
+        // A certificate issued after the end, through a node that had not read it.
+        let repairs = certs.follow(&mut lineage, &[issued(&key, 102, c)], NOW, |_| true);
+        assert_eq!(
+            repaired(&repairs),
+            [(c.to_string(), "session_ended".to_owned())]
+        );
+
+        // An end appended with its invalidation leaves nothing to repair.
+        let certs = empty();
+        let mut lineage = lineage_through(99);
+        let entries = [
+            issued(&key, 100, a),
+            deleted(101),
+            invalidated(102, a, "session_ended"),
+        ];
+        assert!(certs
+            .follow(&mut lineage, &entries[..1], NOW, live)
+            .is_empty());
+        assert!(certs
+            .follow(&mut lineage, &entries[1..], NOW, |_| true)
+            .is_empty());
+    }
+
+    #[test]
+    fn the_lineage_loaded_at_start_is_the_logs_at_the_subscription() {
+        // The projection, read after subscribing at seq 100, already holds the renewal
+        // 101–102 the follower is about to apply.
+        let row = |serial: i64, issued_seq: i64, invalidated_seq: Option<i64>| {
+            entities::actor_idcerts::Model {
+                serial,
+                fid: FID.into(),
+                session_id: SESSION.into(),
+                fingerprint: String::new(),
+                not_before: NOW - 60,
+                not_after: NOT_AFTER,
+                pem: String::new(),
+                issued_seq,
+                invalidated_at: invalidated_seq.map(|_| NOW),
+                invalidated_reason: invalidated_seq.map(|_| "renewed".into()),
+                invalidated_seq,
+            }
+        };
+        let (a, b) = (4_001, 4_002);
+        let rows = [row(a, 100, Some(101)), row(b, 102, None)];
+        let lineage = Lineage::from_rows(&rows, 100);
+        assert_eq!(lineage.valid_of(SESSION, NOW), Some(a));
+        let key = ServerKey::generate();
+        let certs = empty();
+        let mut lineage = lineage;
+        let entries = [invalidated(101, a, "renewed"), issued(&key, 102, b)];
+        assert!(certs.follow(&mut lineage, &entries, NOW, live).is_empty());
+        assert_eq!(lineage.valid_of(SESSION, NOW), Some(b));
+        // Loaded after both: B, and the follower has nothing left to apply.
+        let lineage = Lineage::from_rows(&rows, 102);
+        assert_eq!(lineage.valid_of(SESSION, NOW), Some(b));
+        // Expired certificates leave it.
+        let mut lineage = lineage;
+        lineage.prune(NOT_AFTER + 1);
+        assert_eq!(lineage.valid_of(SESSION, NOW), None);
+        assert!(lineage.session_of.is_empty());
+    }
 }

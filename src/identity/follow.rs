@@ -1,19 +1,20 @@
-//! The identity state each node keeps in memory, kept current from the log (DESIGN §7: each
-//! node feeds its own caches from what it reads). On one node this only repeats what the
-//! node that made a change did right after its append; on a cluster node it is how a change
-//! made through another node takes effect here.
+//! The identity state a node of a cluster keeps in memory, kept current from the log (DESIGN
+//! §7: each node feeds its own caches from what it reads): a change made through another node
+//! takes effect here. One node (the cluster off) runs none of this: it updates its state after
+//! its own appends, and nobody else appends.
 //!
 //! ```text
 //!  EventLogHandle::subscribe          every committed batch, in seq order (this node's own,
-//!    │                                and on a cluster node what it read of the others')
+//!    │                                and what it read of the others')
 //!    ▼                                Lagged: the missed entries are re-read from the log
-//!  follow (one task per instance)
+//!  follow (one task per instance; ends when the instance goes or the log closes)
 //!    ├─▶ Sessions::apply      session.deleted: the token stops working here, its sockets
 //!    │                        here close with 4003, its cursor goes (once, see `Sessions`);
 //!    │                        session.idcert_updated: the cached row goes
-//!    ├─▶ ActorCerts::apply    actor.idcert_issued / _invalidated: GET …/idcert/actor
 //!    ├─▶ ForeignCerts::apply  actor.foreign_idcert_seen: not appended again from here
-//!    └─▶ repairs (the writer only): actor.idcert_invalidated
+//!    ├─▶ ActorCerts::apply    actor.idcert_issued / _invalidated: GET …/idcert/actor
+//!    └─▶ Lineage::apply       the log's own view of each session's certificate
+//!          └─▶ repairs (the writer only): actor.idcert_invalidated
 //! ```
 //!
 //! Repairs: one node serialises an issuance and the end of its session under the session's
@@ -22,19 +23,28 @@
 //! another, or beside another node's issuance for the same session. The writer reads the log
 //! in order and invalidates what breaks the rule (a certificate of a session that ended
 //! before it, the older of two valid ones of a session, the valid certificate of a session
-//! whose end did not invalidate it). The invalidation's event id is the certificate's, so the
-//! log keeps one however many appends race. One node never needs one.
+//! whose end did not invalidate it), deciding from the [`Lineage`] this task alone feeds, in
+//! seq order, never from the index the issuing node updates ahead of its follower. The
+//! invalidation's event id is the certificate's, so the log keeps one however many appends
+//! race.
+//!
+//! The task holds no handle on the log (a handle keeps the log's broadcast, its writer and
+//! its threads alive): the instance, held weakly, appends the repairs.
 
 use std::sync::{Arc, Weak};
 
 use tokio::sync::broadcast::error::RecvError;
 
+use super::actor_certs::Lineage;
 use super::Identity;
+use crate::cluster::RoleWatch;
 use crate::core::event::{LogEntry, NewEvent};
 use crate::store::{CommittedBatch, EventLogHandle, Store};
 
 /// Entries re-read per query after the subscriber lost batches.
 const REREAD_PAGE: u64 = 1000;
+/// How often (seconds of the instance clock) expired certificates leave the lineage.
+const PRUNE_EVERY_SECS: i64 = 60;
 
 /// A subscription taken before the state it updates was loaded, so that nothing committed
 /// in between is missed (applying an entry twice changes nothing).
@@ -52,18 +62,31 @@ impl Subscription {
             committed,
         }
     }
+
+    /// Everything up to this `seq` is in what is loaded after subscribing.
+    pub(super) fn applied(&self) -> u64 {
+        self.applied
+    }
 }
 
-/// Applies every committed batch to `identity` until the instance or the log goes.
+/// Applies every committed batch to `identity` until the instance goes (`stop` closes with
+/// it) or the log closes. `role` tells whether this node appends the repairs.
 pub(super) async fn follow(
     identity: Weak<Identity>,
     store: Store,
-    log: EventLogHandle,
+    role: RoleWatch,
     mut subscription: Subscription,
+    mut lineage: Lineage,
+    mut stop: tokio::sync::watch::Receiver<()>,
 ) {
-    let role = log.role();
+    let mut pruned = i64::MIN;
     loop {
-        let (entries, through): (Vec<LogEntry>, u64) = match subscription.committed.recv().await {
+        let received = tokio::select! {
+            // Nothing is ever sent: this ends when the sender, the instance's, is dropped.
+            _ = stop.changed() => return,
+            received = subscription.committed.recv() => received,
+        };
+        let (entries, through): (Vec<LogEntry>, u64) = match received {
             Ok(batch) => {
                 let Some(last) = batch.entries.last().map(|e| e.seq) else {
                     continue;
@@ -103,9 +126,14 @@ pub(super) async fn follow(
         let Some(identity) = identity.upgrade() else {
             return;
         };
-        let repairs = apply(&identity, &entries);
+        let now = identity.clock.now_secs();
+        let repairs = apply(&identity, &mut lineage, &entries, now);
+        if now.saturating_sub(pruned) >= PRUNE_EVERY_SECS {
+            lineage.prune(now);
+            pruned = now;
+        }
         if !repairs.is_empty() && role.borrow().writes() {
-            let log = log.clone();
+            let log = identity.sessions.log().clone();
             actix_web::rt::spawn(async move {
                 if let Err(error) = log.append(repairs).await {
                     tracing::warn!(%error, "cannot invalidate a certificate that outlived its session");
@@ -151,33 +179,19 @@ fn is_followed(event_type: &str) -> bool {
 
 /// Applies `entries` in order; answers the invalidations the writer appends (see the module
 /// doc).
-fn apply(identity: &Identity, entries: &[LogEntry]) -> Vec<NewEvent> {
-    let now = identity.clock.now_secs();
-    let certs = &identity.actor_certs;
-    let mut repairs: Vec<(i64, &'static str)> = Vec::new();
-    let mut ended = Vec::new();
+fn apply(
+    identity: &Identity,
+    lineage: &mut Lineage,
+    entries: &[LogEntry],
+    now: i64,
+) -> Vec<NewEvent> {
     for entry in entries {
         identity.sessions.apply(entry);
         identity.sessions.foreign().apply(entry);
-        repairs.extend(certs.apply(entry, now, |session| !identity.sessions.is_live(session)));
-        if entry.event_type == "session.deleted" {
-            ended.push(entry);
-        }
     }
-    // After the whole batch: an end appended with its invalidation leaves nothing valid.
-    let mut events: Vec<NewEvent> = ended
-        .iter()
-        .filter_map(|entry| {
-            let session_id = super::sessions::session_id_of(entry)?;
-            certs.session_end_event(&session_id, now).map(|(_, e)| e)
+    identity
+        .actor_certs
+        .follow(lineage, entries, now, |session| {
+            !identity.sessions.is_live(session)
         })
-        .collect();
-    events.extend(
-        repairs
-            .into_iter()
-            .filter_map(|(serial, reason)| certs.invalidation_of(serial, now, reason)),
-    );
-    events.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-    events.dedup_by(|a, b| a.event_id == b.event_id);
-    events
 }

@@ -13,7 +13,7 @@
 //! - [`signed`]: message signatures, on the client API and in the inbox;
 //! - [`services`]: an actor's discoverable services;
 //! - [`accounts`]: registration, login, password checks (and the sensitive-action check);
-//! - `follow`: what each node keeps in memory (tokens, ended sessions, our actor
+//! - `follow`: what each node of a cluster keeps in memory (tokens, ended sessions, our actor
 //!   certificates), kept current from the log whichever node made the change.
 
 pub mod accounts;
@@ -109,13 +109,17 @@ pub struct Identity {
     pub challenges: challenges::Challenges,
     pub services: services::Services,
     pub sensitive: accounts::SensitiveActions,
+    /// Dropped with the instance, which ends its tasks (nothing is ever sent).
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl Identity {
-    /// Loads our actor certificates and starts the follower of the log (see `follow`) and
-    /// the periodic work: the foreign-session check every `identity.foreign_check_interval`
-    /// (it ends sessions only while this node writes the log), and a tidy-up of rate
-    /// limiters and expired certificates every minute. The tasks stop when the instance goes.
+    /// Loads our actor certificates and starts, on a node of a cluster, the follower of the
+    /// log (see `follow`; one node updates its state after its own appends and needs none),
+    /// and the periodic work: the foreign-session check every
+    /// `identity.foreign_check_interval` (it ends sessions only while this node writes the
+    /// log), and a tidy-up of rate limiters and expired certificates every minute. The tasks
+    /// end when the instance goes.
     #[allow(clippy::too_many_arguments)]
     pub async fn start(
         config: &crate::config::Config,
@@ -128,17 +132,34 @@ impl Identity {
     ) -> Result<std::sync::Arc<Identity>, StoreError> {
         use std::sync::Arc;
         let server_name = &config.server.name;
-        // Before anything is loaded: what commits meanwhile is applied over it.
-        let subscription = follow::Subscription::new(log);
-        let actor_certs = Arc::new(
-            actor_certs::ActorCerts::load(
-                store,
-                server_name,
-                config.identity.actor_cert_lifetime,
-                clock.now_secs(),
-            )
-            .await?,
-        );
+        let in_cluster = *log.role().borrow() != crate::cluster::Role::Single;
+        let (actor_certs, following) = match in_cluster {
+            false => (
+                actor_certs::ActorCerts::load(
+                    store,
+                    server_name,
+                    config.identity.actor_cert_lifetime,
+                    clock.now_secs(),
+                )
+                .await?,
+                None,
+            ),
+            true => {
+                // Before anything is loaded: what commits meanwhile is applied over it.
+                let subscription = follow::Subscription::new(log);
+                let (certs, lineage) = actor_certs::ActorCerts::load_following(
+                    store,
+                    server_name,
+                    config.identity.actor_cert_lifetime,
+                    clock.now_secs(),
+                    subscription.applied(),
+                )
+                .await?;
+                (certs, Some((subscription, lineage)))
+            }
+        };
+        let actor_certs = Arc::new(actor_certs);
+        let (stop, stopped) = tokio::sync::watch::channel(());
         let foreign = Arc::new(foreign::ForeignCerts::new(
             clock.clone(),
             crate::federation::client::FencedFetcher::start(&config.federation),
@@ -169,13 +190,19 @@ impl Identity {
             sensitive: accounts::SensitiveActions::default(),
             actor_certs,
             clock,
+            _stop: stop,
         });
-        actix_web::rt::spawn(follow::follow(
-            Arc::downgrade(&identity),
-            store.clone(),
-            log.clone(),
-            subscription,
-        ));
+        if let Some((subscription, lineage)) = following {
+            actix_web::rt::spawn(follow::follow(
+                Arc::downgrade(&identity),
+                store.clone(),
+                log.role(),
+                subscription,
+                lineage,
+                stopped.clone(),
+            ));
+        }
+        let mut stopped = stopped;
         let weak = Arc::downgrade(&identity);
         let role = log.role();
         let every = config.identity.foreign_check_interval;
@@ -185,6 +212,8 @@ impl Identity {
             let mut tidy = actix_web::rt::time::interval(std::time::Duration::from_secs(60));
             loop {
                 tokio::select! {
+                    // Nothing is ever sent: the instance went.
+                    _ = stopped.changed() => break,
                     _ = check.tick() => {
                         let Some(identity) = weak.upgrade() else { break };
                         // A check runs on its own, one at a time: a slow home delays the next

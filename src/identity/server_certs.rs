@@ -14,7 +14,12 @@
 //! at start and from the hourly check (and at once when it becomes the writer, in case its
 //! predecessor left the renewal undone), and every node learns each `server.idcert_issued`
 //! from the log ([`ServerCerts::start`]), so the certificates a node answers and issues under
-//! are the cluster's, and a new writer does not issue again what its predecessor issued.
+//! are the cluster's, and a new writer does not issue again what its predecessor issued. One
+//! node (the cluster off) follows nothing: it is the only issuer, and adds what it issues.
+//!
+//! The task of [`ServerCerts::start`] holds the instance weakly and no handle on the log (a
+//! handle keeps the log's broadcast, its writer and its threads alive): it ends when the
+//! instance goes, or when the log closes.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, UNIX_EPOCH};
@@ -26,6 +31,8 @@ use crate::core::event::{LogEntry, NewEvent};
 use crate::federation::signing::KeyRing;
 use crate::identity::idcert::{issue_server_root, random_serial, IdCertError};
 use crate::store::{AppendError, CommittedBatch, EventLogHandle, Store, StoreError};
+
+type Committed = tokio::sync::broadcast::Receiver<Arc<CommittedBatch>>;
 
 /// Certificates start this long before their issue time, for clients whose clock is behind.
 const BACKDATE_MS: i64 = 60_000;
@@ -78,6 +85,17 @@ pub struct ServerCerts {
     lifetime: Duration,
     certs: RwLock<Vec<IssuedCert>>,
     issuing: tokio::sync::Mutex<()>,
+    /// What the renewal task of [`ServerCerts::start`] issues with.
+    renewal: Option<Renewal>,
+}
+
+/// The key ring and the log the renewal task issues with, held by the instance; dropping it
+/// ends the task.
+struct Renewal {
+    ring: Arc<KeyRing>,
+    log: EventLogHandle,
+    /// Nothing is ever sent: the task ends when this goes.
+    _stop: tokio::sync::watch::Sender<()>,
 }
 
 impl ServerCerts {
@@ -98,13 +116,15 @@ impl ServerCerts {
             lifetime,
             certs: RwLock::new(certs),
             issuing: tokio::sync::Mutex::new(()),
+            renewal: None,
         })
     }
 
     /// Loads the certificates, issues one for the current key if it needs one and this node
-    /// writes the log, and starts the task that follows the log's `server.idcert_issued` and
-    /// checks the remaining lifetime hourly (while this node writes) and whenever this node
-    /// becomes the writer. Abort the task to stop it.
+    /// writes the log, and starts the task that checks the remaining lifetime hourly (while
+    /// this node writes) and, on a node of a cluster, follows the log's
+    /// `server.idcert_issued` and checks at once whenever this node becomes the writer. The
+    /// task ends when the instance goes (or abort it).
     pub async fn start(
         store: &Store,
         server_name: &str,
@@ -112,18 +132,24 @@ impl ServerCerts {
         ring: Arc<KeyRing>,
         log: &EventLogHandle,
     ) -> Result<(Arc<ServerCerts>, tokio::task::JoinHandle<()>), ServerCertError> {
-        // Before the load: what commits meanwhile is applied over it.
-        let committed = log.subscribe();
-        let certs = Arc::new(ServerCerts::load(store, server_name, lifetime).await?);
         let mut role = log.role();
-        if role.borrow_and_update().writes() {
+        let in_cluster = *role.borrow_and_update() != crate::cluster::Role::Single;
+        // Before the load: what commits meanwhile is applied over it.
+        let committed = in_cluster.then(|| (log.subscribe(), store.clone()));
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let mut certs = ServerCerts::load(store, server_name, lifetime).await?;
+        certs.renewal = Some(Renewal {
+            ring: ring.clone(),
+            log: log.clone(),
+            _stop: stop,
+        });
+        let certs = Arc::new(certs);
+        if role.borrow().writes() {
             certs.ensure_current(&ring, log).await?;
         }
         let task = actix_web::rt::spawn(keep_current(
-            certs.clone(),
-            ring,
-            store.clone(),
-            log.clone(),
+            Arc::downgrade(&certs),
+            stopped,
             committed,
             role,
         ));
@@ -233,23 +259,25 @@ impl ServerCerts {
     }
 }
 
-/// Follows the log's `server.idcert_issued` into `certs`, and keeps the current key's
-/// certificate renewed while this node writes: hourly, and as soon as it becomes the writer.
+/// Keeps the current key's certificate renewed while this node writes: hourly, and on a node
+/// of a cluster as soon as it becomes the writer; there it also follows the log's
+/// `server.idcert_issued` into `certs` (`committed`, and the store to re-read what a lag
+/// lost). Ends when `certs` goes (`stop` closes with it) or the log closes.
 async fn keep_current(
-    certs: Arc<ServerCerts>,
-    ring: Arc<KeyRing>,
-    store: Store,
-    log: EventLogHandle,
-    mut committed: tokio::sync::broadcast::Receiver<Arc<CommittedBatch>>,
+    certs: std::sync::Weak<ServerCerts>,
+    mut stop: tokio::sync::watch::Receiver<()>,
+    mut committed: Option<(Committed, Store)>,
     mut role: crate::cluster::RoleWatch,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     let mut tick = actix_web::rt::time::interval(CHECK_INTERVAL);
     tick.tick().await;
-    // A role that can no longer change (the log is going) is not waited on.
-    let mut role_open = true;
+    // A role that can no longer change (the log is going, or one node's) is not waited on.
+    let mut role_open = committed.is_some();
     loop {
         let renew = tokio::select! {
+            // Nothing is ever sent: the instance went.
+            _ = stop.changed() => return,
             _ = tick.tick() => role.borrow().writes(),
             changed = role.changed(), if role_open => match changed {
                 Ok(()) => role.borrow_and_update().writes(),
@@ -258,22 +286,35 @@ async fn keep_current(
                     false
                 }
             },
-            batch = committed.recv() => {
+            batch = async {
+                match committed.as_mut() {
+                    Some((receiver, _)) => receiver.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(certs) = certs.upgrade() else { return };
                 match batch {
                     Ok(batch) => batch.entries.iter().for_each(|e| certs.apply(e)),
-                    Err(RecvError::Lagged(_)) => match store.server_idcerts().await {
-                        Ok(rows) => rows.into_iter().for_each(|r| certs.add(r.into())),
-                        Err(error) => {
-                            tracing::error!(%error, "cannot re-read the server root ID-Certs")
+                    Err(RecvError::Lagged(_)) => {
+                        let Some((_, store)) = committed.as_ref() else { return };
+                        match store.server_idcerts().await {
+                            Ok(rows) => rows.into_iter().for_each(|r| certs.add(r.into())),
+                            Err(error) => {
+                                tracing::error!(%error, "cannot re-read the server root ID-Certs")
+                            }
                         }
-                    },
+                    }
                     Err(RecvError::Closed) => return,
                 }
                 false
             }
         };
         if renew {
-            if let Err(error) = certs.ensure_current(&ring, &log).await {
+            let Some(certs) = certs.upgrade() else { return };
+            let Some(renewal) = certs.renewal.as_ref() else {
+                return;
+            };
+            if let Err(error) = certs.ensure_current(&renewal.ring, &renewal.log).await {
                 tracing::error!(%error, "cannot renew the server root ID-Cert");
             }
         }

@@ -21,10 +21,11 @@
 //! sockets, its cursor) is the `on_end` hook the application gives.
 //!
 //! Every node of a cluster keeps its own token cache and set of ended sessions, so both
-//! follow the log ([`Sessions::apply`], fed by `identity::follow`): a session ended through
-//! another node stops authenticating here, and its sockets here close with 4003, as soon as
-//! this node reads the `session.deleted`. The node that ended it reads its own event too; the
-//! set of ended sessions decides which of the two paths runs the hook, so it runs once.
+//! follow the log ([`Sessions::apply`], fed by `identity::follow` on a cluster node): a
+//! session ended through another node stops authenticating here, and its sockets here close
+//! with 4003, as soon as this node reads the `session.deleted`. The node that ended it reads
+//! its own event too; the set of ended sessions decides which of the two paths runs the
+//! hook, so it runs once.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -560,6 +561,11 @@ impl Sessions {
     /// The foreign certificates (for signed messages and the certificate routes).
     pub fn foreign(&self) -> &ForeignCerts {
         &self.foreign
+    }
+
+    /// The log this instance appends to.
+    pub(super) fn log(&self) -> &EventLogHandle {
+        &self.log
     }
 
     /// Our own actor certificates.
