@@ -463,7 +463,11 @@ impl Node {
         *self.last_hash.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.metrics.leader.set(0);
         self.metrics.stepped_down.inc();
-        tracing::warn!(node_id = %self.identity.node_id, why, "this node no longer leads; following");
+        if self.stopping.load(Ordering::Acquire) {
+            tracing::info!(node_id = %self.identity.node_id, "this node hands over the lead: it is stopping");
+        } else {
+            tracing::warn!(node_id = %self.identity.node_id, why, "this node no longer leads; following");
+        }
         self.beat().await;
     }
 
