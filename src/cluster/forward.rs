@@ -239,7 +239,12 @@ impl Forwarding {
         loop {
             if node.role().writes() {
                 // This node won an election meanwhile.
-                return node.log().append_here(events).await;
+                if !maybe_written {
+                    return node.log().append_here(events).await;
+                }
+                let mut outcomes = node.log().append_here(events.clone()).await?;
+                own_earlier_try(node, &events, &mut outcomes).await;
+                return Ok(outcomes);
             }
             let answer = match &leader {
                 Some(seen) if seen.node_id != node.identity.node_id => {

@@ -344,6 +344,12 @@ impl Node {
         let Some(conn) = self.log.writer().connection() else {
             return STAND_INTERVAL;
         };
+        if conn.in_transaction() {
+            // A commit from before a step-down is still running (or hung) on the writer's
+            // connection: taking the lock between its statements would be taking it inside
+            // that transaction. Try again later.
+            return STAND_INTERVAL;
+        }
         match db::try_lock(conn).await {
             Ok(true) => {
                 if let Err(error) = self.promote(conn).await {
@@ -449,15 +455,20 @@ impl Node {
         self.log.set_role(Role::Follower);
         // Bounded: a writer stuck on a connection that no longer answers must not stop this
         // loop from following (its commit fails the fence when it wakes anyway).
-        if tokio::time::timeout(self.identity.lease_ttl, self.log.drain())
+        let drained = tokio::time::timeout(self.identity.lease_ttl, self.log.drain())
             .await
-            .is_err()
-        {
-            tracing::warn!("the writer did not drain within a lease; following anyway");
-        }
+            .is_ok();
         self.applied.send_replace(self.log.committed_head());
-        if let Some(conn) = self.log.writer().connection() {
-            db::unlock(conn).await;
+        match drained {
+            true => {
+                if let Some(conn) = self.log.writer().connection() {
+                    db::unlock(conn).await;
+                }
+            }
+            // Its statement holds the connection: waiting to unlock would hang this loop on
+            // it too. The lock goes with the connection (or with the writer's next failed
+            // fence, which takes a fresh one).
+            false => tracing::warn!("the writer did not drain within a lease; following anyway"),
         }
         *self.leader.write().await = None;
         *self.last_hash.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -119,6 +119,8 @@ pub(crate) async fn renew(
         "UPDATE cluster_leader SET lease_until_ms = {DB_NOW_MS} + $2 \
          WHERE id = 1 AND epoch = $1 AND EXISTS (SELECT 1 FROM pg_locks \
          WHERE locktype = 'advisory' AND granted AND pid = cluster_leader.backend_pid \
+         AND objsubid = 1 AND database = (SELECT oid FROM pg_database \
+         WHERE datname = current_database()) \
          AND ((classid::bigint << 32) | objid::bigint) = $3) RETURNING epoch"
     );
     let row = conn
@@ -156,6 +158,8 @@ pub(crate) async fn depose(store: &Store, epoch: i64) -> Result<bool, StoreError
     let sql = format!(
         "SELECT pg_terminate_backend(l.pid) AS terminated FROM cluster_leader c \
          JOIN pg_locks l ON l.pid = c.backend_pid AND l.locktype = 'advisory' AND l.granted \
+         AND l.objsubid = 1 AND l.database = (SELECT oid FROM pg_database \
+         WHERE datname = current_database()) \
          AND ((l.classid::bigint << 32) | l.objid::bigint) = $2 \
          WHERE c.id = 1 AND c.epoch = $1 AND c.lease_until_ms < {DB_NOW_MS}"
     );

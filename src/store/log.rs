@@ -148,6 +148,9 @@ pub trait Forwarder: Send + Sync {
 struct Published {
     batches: broadcast::Sender<Arc<CommittedBatch>>,
     committed: Arc<std::sync::atomic::AtomicU64>,
+    /// Held from advancing `committed` to sending, so that a cluster node's two publishers
+    /// (the writer, the follower's reader) send in seq order (uncontended on one node).
+    order: Arc<std::sync::Mutex<()>>,
 }
 
 /// Events committed by one transaction, in `seq` order, as published to subscribers.
@@ -441,6 +444,7 @@ impl EventLog {
         let published = Published {
             batches,
             committed: Arc::new(std::sync::atomic::AtomicU64::new(head.seq)),
+            order: Arc::new(std::sync::Mutex::new(())),
         };
         let actor = EventLog {
             writer: writer.clone(),
@@ -707,6 +711,7 @@ fn finish(
             metrics.log_head_seq.set(new_head.seq as i64);
             // Before publishing: whoever reads the head and then follows publications misses
             // nothing (see `EventLogHandle::committed_head`).
+            let ordered = published.order.lock().unwrap_or_else(|e| e.into_inner());
             let before = published
                 .committed
                 .fetch_max(new_head.seq, std::sync::atomic::Ordering::AcqRel);
@@ -726,6 +731,7 @@ fn finish(
                 // No receiver is fine: nobody is listening yet.
                 let _ = published.batches.send(Arc::new(CommittedBatch { entries }));
             }
+            drop(ordered);
             let mut duplicates = 0;
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
                 duplicates += outcome
@@ -1154,6 +1160,11 @@ impl EventLogHandle {
         let Some(last) = entries.last().map(|e| e.seq) else {
             return;
         };
+        let _ordered = self
+            .published
+            .order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let before = self
             .published
             .committed

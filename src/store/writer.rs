@@ -33,16 +33,21 @@ pub(crate) struct WriterConnection {
     /// A cluster node's fence (DESIGN §7): every transaction checks the leader's epoch and
     /// that it runs on the connection holding the leader's lock. `None` on one node.
     pub(crate) fence: Option<std::sync::Arc<super::log::Fence>>,
+    /// A transaction is open on the connection: if the connection is lost now, no other may
+    /// take its place until the transaction's end is acknowledged, or the transaction's
+    /// remaining statements (and its COMMIT) would run on the new one in autocommit.
+    in_txn: std::sync::atomic::AtomicBool,
 }
 
 /// Whether `error` means the connection itself is unusable: I/O, protocol or TLS failures,
-/// or a PostgreSQL error of class 08 (connection exception) or 57 (operator intervention:
-/// `pg_terminate_backend`, a shutdown).
+/// or a PostgreSQL error of class 08 (connection exception) or 57P (`pg_terminate_backend`,
+/// a shutdown, a crash of the server).
 fn connection_lost(error: &sqlx::Error) -> bool {
     match error {
+        // Not 57014 (query_canceled: a statement timeout; the session is fine).
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|code| code.starts_with("08") || code.starts_with("57")),
+            .is_some_and(|code| code.starts_with("08") || (code.starts_with("57P"))),
         sqlx::Error::Io(_)
         | sqlx::Error::Protocol(_)
         | sqlx::Error::Tls(_)
@@ -80,6 +85,7 @@ impl WriterConnection {
             backend,
             raw: Mutex::new(Some(raw)),
             fence,
+            in_txn: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -156,23 +162,38 @@ impl WriterConnection {
     }
 
     pub(crate) async fn begin(&self) -> Result<(), DbErr> {
-        self.execute_unprepared("BEGIN").await.map(|_| ())
+        self.execute_unprepared("BEGIN").await?;
+        self.in_txn
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether a transaction is open (a cluster node's loop leaves the connection alone
+    /// meanwhile).
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.in_txn.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Commits; if the outcome is unknown the connection is replaced before the next use.
     pub(crate) async fn commit(&self) -> Result<(), DbErr> {
         let result = self.execute_unprepared("COMMIT").await.map(|_| ());
+        self.in_txn
+            .store(false, std::sync::atomic::Ordering::Release);
         if result.is_err() {
             self.discard().await;
         }
         result
     }
 
-    /// Rolls back; a connection that cannot roll back is replaced.
+    /// Rolls back; a connection that cannot roll back is replaced. A connection lost inside
+    /// the transaction took the transaction with it: nothing to roll back.
     pub(crate) async fn rollback(&self) {
-        if self.execute_unprepared("ROLLBACK").await.is_err() {
+        let lost = self.raw.lock().await.is_none();
+        if lost || self.execute_unprepared("ROLLBACK").await.is_err() {
             self.discard().await;
         }
+        self.in_txn
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     async fn discard(&self) {
@@ -196,6 +217,11 @@ impl WriterConnection {
     async fn connection(&self) -> Result<MappedMutexGuard<'_, Raw>, DbErr> {
         let mut guard = self.raw.lock().await;
         if guard.is_none() {
+            if self.in_transaction() {
+                return Err(DbErr::Custom(
+                    "the log writer's connection was lost inside a transaction".into(),
+                ));
+            }
             *guard = Some(Self::take(&self.pool).await?);
         }
         MutexGuard::try_map(guard, Option::as_mut)

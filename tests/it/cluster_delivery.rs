@@ -299,9 +299,9 @@ where
 }
 
 /// One message of ours per destination, each in a channel homed there (so it is routed to
-/// that server); answers the seqs per destination.
-async fn post_round(log: &TestLog, round: &str) -> HashMap<String, u64> {
-    let events: Vec<_> = DESTINATIONS
+/// that server).
+fn round_events(round: &str) -> Vec<switchyard::core::event::NewEvent> {
+    DESTINATIONS
         .iter()
         .map(|destination| {
             let id = format!("{round}-{destination}");
@@ -315,8 +315,12 @@ async fn post_round(log: &TestLog, round: &str) -> HashMap<String, u64> {
             e.channel = Some(format!("general@{destination}"));
             e
         })
-        .collect();
-    let outcomes = log.log.append(events).await.expect("append");
+        .collect()
+}
+
+/// [`round_events`] appended: the seqs per destination.
+async fn post_round(log: &TestLog, round: &str) -> HashMap<String, u64> {
+    let outcomes = log.log.append(round_events(round)).await.expect("append");
     DESTINATIONS
         .iter()
         .zip(outcomes)
@@ -467,22 +471,10 @@ async fn a_dead_nodes_destinations_are_taken_over_and_get_every_event_in_order()
         actix_web::rt::spawn(async move {
             let mut seqs: Vec<(String, u64)> = Vec::new();
             for round in 1..=30 {
-                let events: Vec<_> = DESTINATIONS
-                    .iter()
-                    .map(|destination| {
-                        let id = format!("w{round}-{destination}");
-                        let mut e = event(
-                            US,
-                            &id,
-                            "message.new",
-                            &format!("alice@{US}"),
-                            json!({"message_id": id, "body": "hello"}),
-                        );
-                        e.channel = Some(format!("general@{destination}"));
-                        e
-                    })
-                    .collect();
-                let outcomes = log.append(events).await.expect("append");
+                let outcomes = log
+                    .append(round_events(&format!("w{round}")))
+                    .await
+                    .expect("append");
                 for (d, outcome) in DESTINATIONS.iter().zip(outcomes) {
                     seqs.push((d.to_string(), outcome.seq()));
                 }

@@ -55,7 +55,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -904,9 +904,8 @@ fn spawn_clients(
     i: usize,
     tokens: &Path,
 ) -> anyhow::Result<ClientsProcess> {
-    let mut guard = ChildGuard::spawn(
-        "clients",
-        // This very program, even if a build has replaced its file since it started.
+    // This very program, even if a build has replaced its file since it started.
+    ClientsProcess::start(
         Command::new("/proc/self/exe")
             .arg("fanout-clients")
             .args([
@@ -918,26 +917,8 @@ fn spawn_clients(
             .args(["--threads", &args.client_threads.max(1).to_string()])
             .args(["--connect-concurrency", "32"])
             .arg("--tokens")
-            .arg(tokens)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
-    )?;
-    let stdin = guard
-        .child_mut()
-        .stdin
-        .take()
-        .context("clients stdin not piped")?;
-    let stdout = guard
-        .child_mut()
-        .stdout
-        .take()
-        .context("clients stdout not piped")?;
-    Ok(ClientsProcess {
-        stdin,
-        lines: fanout::lines_of(stdout),
-        guard,
-    })
+            .arg(tokens),
+    )
 }
 
 async fn sockets_phase(

@@ -567,6 +567,12 @@ impl ClientsProcess {
         if let Some(tokens) = tokens {
             command.arg("--tokens").arg(tokens);
         }
+        Self::start(&mut command)
+    }
+
+    /// Runs `command` (a `fanout-clients` command line) with its stdin and stdout piped to
+    /// this coordinator.
+    pub(crate) fn start(command: &mut Command) -> anyhow::Result<ClientsProcess> {
         let mut guard = ChildGuard::spawn(
             "clients",
             command
