@@ -513,3 +513,66 @@ async fn a_remote_servers_quota_holds_for_the_cluster_and_its_policy_reaches_eve
         );
     }
 }
+
+#[actix_web::test]
+async fn with_no_leader_a_write_is_503_with_retry_after_and_writes_nothing() {
+    use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+    if postgres().is_none() {
+        return;
+    }
+    let db = TestDb::new().await;
+    db.store().await; // migrated, so the lock can be taken before any node starts
+                      // Someone else holds the leader's advisory lock (store::cluster::LEADER_LOCK) and the
+                      // leader row names nobody: the node can neither lead nor depose anyone.
+    let holder = Database::connect(&db.url).await.expect("connect");
+    holder
+        .execute(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_lock(6014409299061989732)",
+        ))
+        .await
+        .expect("lock");
+    let node = Cluster::node(&db, 0, &|_| {}).await;
+    let head = node.store.head().await.expect("head").0;
+    let started = Instant::now();
+    let client = awc::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .finish();
+    let mut res = client
+        .post(format!("{}/api/v1/auth/register", node.address))
+        .send_json(&json!({"username": "alice", "password": "correct horse"}))
+        .await
+        .expect("register");
+    let waited = started.elapsed();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (res.status().as_u16(), body["errcode"].as_str()),
+        (503, Some("SY_UNAVAILABLE")),
+        "{body}"
+    );
+    assert!(
+        res.headers().get("retry-after").is_some(),
+        "503 carries Retry-After"
+    );
+    assert!(
+        waited >= Duration::from_secs(5),
+        "it waited for an election first ({waited:?})"
+    );
+    assert_eq!(
+        node.store.head().await.expect("head").0,
+        head,
+        "nothing was written"
+    );
+    assert!(!node.log.role().borrow().writes());
+    // The lock is released: the node leads and the same registration goes through.
+    drop(holder);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.log.role().borrow().writes() {
+        assert!(
+            Instant::now() < deadline,
+            "the node did not take the free lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    register(&node, "alice").await;
+}
