@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::ids;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
@@ -458,8 +458,65 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("{0}")]
     Parse(#[from] Box<figment::Error>),
+    /// A key, section or `SWITCHYARD__` variable that names no knob (a misspelling would
+    /// otherwise be ignored without a word).
+    #[error("{0}")]
+    Unknown(String),
     #[error("invalid value for {key}: {problem}")]
     Invalid { key: &'static str, problem: String },
+}
+
+/// A figment error as a person reads it: an unknown key names the key, where it came from
+/// (the file or the environment variable) and the keys its section has.
+fn explain(error: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let unknown: Vec<String> = error
+        .clone()
+        .into_iter()
+        .filter_map(|e| match &e.kind {
+            Kind::UnknownField(field, expected) => {
+                // The path starts with the profile figment merged into ("default").
+                let section: Vec<&str> = e
+                    .path
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| *p != "default" && *p != *field)
+                    .collect();
+                let from = match e.metadata.as_ref() {
+                    Some(m) if m.name.contains("environment") => format!(
+                        "the environment variable SWITCHYARD__{}{}",
+                        section
+                            .iter()
+                            .chain(std::iter::once(&field.as_str()))
+                            .map(|s| s.to_uppercase())
+                            .collect::<Vec<_>>()
+                            .join("__"),
+                        if section.is_empty() { "__…" } else { "" }
+                    ),
+                    Some(m) => m
+                        .source
+                        .as_ref()
+                        .map_or_else(|| m.name.to_string(), |s| s.to_string()),
+                    None => "the configuration".into(),
+                };
+                let known = expected.join(", ");
+                Some(match section.is_empty() {
+                    true => {
+                        format!("unknown section [{field}] in {from}; the sections are: {known}")
+                    }
+                    false => {
+                        let section = section.join(".");
+                        format!("unknown key {section}.{field} in {from}; [{section}] has: {known}")
+                    }
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    match unknown.is_empty() {
+        true => ConfigError::Parse(Box::new(error)),
+        false => ConfigError::Unknown(unknown.join("\n")),
+    }
 }
 
 impl Config {
@@ -476,7 +533,7 @@ impl Config {
             .merge(source)
             .merge(Env::prefixed("SWITCHYARD__").split("__"))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(explain)?;
         config.validate()?;
         Ok(config)
     }

@@ -63,6 +63,44 @@ fn bad_config_values_exit_2_naming_the_key() {
         assert!(stderr(&output).contains(key), "{body}: {}", stderr(&output));
         assert!(!stderr(&output).contains("panicked"));
     }
+    // A misspelt section or key names itself, where it came from and what there is.
+    for (body, says) in [
+        (
+            "[sever]\nbind = \"127.0.0.1:1\"\n",
+            "unknown section [sever]",
+        ),
+        (
+            "[server]\nbnid = \"127.0.0.1:1\"\n",
+            "unknown key server.bnid",
+        ),
+    ] {
+        let config = write_config(dir.path(), body);
+        let output = switchyard(&["--config", &config, "migrate"], &[]);
+        assert_eq!(output.status.code(), Some(2), "{body}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(says),
+            "{body}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("config.toml"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    let config = write_config(dir.path(), "");
+    for (name, says) in [
+        ("SWITCHYARD__SEVER__BIND", "SWITCHYARD__SEVER__"),
+        ("SWITCHYARD__SERVER__BNID", "SWITCHYARD__SERVER__BNID"),
+    ] {
+        let output = switchyard(&["--config", &config, "migrate"], &[(name, "127.0.0.1:1")]);
+        assert_eq!(output.status.code(), Some(2), "{name}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(says),
+            "{name}: {}",
+            stderr(&output)
+        );
+    }
     // An environment override is checked the same way.
     let config = write_config(dir.path(), "");
     let output = switchyard(
