@@ -51,6 +51,9 @@ pub use self::log::{
 pub enum StoreError {
     #[error("cannot open the database {url}: {source}")]
     Connect { url: String, source: DbErr },
+    /// The database could not be reached or opened, said plainly (see `check_postgres`).
+    #[error("cannot open the database {url}: {problem}")]
+    Unreachable { url: String, problem: String },
     #[error("cannot create the database directory {path}: {source}")]
     CreateDir {
         path: String,
@@ -97,6 +100,47 @@ pub fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_owned(),
+    }
+}
+
+/// One connection to PostgreSQL before the pools are made: a pool only says "timed out"
+/// after `connect_timeout`, while one connection says what failed (refused, a wrong password,
+/// a database that does not exist).
+async fn check_postgres(config: &DatabaseConfig) -> Result<(), StoreError> {
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+    let url = redact_url(&config.url);
+    let fail = |problem: String| StoreError::Unreachable {
+        url: url.clone(),
+        problem,
+    };
+    let options: sea_orm::sqlx::postgres::PgConnectOptions = config
+        .url
+        .parse()
+        .map_err(|e| fail(format!("the URL is not a PostgreSQL URL: {e}")))?;
+    let connection = tokio::time::timeout(config.connect_timeout, options.connect())
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "no answer within {:?} (database.connect_timeout): is the server reachable?",
+                config.connect_timeout
+            ))
+        })?;
+    match connection {
+        Ok(connection) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        Err(sea_orm::sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            Err(fail(format!(
+                "{}: create it first (CREATE DATABASE …); Switchyard creates its tables, not the database",
+                e.message()
+            )))
+        }
+        Err(sea_orm::sqlx::Error::Io(e)) => Err(fail(format!(
+            "{e}: is PostgreSQL running and listening there?"
+        ))),
+        Err(sea_orm::sqlx::Error::Database(e)) => Err(fail(e.message().to_owned())),
+        Err(e) => Err(fail(e.to_string())),
     }
 }
 
@@ -169,6 +213,9 @@ impl Store {
                     })
             }
         };
+        if backend == Backend::Postgres {
+            check_postgres(config).await?;
+        }
         let writer = open(1).await?;
         // An in-memory SQLite database exists once per connection: readers must share the
         // writer's connection to see its data.

@@ -140,6 +140,8 @@ fn an_unreachable_database_is_a_clear_error() {
         err.contains("cannot open the database postgres://sy:***@127.0.0.1:1/sy"),
         "{err}"
     );
+    // What failed, not a pool's "timed out".
+    assert!(err.contains("is PostgreSQL running"), "{err}");
     assert!(
         !err.contains("hunter2") && !err.contains("panicked"),
         "{err}"

@@ -305,3 +305,27 @@ async fn a_slow_subscriber_never_blocks_the_writer_and_learns_what_it_missed() {
     assert!(next.entries[0].seq > 46);
     assert_eq!(app.store.read_after(0, 1000).await.expect("read").len(), 50);
 }
+
+/// PostgreSQL only: a database that does not exist, or a wrong password, is said plainly at
+/// once, not as a pool's "timed out" after `connect_timeout`.
+#[actix_web::test]
+async fn an_unopenable_postgres_database_is_named_at_once() {
+    let Ok(admin_url) = std::env::var("SWITCHYARD_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: needs PostgreSQL (set SWITCHYARD_TEST_POSTGRES_URL; .ci/run does)");
+        return;
+    };
+    let (base, _) = admin_url.rsplit_once('/').expect("a database path");
+    let mut config = switchyard::config::DatabaseConfig::default();
+    config.url = format!("{base}/sy_no_such_database");
+    let started = std::time::Instant::now();
+    let error = switchyard::store::Store::connect(&config, Default::default())
+        .await
+        .err()
+        .expect("no such database");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    let said = error.to_string();
+    assert!(
+        said.contains("\"sy_no_such_database\" does not exist") && said.contains("CREATE DATABASE"),
+        "{said}"
+    );
+}
