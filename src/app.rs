@@ -361,6 +361,10 @@ impl Application {
                     resolver.clone(),
                     &federation,
                 )))
+                .wrap_fn(|mut request, service| {
+                    crate::api::json_by_default(&mut request);
+                    actix_web::dev::Service::call(service, request)
+                })
                 .configure(crate::api::configure)
                 .configure(|cfg| {
                     if clustered {

@@ -57,6 +57,8 @@ pub enum ErrorKind {
     NotLeader,
     /// The request cannot be served in the server's present configuration (409).
     Conflict,
+    /// A body of a type the route does not take (415).
+    UnsupportedMediaType,
 }
 
 impl ErrorKind {
@@ -73,6 +75,7 @@ impl ErrorKind {
             ErrorKind::BadChallenge | ErrorKind::BadCert => StatusCode::UNAUTHORIZED,
             ErrorKind::SensitiveAction => StatusCode::FORBIDDEN,
             ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorKind::BadProof => StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::MissingToken
             | ErrorKind::StaleRequest
@@ -124,6 +127,7 @@ impl ErrorKind {
             ErrorKind::BadProof => "SY_BAD_PROOF",
             ErrorKind::NotLeader => "SY_NOT_LEADER",
             ErrorKind::Conflict => "SY_CONFLICT",
+            ErrorKind::UnsupportedMediaType => "SY_BAD_CONTENT_TYPE",
         }
     }
 }

@@ -221,3 +221,39 @@ async fn a_deleted_session_token_stops_working_and_others_are_refused() {
     let (status, _) = delete_session(&app, Some(&token(&second)), &session(&second)).await;
     assert_eq!(status, 401);
 }
+
+#[actix_web::test]
+async fn a_json_body_without_content_type_is_read_and_another_type_is_415() {
+    let app = spawn_app().await;
+    let body = json!({"username": "dora", "password": "correct horse"}).to_string();
+    // Another declared type: 415 with what to send, nothing written.
+    let head = app.store.head().await.expect("head").0;
+    let mut res = awc::Client::default()
+        .post(format!("{}/api/v1/auth/register", app.address))
+        .insert_header(("Content-Type", "text/plain"))
+        .send_body(body.clone())
+        .await
+        .expect("request");
+    let answer: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (res.status().as_u16(), answer["errcode"].as_str()),
+        (415, Some("SY_BAD_CONTENT_TYPE")),
+        "{answer}"
+    );
+    assert!(answer["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("application/json")));
+    assert_eq!(
+        app.store.head().await.expect("head").0,
+        head,
+        "nothing was written"
+    );
+    // No Content-Type at all: read as JSON.
+    let mut res = awc::Client::default()
+        .post(format!("{}/api/v1/auth/register", app.address))
+        .send_body(body)
+        .await
+        .expect("request");
+    let answer: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(res.status().as_u16(), 201, "{answer}");
+}
