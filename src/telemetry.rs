@@ -15,9 +15,13 @@ use crate::config::{LogConfig, LogFormat};
 /// Installs the global `tracing` subscriber. `RUST_LOG`, when set, overrides `log.level`.
 /// Calling it twice is harmless (the second call keeps the first subscriber).
 pub fn init_logging(config: &LogConfig) {
+    // The migrator's per-step lines and PostgreSQL's notices ("relation … already exists,
+    // skipping" at every start) say nothing an operator acts on: warnings only, unless
+    // RUST_LOG asks for them.
+    const QUIET: &str = "sea_orm_migration=warn,sqlx::postgres::notice=warn";
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+        .or_else(|_| EnvFilter::try_new(format!("{},{QUIET}", config.level)))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{QUIET}")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
