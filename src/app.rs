@@ -161,6 +161,24 @@ impl Application {
                 source,
             })?
             .port();
+        // HTTPS, and the extra roots of outbound calls, checked before anything is written.
+        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::server_config(cert, key).map_err(|problem| {
+                    StartError::Config {
+                        key: "server.tls_cert",
+                        problem,
+                    }
+                })?)
+            }
+            _ => None,
+        };
+        if let Some(ca_file) = &config.federation.ca_file {
+            crate::tls::certificates(ca_file).map_err(|problem| StartError::Config {
+                key: "federation.ca_file",
+                problem,
+            })?;
+        }
         // This node's identity among the nodes of a cluster (DESIGN §7); `None` on one node.
         let node = crate::cluster::NodeIdentity::from_config(&config, port);
         let metrics = Arc::new(Metrics::new()?);
@@ -384,14 +402,16 @@ impl Application {
         if config.server.workers > 0 {
             server = server.workers(config.server.workers);
         }
-        let server = server
-            .listen(listener)
-            .map_err(|source| StartError::Bind {
-                addr: config.server.bind.clone(),
-                source,
-            })?
-            .run();
-        tracing::info!(server_name = %config.server.name, port, backend = ?store.backend(), "switchyard is listening");
+        let server = match tls {
+            Some(tls) => server.listen_rustls_0_23(listener, tls),
+            None => server.listen(listener),
+        }
+        .map_err(|source| StartError::Bind {
+            addr: config.server.bind.clone(),
+            source,
+        })?
+        .run();
+        tracing::info!(server_name = %config.server.name, port, https = config.server.tls_cert.is_some(), backend = ?store.backend(), "switchyard is listening");
         Ok(Application {
             server,
             port,

@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub password_hash_memory_kib: u32,
     /// argon2id passes per password hash.
     pub password_hash_passes: u32,
+    /// HTTPS: the PEM certificate chain (leaf first) and its PEM private key; both or
+    /// neither (plain HTTP, e.g. behind a TLS-terminating proxy).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +84,8 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             password_hash_memory_kib: crate::identity::accounts::OWASP_MEMORY_KIB,
             password_hash_passes: crate::identity::accounts::OWASP_PASSES,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -184,6 +190,8 @@ pub struct OriginOverride {
 pub struct FederationConfig {
     /// Hosts reached over plain `http://` (loopback tests, private deployments).
     pub plain_http_hosts: Vec<String>,
+    /// PEM roots trusted for outbound HTTPS besides the web PKI (a private deployment's CA).
+    pub ca_file: Option<PathBuf>,
     /// Server name → base URL, e.g. `"peer.example" = "http://127.0.0.1:9000"`.
     pub resolve: std::collections::BTreeMap<String, String>,
     pub trusted_notaries: Vec<TrustedNotary>,
@@ -222,6 +230,7 @@ impl Default for FederationConfig {
         FederationConfig {
             plain_http_hosts: vec!["localhost".into(), "127.0.0.1".into()],
             resolve: Default::default(),
+            ca_file: None,
             trusted_notaries: Vec::new(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(15),
@@ -564,6 +573,12 @@ impl Config {
             return Err(invalid(
                 "server.public_base_url",
                 "must start with http:// or https://",
+            ));
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert",
+                "server.tls_cert and server.tls_key go together: set both for HTTPS, or neither",
             ));
         }
         if let Err((key, problem)) = crate::identity::accounts::Hashers::params(

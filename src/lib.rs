@@ -27,4 +27,5 @@ pub mod gateway;
 pub mod identity;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod transparency;

@@ -156,15 +156,20 @@ pub struct OutboundClient {
 /// Largest response body read from another server.
 const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
-/// The TLS settings of outbound calls: the Mozilla root store (webpki-roots), ring.
-fn tls_config() -> Option<Arc<rustls::ClientConfig>> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
-    match tls {
+/// The TLS settings of outbound calls: the Mozilla root store (webpki-roots), plus the
+/// roots of `federation.ca_file` (checked at start, see `Application::build`).
+fn tls_config(config: &FederationConfig) -> Option<Arc<rustls::ClientConfig>> {
+    let extra = match &config.ca_file {
+        Some(path) => match crate::tls::certificates(path) {
+            Ok(certs) => certs,
+            Err(problem) => {
+                tracing::error!(%problem, "federation.ca_file: trusting the web PKI only");
+                Vec::new()
+            }
+        },
+        None => Vec::new(),
+    };
+    match crate::tls::client_config(&extra) {
         Ok(tls) => Some(Arc::new(tls)),
         // ring supports the default protocol versions; should that ever change, https calls
         // fail with a clear connect error instead of the server refusing to start.
@@ -191,7 +196,7 @@ where
         + 'static,
 {
     let mut connector = connector.timeout(config.connect_timeout);
-    if let Some(tls) = tls_config() {
+    if let Some(tls) = tls_config(config) {
         connector = connector.rustls_0_23(tls);
     }
     let builder = awc::Client::builder()

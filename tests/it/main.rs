@@ -23,4 +23,5 @@ mod notary;
 mod p2;
 mod resolver;
 mod storage;
+mod tls;
 mod transparency;
