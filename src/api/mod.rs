@@ -32,22 +32,21 @@ use crate::error::{ApiError, ErrorKind};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     // A body declared as anything but JSON is refused with what to send (one without a
     // Content-Type is taken as JSON: see `json_by_default`).
-    cfg.app_data(
-        web::JsonConfig::default()
-            .error_handler(|err, _req| match err {
-                actix_web::error::JsonPayloadError::ContentType => ApiError::new(
-                    ErrorKind::UnsupportedMediaType,
-                    "this route takes a JSON body: send it with Content-Type: application/json \
+    cfg.app_data(web::JsonConfig::default().error_handler(|err, _req| {
+        match err {
+            actix_web::error::JsonPayloadError::ContentType => ApiError::new(
+                ErrorKind::UnsupportedMediaType,
+                "this route takes a JSON body: send it with Content-Type: application/json \
                      (or with no Content-Type)",
-                )
-                .into(),
-                err => ApiError::new(
-                    ErrorKind::BadJson,
-                    format!("the request body is not valid JSON for this route: {err}"),
-                )
-                .into(),
-            }),
-    )
+            )
+            .into(),
+            err => ApiError::new(
+                ErrorKind::BadJson,
+                format!("the request body is not valid JSON for this route: {err}"),
+            )
+            .into(),
+        }
+    }))
     .app_data(web::QueryConfig::default().error_handler(|err, _req| {
         ApiError::new(
             ErrorKind::InvalidParam,
@@ -261,8 +260,10 @@ pub(crate) fn append_fault(error: crate::store::AppendError) -> ApiError {
 /// (Routes that take other bodies read their bytes and never look at the header.)
 pub fn json_by_default(request: &mut actix_web::dev::ServiceRequest) {
     use actix_web::http::{header, Method};
-    if matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH)
-        && !request.headers().contains_key(header::CONTENT_TYPE)
+    if matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    ) && !request.headers().contains_key(header::CONTENT_TYPE)
     {
         request.headers_mut().insert(
             header::CONTENT_TYPE,
