@@ -22,7 +22,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/internal/v1/append")
             .app_data(web::PayloadConfig::new(MAX_APPEND_BYTES))
-            .route(web::post().to(append)),
+            .route(web::post().to(append))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::new(
+                    ErrorKind::MethodNotAllowed,
+                    "POST /internal/v1/append is the only method here",
+                ))
+            })),
     );
 }
 

@@ -15,7 +15,7 @@
 //! | `core` | 11 | server    | Heartbeat Request: heartbeat now |
 //! | `chat` | 0  | server    | an event `{type, seq, channel, sender, ts, content}` |
 //! | `chat` | 1  | client    | a command `{type: subscribe | typing.start | typing.stop | presence.update, …}` |
-//! | `chat` | 2  | server    | Ready `{fid, session_id, channels, seq}`: live from `seq` on |
+//! | `chat` | 2  | server    | Ready `{fid, session_id, channels, invited, seq}`: live from `seq` on |
 //! | `chat` | 3  | server    | a command was refused `{type, errcode, error}` |
 
 use serde::Deserialize;

@@ -340,6 +340,18 @@ async fn the_internal_route_refuses_strangers_and_followers_say_not_leader() {
         head,
         "nothing was written"
     );
+    // Another method: 405 in the one error format.
+    let mut res = client
+        .get(format!("{}/internal/v1/append", leader.address))
+        .send()
+        .await
+        .expect("request");
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (res.status().as_u16(), body["errcode"].as_str()),
+        (405, Some("SY_METHOD_NOT_ALLOWED")),
+        "{body}"
+    );
     // On one node the route does not exist.
     let single = crate::helpers::spawn_app().await;
     let (status, _, body) = send(&single, Some(INTERNAL_TOKEN), event).await;
