@@ -180,6 +180,13 @@ async fn writes_through_every_node_are_gap_free_and_the_chain_verifies() {
         let (_, answer) = call(node, "GET", "/api/v1/log/head", None, None).await;
         assert_eq!(answer["entry_count"], head);
     }
+    // The cluster metrics the alert rules and the dashboard use are served by every node.
+    let wanted = crate::helpers::metrics_in_dashboards("cluster_");
+    assert!(!wanted.is_empty());
+    for node in nodes {
+        let missing = crate::helpers::metrics_missing(&node.address, &wanted).await;
+        assert!(missing.is_empty(), "absent from /metrics: {missing:?}");
+    }
     // The followers forwarded; the leader committed everything.
     let (status, view) = call(
         &nodes[0],

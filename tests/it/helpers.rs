@@ -180,3 +180,50 @@ pub fn event(
         content,
     }
 }
+
+/// Every metric the operator's alert rules and dashboard name (`config/prometheus`,
+/// `config/grafana`), histogram series reduced to their metric, without the registry's
+/// `switchyard_` prefix, with `prefix`.
+pub fn metrics_in_dashboards(prefix: &str) -> Vec<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut text = std::fs::read_to_string(root.join("prometheus/switchyard-alerts.yml"))
+        .expect("alert rules");
+    text.push_str(
+        &std::fs::read_to_string(root.join("grafana/switchyard-dashboard.json"))
+            .expect("dashboard"),
+    );
+    let mut names: Vec<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter_map(|w| w.strip_prefix("switchyard_"))
+        .map(|w| {
+            w.trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_owned()
+        })
+        .filter(|w| w.starts_with(prefix))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The names of `wanted` that `/metrics` of `address` does not serve.
+pub async fn metrics_missing(address: &str, wanted: &[String]) -> Vec<String> {
+    let mut res = awc::Client::default()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    let body = res.body().limit(16 << 20).await.expect("body");
+    let text = String::from_utf8_lossy(&body);
+    wanted
+        .iter()
+        .filter(|name| {
+            !text
+                .lines()
+                .any(|line| line.starts_with(&format!("# TYPE switchyard_{name} ")))
+        })
+        .cloned()
+        .collect()
+}

@@ -862,3 +862,35 @@ async fn only_authors_edit_and_a_home_server_never_speaks_for_our_users() {
         "{answer}"
     );
 }
+
+/// The alert rules and the dashboard under `config/` name only metrics the server serves:
+/// after a little of everything (a delivery, an inbox request, a refused socket), each one
+/// not about a cluster is in `/metrics` (the cluster ones: `cluster::`).
+#[actix_web::test]
+async fn every_metric_the_alerts_and_dashboard_use_is_served() {
+    let p = pair(|_| {}).await;
+    p.channel_with_bob_invited().await;
+    let (status, _, answer) = p
+        .send(&p.req(&json!({"events": [wire("j1", "channel.join", json!({}))]})))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let mut ws = crate::gateway::Ws::connect(&p.a, "?ticket=nonsense").await;
+    assert_eq!(ws.closed().await, Some(4001));
+    let wanted: Vec<String> = crate::helpers::metrics_in_dashboards("")
+        .into_iter()
+        .filter(|m| !m.starts_with("cluster_"))
+        .collect();
+    assert!(wanted.len() >= 8, "{wanted:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let missing = crate::helpers::metrics_missing(&p.a.address, &wanted).await;
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "named by config/prometheus or config/grafana, absent from /metrics: {missing:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
